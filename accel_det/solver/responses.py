@@ -1,0 +1,189 @@
+"""Sampling layer responses at random positions of any iterable of image batches (§2.5, §6.1).
+
+Positions depend only on (seed, layer, image index), so the original network and the network
+approximated so far are sampled at the same places in every pass, and memory grows with the number
+of samples, not of images.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from ..errors import AccelDetError
+from ..layers import FactorizedConv2d
+from .distributed import gather_samples, sum_over_processes
+
+Batch = Tuple[torch.Tensor, torch.Tensor]  # images N×3×H×W, their global indices (N,)
+
+
+def sample_positions(seed: int, layer: int, image_index: int, out_hw: Tuple[int, int], count: int) -> torch.Tensor:
+    """``count`` distinct flat positions in an ``out_hw`` map, fixed by (seed, layer, image)."""
+    size = out_hw[0] * out_hw[1]
+    rng = np.random.default_rng([seed, layer, image_index])
+    return torch.from_numpy(rng.choice(size, size=min(count, size), replace=False))
+
+
+def iterate_batches(batches: Iterable, device: Optional[torch.device] = None) -> Iterator[Batch]:
+    """Images and global indices from batches that are tensors, ``(images, ...)`` tuples such as a
+    DataLoader over an ImageFolder gives, or ``{"images": ..., "indices": ...}`` mappings."""
+    seen = 0
+    for number, batch in enumerate(batches):
+        indices = None
+        if isinstance(batch, Mapping):
+            images, indices = batch["images"], batch.get("indices")
+        elif isinstance(batch, (tuple, list)):
+            images = batch[0]
+        else:
+            images = batch
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise AccelDetError(f"batch {number} is not an N×C×H×W image tensor")
+        if not torch.isfinite(images).all():
+            raise AccelDetError(f"batch {number} contains NaN or Inf values")
+        if indices is None:
+            indices = torch.arange(seen, seen + images.shape[0])
+        seen += images.shape[0]
+        yield images.to(device, torch.float32, non_blocking=True), torch.as_tensor(indices).cpu()
+
+
+def gather_responses(output: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Rows ``output[n, :, position]`` for every image n and each of its positions: (Σ counts) × d."""
+    flat = output.flatten(2)
+    rows = [flat[n][:, p.to(flat.device)].T for n, p in enumerate(positions)]
+    return torch.cat(rows).float()
+
+
+def gather_patches(inputs: torch.Tensor, positions: Sequence[torch.Tensor], conv: nn.Module, out_hw) -> torch.Tensor:
+    """The k×k input patches (zero-padded like ``conv``) that produce the outputs at ``positions``."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    padded = F.pad(inputs, (pw, pw, ph, ph))
+    image = torch.cat([torch.full_like(p, n) for n, p in enumerate(positions)]).to(inputs.device)
+    flat = torch.cat(list(positions)).to(inputs.device)
+    top = (flat // out_hw[1]) * sh
+    left = (flat % out_hw[1]) * sw
+    rows = top[:, None] + torch.arange(kh, device=inputs.device)
+    cols = left[:, None] + torch.arange(kw, device=inputs.device)
+    patches = padded.permute(0, 2, 3, 1)[image[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return patches.permute(0, 3, 1, 2)  # samples × c × kh × kw
+
+
+def patch_responses(convs: Sequence[nn.Conv2d], patches: torch.Tensor) -> torch.Tensor:
+    """Responses at the centre of each patch of a chain of convs (their padding is already in the patch)."""
+    x = patches
+    for conv in convs:
+        x = F.conv2d(x, conv.weight, conv.bias)
+    return x.flatten(1).float()
+
+
+def conv_chain(module: nn.Module) -> List[nn.Conv2d]:
+    """The convs of a layer in order: itself, or the children of a :class:`FactorizedConv2d`."""
+    return list(module.children()) if isinstance(module, FactorizedConv2d) else [module]
+
+
+def collect_original_responses(
+    features: nn.Sequential,
+    batches: Iterable,
+    layers: Mapping[str, int],
+    samples_per_image: int,
+    seed: int,
+    device: Optional[torch.device] = None,
+    progress: bool = True,
+) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
+    """Pre-ReLU responses y of every conv in ``layers`` (name → index in ``features``), one pass.
+
+    Returns samples per layer (n × d, on the CPU; under torch.distributed those of all processes)
+    and a fingerprint per batch, so that later passes can check that the batches did not change.
+    """
+    last = max(layers.values())
+    by_index = {index: name for name, index in layers.items()}
+    layer_number = {name: number for number, name in enumerate(layers)}
+    samples: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
+    images_of: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
+    fingerprints = []
+    with torch.inference_mode():
+        for images, indices in tqdm(iterate_batches(batches, device), desc="original responses", disable=not progress, leave=False):
+            fingerprints.append(_fingerprint(images))
+            x = images
+            for index, module in enumerate(features):
+                if index > last:
+                    break
+                x = module(x)
+                name = by_index.get(index)
+                if name is not None:
+                    hw = (x.shape[2], x.shape[3])
+                    positions = [sample_positions(seed, layer_number[name], int(i), hw, samples_per_image) for i in indices]
+                    samples[name].append(gather_responses(x, positions).cpu())
+                    images_of[name].append(_row_images(indices, positions))
+    if sum_over_processes(len(fingerprints)) == 0:
+        raise AccelDetError("no image batches were given")
+    result = {}
+    for name, index in layers.items():
+        rows, images = _stack(samples[name], images_of[name], features[index].out_channels)
+        result[name] = _checked(name, gather_samples(rows, images)[0])
+    return result, fingerprints
+
+
+def collect_regressor_responses(
+    features: nn.Sequential,
+    batches: Iterable,
+    name: str,
+    index: int,
+    layer_number: int,
+    regressor: Sequence[nn.Conv2d],
+    samples_per_image: int,
+    seed: int,
+    fingerprints: Sequence[torch.Tensor],
+    device: Optional[torch.device] = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Responses ŷ = W̃ x̂ at the sampled positions, x̂ being the input of layer ``index`` in the
+    (partly approximated) ``features`` and W̃ the conv chain ``regressor``."""
+    conv = features[index]
+    rows, images_of = [], []
+    with torch.inference_mode():
+        stream = iterate_batches(batches, device)
+        for number, (images, indices) in enumerate(tqdm(stream, desc=f"{name} approximated inputs", disable=not progress, leave=False)):
+            if number >= len(fingerprints) or not torch.allclose(_fingerprint(images), fingerprints[number], rtol=1e-5, atol=1e-6):
+                raise AccelDetError("the batches changed between passes: give the same images in the same order every time (e.g. a DataLoader with shuffle=False and no random augmentation)")
+            x = images
+            for module in features[:index]:
+                x = module(x)
+            out_hw = _out_hw(conv, x.shape[2:])
+            positions = [sample_positions(seed, layer_number, int(i), out_hw, samples_per_image) for i in indices]
+            rows.append(patch_responses(regressor, gather_patches(x, positions, conv, out_hw)).cpu())
+            images_of.append(_row_images(indices, positions))
+    stacked, images = _stack(rows, images_of, regressor[-1].out_channels)
+    return _checked(name, gather_samples(stacked, images)[0])
+
+
+def _row_images(indices: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The image index of every sample row of a batch."""
+    return torch.repeat_interleave(indices.long(), torch.tensor([len(p) for p in positions], dtype=torch.long))
+
+
+def _stack(rows: List[torch.Tensor], images: List[torch.Tensor], width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated rows and image indices; empty (0 × width) for a process that got no images."""
+    if not rows:
+        return torch.zeros(0, width), torch.zeros(0, dtype=torch.long)
+    return torch.cat(rows), torch.cat(images)
+
+
+def _out_hw(conv: nn.Module, in_hw) -> Tuple[int, int]:
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    return ((in_hw[0] + 2 * ph - kh) // sh + 1, (in_hw[1] + 2 * pw - kw) // sw + 1)
+
+
+def _fingerprint(images: torch.Tensor) -> torch.Tensor:
+    flat = images.detach().double().flatten(1)
+    return torch.stack([flat.sum(1), flat.square().sum(1)], 1).cpu()
+
+
+def _checked(name: str, responses: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(responses).all():
+        raise AccelDetError(f"the responses of {name} contain NaN or Inf: check the weights and the images")
+    return responses

@@ -1,0 +1,43 @@
+"""What every tool does around its ``main``: logging, and one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from ..errors import AccelDetError
+
+logger = logging.getLogger("accel_det")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="[%(asctime)s %(name)s] %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def run_tool(main: Callable[[argparse.Namespace], Optional[int]], parser: argparse.ArgumentParser,
+             argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, run ``main(args)``; an :class:`AccelDetError`, a missing file or a Ctrl-C
+    becomes one line on stderr and exit code 2 (1 for Ctrl-C), unless ``--debug`` is given."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return int(main(args) or 0)
+    except (AccelDetError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1

@@ -1,0 +1,51 @@
+"""Packaging for accel-det (import name: ``accel_det``).
+
+Torch and torchvision are pinned by the Makefile (``make venv``), not here; detectron2 is
+installed by ``tools/install_detectron2.py`` (it is not on PyPI under its own name).
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    init = HERE / "accel_det" / "__init__.py"
+    match = re.search(
+        r'^__version__\s*=\s*["\']([^"\']+)["\']', init.read_text(encoding="utf-8"), re.M
+    )
+    return match.group(1) if match else "0.0.0"
+
+
+setup(
+    name="accel-det",
+    version=read_version(),
+    description=(
+        "Data-driven low-rank acceleration of VGG-16 conv layers "
+        "(Zhang et al., TPAMI 2016) with Detectron2 integration"
+    ),
+    packages=find_packages(include=["accel_det", "accel_det.*"]),
+    package_data={"accel_det": ["**/*.yaml", "**/*.json"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy",
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "pycocotools",
+        "fvcore",
+        "iopath",
+        "tqdm",
+        "matplotlib",
+        "pyyaml",
+        "scipy",
+        "tensorboard",
+        # The only OpenCV wheel: never add opencv-python(-headless) or opencv-contrib-python beside it.
+        "opencv-contrib-python-headless",
+        "Pillow",
+        "tabulate",
+    ],
+    extras_require={"test": ["pytest"]},
+)
