@@ -8,7 +8,7 @@ Responses are matrices with one sample per row: ``n × d``. The solution is a ra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -38,10 +38,11 @@ class LowRankResponse:
 
 
 def covariance(y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean (d) and scatter matrix Σ (y − ȳ)(y − ȳ)ᵀ (d × d, float64) of rows ``y``."""
-    mean = y.mean(0, dtype=torch.float64)
-    centered = y - mean.to(y.dtype)
-    return mean, (centered.T @ centered).double()
+    """Mean (d) and scatter matrix Σ (y − ȳ)(y − ȳ)ᵀ (d × d) of rows ``y``, both in float64."""
+    y = y.double()
+    mean = y.mean(0)
+    centered = y - mean
+    return mean, centered.T @ centered
 
 
 def eigen_descending(symmetric: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -65,23 +66,39 @@ def pca_reconstruction(y: torch.Tensor, rank: int) -> LowRankResponse:
 
 
 def reduced_rank_regression(
-    cross: torch.Tensor, scatter: torch.Tensor, rank: int, ridge: float = RIDGE
+    cross: torch.Tensor, scatter: torch.Tensor, rank: int, ridge: float = RIDGE, chol: Optional[torch.Tensor] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eq. (8): min_M ‖Z − M Y‖_F s.t. rank M ≤ d', from ``cross`` = Z Yᵀ and ``scatter`` = Y Yᵀ.
 
     With M̂ = Z Yᵀ (Y Yᵀ)⁻¹ the solution is M = U_d' U_d'ᵀ M̂, U_d' the top eigenvectors of
     M̂ Y Yᵀ M̂ᵀ: the paper's GSVD solution U_d' S_d' V_d'ᵀ in another form (paper-method §2.3).
-    Returns ``(U_d', U_d'ᵀ M̂)`` so that M is their product.
+    Returns ``(U_d', U_d'ᵀ M̂)`` so that M is their product. ``chol``, if given, is
+    :func:`scatter_cholesky` of ``scatter`` (the solver's iterations share one Y).
     """
-    scatter = scatter.double()
     cross = cross.double()
-    d = scatter.shape[0]
-    jitter = ridge * float(scatter.diagonal().mean().clamp_min(1e-30))
-    chol = torch.linalg.cholesky(scatter + jitter * torch.eye(d, dtype=scatter.dtype, device=scatter.device))
+    if chol is None:
+        chol = scatter_cholesky(scatter, ridge)
     m_hat = torch.cholesky_solve(cross.T.contiguous(), chol).T  # Z Yᵀ (Y Yᵀ)⁻¹
     _, vectors = eigen_descending(m_hat @ cross.T)  # M̂ Y Yᵀ M̂ᵀ = M̂ (Z Yᵀ)ᵀ
     basis = vectors[:, :rank]
     return basis, basis.T @ m_hat
+
+
+def scatter_cholesky(scatter: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
+    """Cholesky factor of Y Yᵀ + ridge·mean(diag)·I (float64), as :func:`reduced_rank_regression` uses it.
+
+    Y Yᵀ is singular by construction in the 3d step (ŷ passes through d'' < d channels) and when
+    there are fewer samples than filters; rounding can leave it a little indefinite, so the ridge
+    grows tenfold until the factorisation succeeds.
+    """
+    scatter = scatter.double()
+    eye = torch.eye(scatter.shape[0], dtype=scatter.dtype, device=scatter.device)
+    scale = float(scatter.diagonal().mean().clamp_min(1e-30))
+    for attempt in range(12):
+        chol, info = torch.linalg.cholesky_ex(scatter + ridge * 10**attempt * scale * eye)
+        if int(info) == 0:
+            return chol
+    raise ArithmeticError("the response scatter matrix cannot be factorised: the responses are not finite")
 
 
 def relu_z_step(target: torch.Tensor, y_prime: torch.Tensor, lam: float) -> torch.Tensor:
@@ -124,11 +141,12 @@ def nonlinear_reconstruction(
     regressor = regressor.float()
     mean_hat = regressor.mean(0, dtype=torch.float64)
     centered = regressor - mean_hat.float()
-    scatter = (centered.T @ centered).double()
+    scatter = centered.double().T @ centered.double()  # float64: float32 sums can go indefinite
+    chol = scatter_cholesky(scatter)  # Y is the same in every iteration: factor it once
 
     def solve(cross: torch.Tensor, z_mean: torch.Tensor):
         """Step (i): M from Σ (z − z̄)(ŷ − mean ŷ)ᵀ, then b = z̄ − M mean(ŷ)."""
-        basis, coefficients = reduced_rank_regression(cross, scatter, rank)
+        basis, coefficients = reduced_rank_regression(cross, scatter, rank, chol=chol)
         return basis, coefficients, z_mean - basis @ (coefficients @ mean_hat)
 
     # Σ (z − z̄)(ŷ − mean ŷ)ᵀ = Σ z (ŷ − mean ŷ)ᵀ because the regressor is centred.
@@ -145,17 +163,32 @@ def nonlinear_reconstruction(
 def _z_step_statistics(centered, rectified, basis, coefficients, offset, lam, chunk: int = 2048):
     """Step (ii) for all samples, reduced on the fly to what step (i) needs: Σ z (ŷ − mean ŷ)ᵀ and z̄.
 
-    Row chunks keep the n × d temporaries of y' = M ŷ + b and z in cache and out of memory.
+    Row chunks keep the n × d temporaries of y' = M ŷ + b and z in cache and out of memory. This is
+    :func:`relu_z_step` written into preallocated buffers (fresh multi-MB tensors cost page faults
+    on every op) with the choice made by ``lerp`` with 0/1 weights instead of ``torch.where``
+    (several times slower on CPU); the result is bit-identical to it.
     """
     n, d = centered.shape
     cross = torch.zeros(d, d, dtype=torch.float64, device=centered.device)
     total = torch.zeros(d, dtype=torch.float64, device=centered.device)
     down, up, offset = coefficients.T.float(), basis.T.float(), offset.float()
+    rows_max = min(chunk, n)
+    buffers = [torch.empty(rows_max, d, device=centered.device) for _ in range(4)]
+    low_buffer = torch.empty(rows_max, down.shape[1], device=centered.device)
+    part = torch.empty(d, d, device=centered.device)
     for start in range(0, n, chunk):
         rows = centered[start:start + chunk]
-        y_prime = torch.addmm(offset, rows @ down, up)
-        z = relu_z_step(rectified[start:start + chunk], y_prime, lam)
-        cross += (z.T @ rows).double()
+        target = rectified[start:start + chunk]
+        m = rows.shape[0]
+        y_prime, z1, a, w = (b[:m] for b in buffers)
+        torch.addmm(offset, torch.mm(rows, down, out=low_buffer[:m]), up, out=y_prime)
+        torch.mul(y_prime, lam, out=z1).add_(target).div_(lam + 1)  # z1 = (λy' + r(y)) / (λ + 1)
+        torch.sub(target, y_prime, out=a).square_().mul_(lam)  # λ(r(y) − y')²
+        torch.square(target, out=w).mul_(lam + 1)  # (λ + 1) r(y)²
+        torch.le(a, w, out=w)  # 1.0 where z1 costs no more than z0 = y'
+        torch.maximum(w, torch.ge(y_prime, 0, out=a), out=w)  # ... or where y' ≥ 0
+        z = torch.lerp(y_prime, z1, w, out=a)  # weight 0 gives y', 1 gives z1 exactly
+        cross += torch.mm(z.T, rows, out=part)
         total += z.sum(0, dtype=torch.float64)
     return cross, total / n
 
