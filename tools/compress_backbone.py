@@ -11,11 +11,19 @@ errors), and prints a per-layer table. ``--images`` may be any folder of JPEG/PN
 ``JPEGImages`` (target-domain compression). Every finished layer is checkpointed to
 ``OUT.checkpoint.pth``; ``--resume`` continues an interrupted run and ends bit-identical to an
 uninterrupted one.
+
+Data-parallel on several GPUs (each process reads a shard of the images; the result equals one
+process's within float tolerance):
+
+    torchrun --nproc_per_node 8 tools/compress_backbone.py --weights ... --images ... --output ...
+    python tools/compress_backbone.py --num-gpus 8 ...          # the same, started by the tool
+    python tools/compress_backbone.py --num-gpus 2 --device cpu ...   # 2 CPU processes (gloo)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -24,9 +32,10 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+import torch
 
-from accel_det.classification.compression import CompressOptions, compress_vgg16
+from accel_det.classification.compression import CompressOptions, compress_in_group, compress_process
+from accel_det.classification.distributed import launch, under_launcher
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.errors import AccelDetError
 from accel_det.solver import METHODS
@@ -52,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
     parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="processes to start, one per GPU (with --device cpu: CPU processes); "
+                             "under torchrun the processes are torchrun's (default: 1)")
     parser.add_argument("--resize", type=int, default=RESIZE_SIZE, help=f"shorter side before the crop (default: {RESIZE_SIZE})")
     parser.add_argument("--crop", type=int, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})")
     parser.add_argument("--iterations", type=int, default=25,
@@ -60,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rank selection cost per kept rank (default: with_1x1, which reproduces the paper's tables)")
     parser.add_argument("--skip", nargs="*", default=["conv1_1"], help="layers left as they are (default: conv1_1)")
     parser.add_argument("--no-plot", action="store_true", help="do not write OUT.png")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic GPU kernels (torch.use_deterministic_algorithms, "
+                             "CUBLAS_WORKSPACE_CONFIG=:4096:8); the CPU is deterministic anyway")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument("--stop-after", help=argparse.SUPPRESS)  # test hook: interrupt after this layer
@@ -69,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if args.iterations < 0:
         raise AccelDetError(f"--iterations must be >= 0, got {args.iterations}")
+    if args.num_gpus < 1:
+        raise AccelDetError(f"--num-gpus must be >= 1, got {args.num_gpus}")
     options = CompressOptions(
         weights=args.weights,
         images=args.images,
@@ -91,11 +108,21 @@ def main(args: argparse.Namespace) -> int:
         skip=tuple(args.skip),
         progress=not args.no_progress,
         plot=not args.no_plot,
+        deterministic=args.deterministic,
         stop_after=args.stop_after,
     )
-    with logging_redirect_tqdm():
-        compress_vgg16(options, argv=sys.argv[1:])
-    return 0
+    argv = sys.argv[1:]
+    if args.num_gpus > 1 and under_launcher():
+        logging.getLogger(__name__).warning("--num-gpus is ignored under torchrun: its %s processes do the work",
+                                            os.environ["WORLD_SIZE"])
+    elif args.num_gpus > 1:
+        if args.device != "cpu":
+            found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if args.device not in ("auto", "cuda") or found < args.num_gpus:
+                raise AccelDetError(f"--num-gpus {args.num_gpus} needs {args.num_gpus} GPUs and --device auto or cuda "
+                                    f"(found {found} GPU(s), --device {args.device}); --device cpu starts CPU processes")
+        return launch(compress_process, args.num_gpus, (options, argv, args.verbose, args.debug))
+    return compress_in_group(options, argv)
 
 
 if __name__ == "__main__":

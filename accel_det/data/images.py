@@ -111,9 +111,12 @@ class ImageSample:
     images: torch.Tensor  # N×3×H×W uint8
     found: int  # image files found below root
     skipped: List[str] = field(default_factory=list)  # unreadable files that were drawn and replaced
+    # A shard (sample_images(shard=...)): the global index of each image held, into ``files``;
+    # None: this process holds all images, in order.
+    indices: Optional[torch.Tensor] = None
 
     def batches(self, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor]) -> "ImageBatches":
-        return ImageBatches(self.images, batch_size, normalize)
+        return ImageBatches(self.images, batch_size, normalize, self.indices)
 
     def record(self) -> dict:
         return {
@@ -128,12 +131,15 @@ class ImageSample:
 
 class ImageBatches:
     """Re-iterable batches ``{"images": N×3×H×W float, "indices": (N,)}`` over a uint8 tensor; the
-    same images in the same order on every pass, as :func:`accel_det.solver.compress` requires."""
+    same images in the same order on every pass, as :func:`accel_det.solver.compress` requires.
+    ``indices``: the global index of each image (default 0 … N-1)."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, images: torch.Tensor, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor],
+                 indices: Optional[torch.Tensor] = None):
         if batch_size < 1:
             raise AccelDetError(f"batch size must be positive, got {batch_size}")
         self.images, self.batch_size, self.normalize = images, batch_size, normalize
+        self.indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
 
     def __len__(self) -> int:
         return (len(self.images) + self.batch_size - 1) // self.batch_size
@@ -141,7 +147,7 @@ class ImageBatches:
     def __iter__(self) -> Iterator[dict]:
         for start in range(0, len(self.images), self.batch_size):
             stop = min(start + self.batch_size, len(self.images))
-            yield {"images": self.normalize(self.images[start:stop]), "indices": torch.arange(start, stop)}
+            yield {"images": self.normalize(self.images[start:stop]), "indices": self.indices[start:stop]}
 
 
 class _Files(Dataset):
@@ -168,10 +174,18 @@ def sample_images(
     workers: int = 0,
     progress: bool = True,
     files: Optional[Sequence[str]] = None,
+    shard: Optional[Tuple[int, int]] = None,
 ) -> ImageSample:
     """Draw ``num_images`` readable images below ``root`` with ``seed`` and preprocess them with
     ``transform`` (to uint8). The draw is the first readable images of a seeded permutation of all
-    files, so an unreadable file is skipped (warning, counted) and replaced by the next one."""
+    files, so an unreadable file is skipped (warning, counted) and replaced by the next one.
+
+    ``shard=(rank, world_size)``, under torch.distributed: this process reads only every
+    ``world_size``-th drawn file (from ``rank``); the processes tell each other which files were
+    readable, so all agree on the draw a single process makes (``files``, ``skipped``), and the
+    sample holds this process's images with their global ``indices``. Collective: every process
+    of the group calls it."""
+    rank, world_size = shard or (0, 1)
     if num_images < 1:
         raise AccelDetError(f"the number of images must be positive, got {num_images}")
     files = list_images(root) if files is None else list(files)
@@ -180,37 +194,59 @@ def sample_images(
     if len(files) < num_images:
         raise AccelDetError(f"found {len(files)} images in {root}, fewer than the {num_images} asked for")
     order = np.random.default_rng(seed).permutation(len(files))
-    kept: Dict[int, torch.Tensor] = {}
+    kept: Dict[int, torch.Tensor] = {}  # read here (all of them in a single process)
+    readable: set = set()  # read by any process
     skipped: List[str] = []
     position = 0
     bar = tqdm(total=num_images, desc="reading images", unit="img", disable=not progress)
-    while len(kept) < num_images:
-        wanted = num_images - len(kept)
+    while len(readable) < num_images:
+        wanted = num_images - len(readable)
         if position >= len(order):
             raise AccelDetError(
-                f"found {len(files)} images in {root} but only {len(kept)} are readable "
+                f"found {len(files)} images in {root} but only {len(readable)} are readable "
                 f"({len(skipped)} unreadable), fewer than the {num_images} asked for"
             )
         chosen = [int(i) for i in order[position:position + wanted]]
         position += len(chosen)
-        loader = DataLoader(_Files(root, [files[i] for i in chosen], transform), batch_size=16,
+        mine = chosen[rank::world_size]
+        loader = DataLoader(_Files(root, [files[i] for i in mine], transform), batch_size=16,
                             num_workers=workers, collate_fn=_keep_all)
+        unreadable = []
         for batch in loader:
             for local, tensor in batch:
                 if tensor is None:
-                    skipped.append(files[chosen[local]])
+                    unreadable.append(mine[local])
                 else:
-                    kept[chosen[local]] = tensor
-                    bar.update(1)
+                    kept[mine[local]] = tensor
+                    if world_size == 1:
+                        bar.update(1)
+        unreadable = set(_everyone(unreadable, world_size))
+        readable.update(i for i in chosen if i not in unreadable)
+        if world_size > 1:
+            bar.update(len(readable) - bar.n)  # all processes' images, once per round
+        skipped += [files[i] for i in chosen if i in unreadable]  # in drawing order, whoever read them
     bar.close()
     if skipped:
-        logger.warning("skipped %d unreadable image(s) of the %d drawn; drew replacements", len(skipped), len(kept) + len(skipped))
-    used = [int(i) for i in order[:position] if int(i) in kept]
-    shapes = {tuple(kept[i].shape) for i in used}
+        logger.warning("skipped %d unreadable image(s) of the %d drawn; drew replacements", len(skipped), len(readable) + len(skipped))
+    used = [int(i) for i in order[:position] if int(i) in readable]
+    shapes = set(_everyone(sorted({tuple(t.shape) for t in kept.values()}), world_size))
     if len(shapes) != 1:
         raise AccelDetError(f"the preprocessed images have different shapes {sorted(shapes)}: use a crop")
-    return ImageSample(root=root, files=[files[i] for i in used], images=torch.stack([kept[i] for i in used]),
-                       found=len(files), skipped=skipped)
+    held = [number for number, i in enumerate(used) if i in kept]
+    images = torch.stack([kept[used[n]] for n in held]) if held else torch.zeros((0, *shapes.pop()), dtype=torch.uint8)
+    return ImageSample(root=root, files=[files[i] for i in used], images=images, found=len(files), skipped=skipped,
+                       indices=torch.tensor(held, dtype=torch.long) if world_size > 1 else None)
+
+
+def _everyone(items: list, world_size: int) -> list:
+    """The concatenated ``items`` of every process (collective; ``items`` itself alone)."""
+    if world_size == 1:
+        return list(items)
+    import torch.distributed as dist
+
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
 
 
 # --------------------------------------------------------------------------- labelled images

@@ -19,8 +19,9 @@ def is_main_process() -> bool:
     return not is_distributed() or dist.get_rank() == 0
 
 
-def _device() -> torch.device:
-    # NCCL moves CUDA tensors only; gloo and others take CPU tensors.
+def collective_device() -> torch.device:
+    """Where tensors must be for a collective of the current process group: NCCL moves CUDA
+    tensors only; gloo and others take CPU tensors."""
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -30,7 +31,7 @@ def gather_samples(rows: torch.Tensor, images: torch.Tensor) -> Tuple[torch.Tens
     """All processes' sample rows (n × d) and their image indices, sorted by image index (stable)."""
     if not is_distributed():
         return rows, images
-    device = _device()
+    device = collective_device()
     count = torch.tensor([rows.shape[0]], device=device)
     counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
@@ -52,7 +53,7 @@ def gather_samples(rows: torch.Tensor, images: torch.Tensor) -> Tuple[torch.Tens
 def sum_over_processes(value: int) -> int:
     if not is_distributed():
         return value
-    total = torch.tensor([value], dtype=torch.long, device=_device())
+    total = torch.tensor([value], dtype=torch.long, device=collective_device())
     dist.all_reduce(total)
     return int(total.item())
 
@@ -61,7 +62,7 @@ def broadcast_parameters(module: nn.Module) -> None:
     """Make every process hold process 0's weights (the solvers may differ in the last bits)."""
     if not is_distributed():
         return
-    device = _device()
+    device = collective_device()
     for tensor in module.state_dict().values():
         buffer = tensor.detach().to(device).contiguous()
         dist.broadcast(buffer, src=0)

@@ -31,11 +31,20 @@ def run_tool(main: Callable[[argparse.Namespace], Optional[int]], parser: argpar
     becomes one line on stderr and exit code 2 (1 for Ctrl-C), unless ``--debug`` is given."""
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
+    return run_main(main, args)
+
+
+def run_main(main: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace) -> int:
+    """``main(args)`` with :func:`run_tool`'s error handling (also what a spawned process of a
+    multi-process tool runs). An error marked ``quiet`` (reported by another process) prints nothing
+    and exits with its ``exit_code``."""
     try:
         return int(main(args) or 0)
     except (AccelDetError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         if getattr(args, "debug", False):
             raise
+        if getattr(error, "quiet", False):
+            return int(getattr(error, "exit_code", 2))
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
