@@ -46,6 +46,7 @@ setup(
         "opencv-contrib-python-headless",
         "Pillow",
         "tabulate",
+        "psutil",
     ],
     extras_require={"test": ["pytest"]},
 )

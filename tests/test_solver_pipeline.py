@@ -199,3 +199,14 @@ def test_dead_filters_are_handled():
         net[2].bias[:3] = -1.0  # three dead channels after the ReLU
     result = compress(net, image_batches(), speedup=2.0, method="asym", schedule=SHORT, progress=False)
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values())
+
+
+def test_carrying_activations_between_layers_changes_nothing():
+    net, batches = small_net(), image_batches()
+    options = dict(speedup=2.5, method="asym3d", schedule=SHORT, progress=False)
+    carried = compress(net, batches, **options)  # everything fits in the default memory
+    recomputed = compress(net, batches, memory=0, **options)
+    partly = compress(net, batches, memory=3 * 4 * 16 * 12 * 12 * 4 * 3, **options)  # only the deeper layers fit
+    for key, value in recomputed.model.state_dict().items():
+        assert torch.equal(value, carried.model.state_dict()[key]), key
+        assert torch.equal(value, partly.model.state_dict()[key]), key

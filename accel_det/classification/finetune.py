@@ -112,6 +112,15 @@ class EpochBatchSampler(Sampler):
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in chunk]
 
 
+def _iteration_of(line: str) -> Optional[int]:
+    """The iteration of a metrics line; None for a blank line or one a kill cut in half (appends
+    are not atomic, and a half line must not stop a resume)."""
+    try:
+        return int(json.loads(line).get("iteration", 0))
+    except ValueError:
+        return None
+
+
 class MetricsLog:
     """``metrics.json``: one JSON object per line (as Detectron2 writes it), plus TensorBoard."""
 
@@ -123,7 +132,7 @@ class MetricsLog:
             return
         if resume_from is not None and os.path.exists(self.path):  # drop lines of the interrupted part
             with open(self.path, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) <= resume_from]
+                kept = [line for line in f if _iteration_of(line) is not None and _iteration_of(line) <= resume_from]
             atomic_write_text("".join(kept), self.path)
         if tensorboard:
             try:

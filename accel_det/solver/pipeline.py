@@ -30,7 +30,7 @@ from .distributed import broadcast_parameters, is_main_process, sum_over_process
 from .factorize import set_low_rank_weights, set_weights, unpadded_conv
 from .complexity import ConvSpec, conv_macs, speedup_ratio, structure_macs
 from .network import conv_names, conv_specs
-from .ranks import RANK_COSTS, budget_macs, cost_per_rank, select_ranks, spatial_ranks, uniform_ranks
+from .ranks import RANK_COSTS, budget_macs, cost_per_rank, round_down_ranks, select_ranks, spatial_ranks, uniform_ranks
 from .responses import collect_original_responses, collect_regressor_responses, conv_chain, patch_responses
 from .spatial import filter_reconstruction
 
@@ -66,6 +66,9 @@ def compress(
     checkpoint: Optional[str] = None,
     resume: bool = False,
     on_layer_done: Optional[Callable[[str, dict], None]] = None,
+    latency_table=None,
+    round_ranks_to: int = 1,
+    memory: int = 4 << 30,
 ) -> CompressionResult:
     """Accelerate every conv of ``features`` (Conv2d / ReLU / MaxPool2d, torchvision VGG layout) by
     ``speedup`` in theoretical multiply-adds, from responses sampled on ``batches``.
@@ -81,8 +84,17 @@ def compress(
     Under torch.distributed each process passes its own shard of the images, as
     ``{"images": ..., "indices": ...}`` batches whose indices number the images globally; the
     processes pool their samples and end with the same model, that of a single process.
+
+    ``rank_cost="latency"`` (beyond the paper; methods linear, nonlinear, asym) makes rank selection
+    spend a measured-latency budget from ``latency_table`` (:mod:`.latency`) instead of multiply-adds;
+    ``round_ranks_to`` > 1 keeps every d' a multiple of it (e.g. 8 for GPU kernels).
+
+    ``memory`` (bytes, CPU) bounds the approximated activations carried from one layer to the next:
+    where a layer's inputs for all images fit, the next layer's pass starts from them instead of
+    re-running the approximated layers in front of it from the images. Results are the same.
     """
     _check_arguments(method, speedup, samples_per_image, rank_cost, schedule)
+    _check_latency_arguments(method, rank_selection, rank_cost, latency_table, round_ranks_to)
     progress = progress and is_main_process()
     device = torch.device(device) if device is not None else _module_device(features)
     if iter(batches) is batches:
@@ -97,7 +109,7 @@ def compress(
     input_hw = tuple(input_hw or _first_hw(batches))
     specs = conv_specs(original, input_hw)
     eigenvalues = {spec.name: eigen_descending(covariance(truth[spec.name])[1])[0] for spec in specs}
-    plan = _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_cost)
+    plan = _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_cost, latency_table, round_ranks_to)
     plan.update(
         samples_per_image=samples_per_image,
         seed=seed,
@@ -116,6 +128,7 @@ def compress(
 
     layer_bar = tqdm(specs, desc=f"compress ({method})", disable=not progress)
     approximated_before = False
+    inputs = None  # LayerInputs of the last solved layer, when they fit in ``memory``
     for number, spec in enumerate(layer_bar):
         entry = plan["layers"][spec.name]
         if spec.name in done:
@@ -126,9 +139,9 @@ def compress(
         if entry["structure"] == ORIGINAL:
             entry["error"] = 0.0 if not approximated_before else None
         else:
-            layer, error = _solve_layer(
+            layer, error, inputs = _solve_layer(
                 spec, entry, original[index], approximated, truth[spec.name], method, batches, index, number,
-                samples_per_image, seed, fingerprints, device, progress, schedule,
+                samples_per_image, seed, fingerprints, device, progress, schedule, inputs, memory,
             )
             broadcast_parameters(layer)
             approximated[index] = layer
@@ -150,8 +163,9 @@ def compress(
 
 
 def _solve_layer(spec, entry, conv, approximated, target, method, batches, index, number,
-                 samples_per_image, seed, fingerprints, device, progress, schedule):
-    """Build the factorized layer of one plan entry and its relative error on the samples."""
+                 samples_per_image, seed, fingerprints, device, progress, schedule, inputs, memory):
+    """Build the factorized layer of one plan entry, its relative error on the samples, and the
+    layer's approximated inputs when they fit in ``memory``."""
     layer = build_layer(conv, entry).to(device)
     if entry["structure"] in (SPATIAL, SPATIAL_CHANNEL):
         # The spatial step on the original layer: (k×1, d'') then (1×k, d), filter reconstruction.
@@ -159,16 +173,17 @@ def _solve_layer(spec, entry, conv, approximated, target, method, batches, index
         regressor = [unpadded_conv(vertical, None), unpadded_conv(horizontal, conv.bias)]
     else:
         regressor = [conv]
-    regressed = collect_regressor_responses(
+    regressed, inputs = collect_regressor_responses(
         approximated, batches, spec.name, index, number, regressor, samples_per_image, seed,
-        fingerprints, device, progress,
-    ).to(device)
+        fingerprints, device, progress, inputs, memory,
+    )
+    regressed = regressed.to(device)
     target = target.to(device)
 
     if entry["structure"] == SPATIAL:
         set_weights(layer.vertical, regressor[0].weight, None)
         set_weights(layer.horizontal, regressor[1].weight, regressor[1].bias)
-        return layer, relative_error(target, regressed, spec.relu)
+        return layer, relative_error(target, regressed, spec.relu), inputs
 
     rank = entry["rank"]
     if method == "linear":
@@ -183,10 +198,11 @@ def _solve_layer(spec, entry, conv, approximated, target, method, batches, index
         set_low_rank_weights(layer.horizontal, layer.expand, last, solution)
     else:
         set_low_rank_weights(layer.reduce, layer.expand, last, solution)
-    return layer, relative_error(target, solution.apply(regressed), spec.relu)
+    return layer, relative_error(target, solution.apply(regressed), spec.relu), inputs
 
 
-def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_cost) -> dict:
+def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_cost,
+               latency_table=None, round_ranks_to=1) -> dict:
     """Structure and ranks of every layer for a whole-model theoretical ``speedup``."""
     skip = set(skip)
     solved = [s for s in specs if s.name not in skip]
@@ -201,12 +217,18 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
         spatial = spatial_ranks(spatial_ok, budget_macs(specs, speedup, fixed))
     else:
         channel_speedup = math.sqrt(speedup) if method == "asym3d" else speedup
-        if rank_selection:
+        if rank_selection and rank_cost == "latency":
+            latency_table.check_fits(specs)
+            costs = {s.name: latency_table.cost_table(s.name) for s in solved}
+            budget = latency_table.budget(specs, channel_speedup, skip)
+            ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget, round_to=round_ranks_to)
+        elif rank_selection:
             costs = {s.name: cost_per_rank(s, rank_cost) for s in solved}
             budget = budget_macs(specs, channel_speedup, skip)
-            ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget)
+            ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget, round_to=round_ranks_to)
         else:
-            ranks = uniform_ranks(solved, channel_speedup)
+            ranks = round_down_ranks(uniform_ranks(solved, channel_speedup), round_ranks_to,
+                                     {s.name: s.out_channels for s in solved})
         if method == "asym3d":
             fixed_macs = sum(structure_macs(s, CHANNEL, ranks[s.name]) for s in solved if s not in spatial_ok)
             budget = budget_macs(specs, speedup, skip) - fixed_macs
@@ -229,6 +251,19 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
         }
     original_macs = sum(e["original_macs"] for e in layers.values())
     approximated_macs = sum(e["macs"] for e in layers.values())
+    extra = {}
+    if round_ranks_to > 1:
+        extra["round_ranks_to"] = int(round_ranks_to)
+    if rank_selection and rank_cost == "latency":
+        original_ms = 1e3 * latency_table.predicted(specs, {})
+        predicted_ms = 1e3 * latency_table.predicted(specs, ranks)
+        extra["latency"] = {  # sums of per-layer latencies of all conv layers, from the table
+            "key": latency_table.key,
+            "original_ms": original_ms,
+            "target_ms": original_ms / speedup,
+            "predicted_ms": predicted_ms,
+            "predicted_speedup": original_ms / predicted_ms,
+        }
     return {
         "format": PLAN_FORMAT,
         "method": method,
@@ -240,6 +275,7 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
         "original_macs": original_macs,
         "approximated_macs": approximated_macs,
         "layers": layers,
+        **extra,
     }
 
 
@@ -267,6 +303,19 @@ def _check_reachable(specs, solved, spatial_ok, speedup, method, skip) -> None:
     best = total / cheapest
     if speedup > best:
         raise AccelDetError(f"speedup {speedup:g} is impossible for method {method}: at most {best:.1f}x with these layers")
+
+
+def _check_latency_arguments(method, rank_selection, rank_cost, latency_table, round_ranks_to) -> None:
+    if not (isinstance(round_ranks_to, int) and round_ranks_to >= 1):
+        raise AccelDetError(f"round_ranks_to must be a positive integer, got {round_ranks_to!r}")
+    if rank_cost != "latency":
+        return
+    if method not in ("linear", "nonlinear", "asym"):
+        raise AccelDetError(f"rank_cost='latency' prices the channel structure only: use method linear, nonlinear or asym, not {method}")
+    if not rank_selection:
+        raise AccelDetError("rank_cost='latency' needs rank selection (uniform ranks do not use costs)")
+    if latency_table is None:
+        raise AccelDetError("rank_cost='latency' needs a latency_table (accel_det.solver.latency.measure_latency_table)")
 
 
 def _check_arguments(method, speedup, samples_per_image, rank_cost, schedule) -> None:

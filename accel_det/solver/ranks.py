@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
 from ..errors import AccelDetError
 from .complexity import ConvSpec, channel_macs, conv_macs, spatial_macs, uniform_rank
 
-RANK_COSTS = ("with_1x1", "paper")
+RANK_COSTS = ("with_1x1", "paper", "latency")
 
 
 def budget_macs(specs: Sequence[ConvSpec], speedup: float, skip: Iterable[str]) -> float:
@@ -33,20 +33,32 @@ def cost_per_rank(spec: ConvSpec, rank_cost: str = "with_1x1") -> float:
         return float(channel_macs(spec, 1))
     if rank_cost == "paper":
         return float(conv_macs(spec)) / spec.out_channels
+    if rank_cost == "latency":
+        raise AccelDetError("rank_cost='latency' takes its costs from a latency table (accel_det.solver.latency), not from multiply-adds")
     raise AccelDetError(f"unknown rank cost {rank_cost!r}; expected one of {RANK_COSTS}")
 
 
 def select_ranks(
     eigenvalues: Mapping[str, torch.Tensor],
-    costs: Mapping[str, float],
+    costs: Mapping[str, Union[float, Sequence[float], torch.Tensor]],
     budget: float,
     min_rank: int = 1,
+    *,
+    round_to: int = 1,
 ) -> Dict[str, int]:
     """Eqs. (13)–(14), greedy: starting from full ranks, drop the eigenvalue σ_{l,d'_l} with the
     smallest (ΔE/E)/ΔC, ΔE/E = σ_{l,d'_l} / Σ_{a≤d'_l} σ_{l,a}, until Σ_l d'_l·ΔC_l ≤ ``budget``.
 
-    ``eigenvalues`` are sorted, largest first, per layer; ``costs`` the ΔC of one rank per layer.
+    ``eigenvalues`` are sorted, largest first, per layer; ``costs`` the ΔC of one rank per layer
+    (a number), or, per layer, a cost table: the cost of the layer at ranks 1 … d (e.g. measured
+    latencies, see :mod:`.latency`), then the greedy of :func:`select_ranks_by_table` is used.
+    ``round_to`` > 1 keeps every rank a multiple of it (or the full rank d), also by that greedy.
     """
+    if round_to > 1 or any(not _is_number(c) for c in costs.values()):
+        tables = {
+            name: _as_table(costs[name], len(eigenvalues[name]), name) for name in eigenvalues
+        }
+        return select_ranks_by_table(eigenvalues, tables, budget, min_rank, round_to=round_to)
     order = list(eigenvalues)
     values = {name: eigenvalues[name].double().clamp_min(0).tolist() for name in order}
     energy = {name: [0.0] + list(_cumsum(values[name])) for name in order}
@@ -82,6 +94,149 @@ def select_ranks(
         _, _, name = max(fitting)
         ranks[name] += 1
         spent += costs[name]
+
+
+def select_ranks_by_table(
+    eigenvalues: Mapping[str, torch.Tensor],
+    tables: Mapping[str, Sequence[float]],
+    budget: float,
+    min_rank: int = 1,
+    *,
+    round_to: int = 1,
+) -> Dict[str, int]:
+    """The greedy of eqs. (13)–(14) with a cost per rank instead of a constant ΔC (beyond the paper).
+
+    ``tables[l][i]`` is the cost of layer l at rank i + 1 (made non-decreasing here by taking, at
+    each rank, the smallest cost of any rank at or above it). A layer may stop only at *allowed*
+    ranks: multiples of ``round_to`` (and at least ``min_rank``) or its full rank d.
+
+    Each step moves one layer from its rank d' down to an allowed, strictly cheaper rank d'',
+    choosing over all layers and all such d'' the smallest (ΔE/E)/ΔC with
+    ΔE/E = Σ_{d''<a≤d'} σ_{l,a} / Σ_{a≤d'} σ_{l,a} and ΔC = cost(d') − cost(d''), until
+    Σ_l cost_l(d'_l) ≤ ``budget``. Looking past the next rank matters for measured costs: a
+    latency often barely moves over some ranks and then drops (kernel tiles, cache sizes), and a
+    one-eigenvalue-at-a-time greedy would never cross such a flat stretch. Then, as
+    :func:`select_ranks` does, the most valuable steps up that still fit are given back. With a
+    linear table (cost(d') = d'·ΔC) the best step is always one eigenvalue (the σ are sorted), so
+    with ``round_to=1`` this is :func:`select_ranks` exactly.
+    """
+    import numpy as np
+
+    if round_to < 1 or int(round_to) != round_to:
+        raise AccelDetError(f"round_to must be a positive integer, got {round_to!r}")
+    round_to = int(round_to)
+    order = list(eigenvalues)
+    values = {name: eigenvalues[name].double().clamp_min(0).tolist() for name in order}
+    energy = {name: np.concatenate([[0.0], np.cumsum(values[name])]) for name in order}
+    cost = {}
+    allowed = {}
+    for name in order:
+        d = len(values[name])
+        cost[name] = np.array([0.0] + _monotone(_as_table(tables[name], d, name)))  # cost[name][r]: at rank r
+        floor = max(min_rank, round_to) if round_to > 1 else min_rank
+        allowed[name] = np.array(sorted({r for r in range(1, d + 1) if r % round_to == 0 and r >= floor} | {d}))
+    ranks = {name: len(values[name]) for name in order}
+    spent = sum(float(cost[name][ranks[name]]) for name in order)
+
+    def exact_loss(name: str, high: int, low: int) -> float:
+        kept = energy[name][high]
+        return sum(values[name][low:high]) / kept if kept > 0 else 0.0
+
+    def best_step_down(name: str):
+        """(ratio, rank) of the best move down for layer ``name``, or None."""
+        high = ranks[name]
+        lows = allowed[name][allowed[name] < high]
+        lows = lows[cost[name][lows] < cost[name][high]]
+        if not len(lows):
+            return None
+        kept = energy[name][high]
+        losses = (kept - energy[name][lows]) / kept if kept > 0 else np.zeros(len(lows))
+        ratios = losses / (cost[name][high] - cost[name][lows])
+        nearest = int(lows[-1])
+        near = exact_loss(name, high, nearest) / (cost[name][high] - cost[name][nearest])
+        best = int(np.argmin(ratios))
+        if near <= ratios[best] * (1 + 1e-9):  # ties (and rounding) go to the smallest step
+            return near, nearest
+        return float(ratios[best]), int(lows[best])
+
+    def candidate(name: str):
+        step = best_step_down(name)
+        return None if step is None else (step[0], order.index(name), name, step[1])
+
+    heap = [c for c in (candidate(name) for name in order) if c is not None]
+    heapq.heapify(heap)
+    while spent > budget:
+        if not heap:
+            raise AccelDetError("the speedup is impossible: every layer is already at its minimum rank")
+        _, _, name, low = heapq.heappop(heap)
+        spent -= float(cost[name][ranks[name]] - cost[name][low])
+        ranks[name] = low
+        following = candidate(name)
+        if following is not None:
+            heapq.heappush(heap, following)
+    # Give back the most valuable steps up that still fit (as in select_ranks).
+    while True:
+        fitting = []
+        for name in order:
+            low = ranks[name]
+            ups = allowed[name][allowed[name] > low]
+            extras = cost[name][ups] - cost[name][low]
+            ups, extras = ups[spent + extras <= budget], extras[spent + extras <= budget]
+            if not len(ups):
+                continue
+            gains = (energy[name][ups] - energy[name][low]) / np.where(energy[name][ups] > 0, energy[name][ups], 1.0)
+            with np.errstate(divide="ignore"):
+                ratios = np.where(extras > 0, gains / np.where(extras > 0, extras, 1.0), np.inf)
+            nearest, extra = int(ups[0]), float(extras[0])
+            kept = energy[name][nearest]
+            near_gain = sum(values[name][low:nearest]) / kept if kept > 0 else 0.0
+            near = near_gain / extra if extra > 0 else math.inf
+            best = int(np.argmax(ratios))
+            if near >= ratios[best] * (1 - 1e-9):
+                fitting.append((near, -order.index(name), name, nearest, extra))
+            else:
+                fitting.append((float(ratios[best]), -order.index(name), name, int(ups[best]), float(extras[best])))
+        if not fitting:
+            return ranks
+        _, _, name, up, extra = max(fitting)
+        ranks[name] = up
+        spent += extra
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.dim() == 0)
+
+
+def _as_table(costs, d: int, name: str) -> List[float]:
+    """A cost table of length d: a number ΔC becomes the linear table [ΔC, 2ΔC, …, dΔC]."""
+    if _is_number(costs):
+        step = float(costs)
+        return [step * r for r in range(1, d + 1)]
+    table = [float(c) for c in (costs.tolist() if isinstance(costs, torch.Tensor) else costs)]
+    if len(table) != d:
+        raise AccelDetError(f"the cost table of {name} has {len(table)} entries, expected one per rank 1..{d}")
+    if not all(math.isfinite(c) for c in table):
+        raise AccelDetError(f"the cost table of {name} has non-finite entries")
+    return table
+
+
+def _monotone(table: Sequence[float]) -> List[float]:
+    """Non-decreasing in the rank: cost(r) = min over r' ≥ r of the given cost(r')."""
+    result = list(table)
+    for i in range(len(result) - 2, -1, -1):
+        result[i] = min(result[i], result[i + 1])
+    return result
+
+
+def round_down_ranks(ranks: Mapping[str, int], multiple: int, full: Mapping[str, int]) -> Dict[str, int]:
+    """Ranks rounded down to a multiple of ``multiple`` (at least ``multiple``, at most the full
+    rank), for uniform ranks with ``round_ranks_to``; rounding down never exceeds a budget."""
+    if multiple <= 1:
+        return dict(ranks)
+    return {
+        name: rank if rank == full[name] else min(full[name], max(multiple, rank - rank % multiple))
+        for name, rank in ranks.items()
+    }
 
 
 def _gain(values, energy, rank) -> float:

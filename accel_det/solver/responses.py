@@ -7,6 +7,7 @@ of samples, not of images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -128,6 +129,20 @@ def collect_original_responses(
     return result, fingerprints
 
 
+@dataclass
+class LayerInputs:
+    """Inputs of the conv at ``index`` in the network approximated so far, for every local batch,
+    kept (on the CPU) so that the next layer's pass starts from them instead of from the images."""
+
+    index: int
+    tensors: List[torch.Tensor]
+    indices: List[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+
 def collect_regressor_responses(
     features: nn.Sequential,
     batches: Iterable,
@@ -140,25 +155,43 @@ def collect_regressor_responses(
     fingerprints: Sequence[torch.Tensor],
     device: Optional[torch.device] = None,
     progress: bool = True,
-) -> torch.Tensor:
+    inputs: Optional[LayerInputs] = None,
+    memory: int = 0,
+) -> Tuple[torch.Tensor, Optional[LayerInputs]]:
     """Responses ŷ = W̃ x̂ at the sampled positions, x̂ being the input of layer ``index`` in the
-    (partly approximated) ``features`` and W̃ the conv chain ``regressor``."""
+    (partly approximated) ``features`` and W̃ the conv chain ``regressor``.
+
+    The pass starts from ``inputs`` of an earlier layer when given, else from the images. It also
+    returns this layer's inputs when they fit in ``memory`` bytes (besides ``inputs``), so that
+    passes cost one approximated layer each instead of the whole approximated front.
+    """
     conv = features[index]
     rows, images_of = [], []
-    with torch.inference_mode():
+    budget = memory - (inputs.nbytes if inputs is not None else 0)
+    kept: Optional[LayerInputs] = LayerInputs(index, [], []) if budget > 0 else None
+    if inputs is not None:
+        start = inputs.index
+        stream = ((x.to(device), i) for x, i in zip(inputs.tensors, inputs.indices))
+    else:
+        start = 0
         stream = iterate_batches(batches, device)
-        for number, (images, indices) in enumerate(tqdm(stream, desc=f"{name} approximated inputs", disable=not progress, leave=False)):
-            if number >= len(fingerprints) or not torch.allclose(_fingerprint(images), fingerprints[number], rtol=1e-5, atol=1e-6):
+    with torch.inference_mode():
+        for number, (x, indices) in enumerate(tqdm(stream, desc=f"{name} approximated inputs", disable=not progress, leave=False)):
+            if inputs is None and (number >= len(fingerprints) or not torch.allclose(_fingerprint(x), fingerprints[number], rtol=1e-5, atol=1e-6)):
                 raise AccelDetError("the batches changed between passes: give the same images in the same order every time (e.g. a DataLoader with shuffle=False and no random augmentation)")
-            x = images
-            for module in features[:index]:
+            for module in features[start:index]:  # starts with a conv: ``inputs`` are never changed in place
                 x = module(x)
             out_hw = _out_hw(conv, x.shape[2:])
             positions = [sample_positions(seed, layer_number, int(i), out_hw, samples_per_image) for i in indices]
             rows.append(patch_responses(regressor, gather_patches(x, positions, conv, out_hw)).cpu())
             images_of.append(_row_images(indices, positions))
+            if kept is not None:
+                kept.tensors.append(x.cpu())
+                kept.indices.append(indices)
+                if kept.nbytes > budget:
+                    kept = None
     stacked, images = _stack(rows, images_of, regressor[-1].out_channels)
-    return _checked(name, gather_samples(stacked, images)[0])
+    return _checked(name, gather_samples(stacked, images)[0]), kept
 
 
 def _row_images(indices: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
