@@ -28,7 +28,7 @@ test: venv
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 demo: venv
-	$(PY) tools/demo_solver.py
+	$(PY) tools/demo.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,56 @@
+"""VGG-16's fc6 / fc7 as a Detectron2 box head (Fast R-CNN's head on 7×7 RoI-pooled conv5_3)."""
+
+from __future__ import annotations
+
+import fvcore.nn.weight_init as weight_init
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
+
+from .backbone import _register
+
+
+class VGG16BoxHead(nn.Sequential):
+    """flatten → fc6 → ReLU → dropout → fc7 → ReLU → dropout, as VGG-16's classifier without fc8.
+
+    With ``MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION: 7`` and ``FC_DIM: 4096`` the weights of
+    torchvision's ``classifier.0`` / ``classifier.3`` load into ``fc6`` / ``fc7``
+    (``tools/convert_vgg16.py``). Without weights, fc6 and fc7 are Xavier-initialised like
+    Detectron2's ``FastRCNNConvFCHead``.
+    """
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, fc_dim: int, dropout: float = 0.5):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MODEL.ROI_BOX_HEAD.DROPOUT must be in [0, 1), got {dropout}")
+        in_features = input_shape.channels * (input_shape.height or 1) * (input_shape.width or 1)
+        self.add_module("flatten", nn.Flatten())
+        self.add_module("fc6", nn.Linear(in_features, fc_dim))
+        self.add_module("relu6", nn.ReLU(inplace=True))
+        self.add_module("drop6", nn.Dropout(dropout))
+        self.add_module("fc7", nn.Linear(fc_dim, fc_dim))
+        self.add_module("relu7", nn.ReLU(inplace=True))
+        self.add_module("drop7", nn.Dropout(dropout))
+        for layer in (self.fc6, self.fc7):
+            weight_init.c2_xavier_fill(layer)
+        self._output_size = fc_dim
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {
+            "input_shape": input_shape,
+            "fc_dim": cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
+            "dropout": cfg.MODEL.ROI_BOX_HEAD.DROPOUT,
+        }
+
+    @property
+    def output_shape(self):
+        return ShapeSpec(channels=self._output_size)
+
+
+def register() -> None:
+    """Add :class:`VGG16BoxHead` to ``ROI_BOX_HEAD_REGISTRY`` (idempotent)."""
+    _register(ROI_BOX_HEAD_REGISTRY, VGG16BoxHead)

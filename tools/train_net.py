@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Train and evaluate Fast R-CNN / Faster R-CNN with a plain or accelerated VGG-16 (Detectron2).
+
+    tools/train_net.py --config accel_vgg16_voc.yaml                        # train, then evaluate
+    tools/train_net.py --config accel_vgg16_voc.yaml --eval-only MODEL.WEIGHTS output/accel_vgg16_voc/model_final.pth
+    tools/train_net.py --config-file configs/vgg16_voc.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+
+Detectron2's usual command line (``default_argument_parser``: ``--resume``, ``--eval-only``,
+``--num-gpus``, ``KEY VALUE`` overrides). A bare config name is looked up in ``configs/``, and
+``--config`` is accepted for ``--config-file``. Evaluation results go to
+``OUTPUT_DIR/eval_results.json`` as well as to the log.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import accel_det.detection  # noqa: E402,F401  (registers the backbones, box head and data sets)
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from accel_det.detection.checkpoint import load_detector_weights  # noqa: E402
+from accel_det.detection.config import load_config, resolve_config_file  # noqa: E402
+from accel_det.detection.trainer import Trainer, by_dataset, check_inputs, save_results  # noqa: E402
+from accel_det.errors import AccelDetError  # noqa: E402
+
+logger = logging.getLogger("accel_det.train_net")
+
+
+def setup(args):
+    """The frozen config of a run (accel-det keys, config file, command-line overrides), its
+    inputs checked before Detectron2's logging starts."""
+    args.config_file = resolve_config_file(args.config_file)
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    check_inputs(cfg, train=not args.eval_only)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_detector_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=args.resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()  # evaluates on DATASETS.TEST after the last iteration (Detectron2's EvalHook)
+        results = getattr(trainer, "_last_eval_results", None)
+    if comm.is_main_process() and results:
+        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        save_results(by_dataset(cfg, results), path)
+        logger.info("evaluation results written to %s", path)
+    return results
+
+
+def run(main_function=main, argv=None) -> int:
+    """Parse, launch (one process per GPU), and turn accel-det's errors into one line, exit 2."""
+    parser = default_argument_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    try:
+        # checked here as well as in each process, so that bad input is one line, not a child's traceback
+        check_inputs(load_config(resolve_config_file(args.config_file), args.opts), train=not args.eval_only)
+        launch(
+            main_function,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (AccelDetError, FileNotFoundError) as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
