@@ -41,7 +41,11 @@ def test_every_method_meets_the_speedup_and_keeps_the_interface(method):
     assert plan["theoretical_speedup"] == pytest.approx(2.5, rel=0.02)
     assert plan["layers"]["conv1_1"]["structure"] == "original"
     expected = {"linear": "channel", "nonlinear": "channel", "asym": "channel", "asym3d": "spatial_channel", "jaderberg": "spatial"}
-    assert {e["structure"] for n, e in plan["layers"].items() if n != "conv1_1"} == {expected[method]}
+    folded = {"channel": "original", "spatial_channel": "spatial"}  # full-rank layers lose their 1×1 layer
+    for name, entry in plan["layers"].items():
+        if name != "conv1_1":
+            full = entry["rank"] == entry["out_channels"]
+            assert entry["structure"] == (folded[expected[method]] if full else expected[method]), name
     for entry in plan["layers"].values():
         assert entry["error"] is None or 0 <= entry["error"] < 1.5
     x = torch.rand(2, 3, 24, 24)
@@ -210,3 +214,30 @@ def test_carrying_activations_between_layers_changes_nothing():
     for key, value in recomputed.model.state_dict().items():
         assert torch.equal(value, carried.model.state_dict()[key]), key
         assert torch.equal(value, partly.model.state_dict()[key]), key
+
+
+def test_full_rank_layers_fold_the_1x1_layer_away():
+    net = small_net()
+    for method, folded in (("asym", "original"), ("asym3d", "spatial")):
+        result = compress(net, image_batches(), speedup=1.15, method=method, schedule=SHORT, progress=False)
+        full = [n for n, e in result.plan["layers"].items() if e["rank"] == e["out_channels"]]
+        assert full, "expected layers kept at full rank at this mild speedup"
+        index = {"conv3_3": 14, "conv3_2": 12, "conv3_1": 10, "conv2_2": 7, "conv2_1": 5, "conv1_2": 2}
+        for name in full:
+            entry = result.plan["layers"][name]
+            assert entry["structure"] == folded and entry["error"] is not None
+            layer = result.model[index[name]]
+            assert not isinstance(layer, FactorizedConv2d) or "expand" not in dict(layer.named_children())
+        assert result.plan["theoretical_speedup"] >= 1.15
+        rebuilt = apply_plan(small_net(seed=2), result.plan)
+        rebuilt.load_state_dict(result.model.state_dict())
+    # Folding is exact: a full-rank linear solution on the layer's own responses reproduces it.
+    linear = compress(net, image_batches(), speedup=1.15, method="linear", progress=False)
+    x = torch.rand(2, 3, 24, 24)
+    first_full = min((n for n, e in linear.plan["layers"].items() if e["rank"] == e["out_channels"]), key=lambda n: n)
+    assert first_full
+    with torch.no_grad():
+        layer = linear.model[{"conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}[first_full]]
+        conv = net[{"conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}[first_full]]
+        inputs = torch.rand(2, conv.in_channels, 8, 8)
+        assert torch.allclose(layer(inputs), conv(inputs), atol=1e-4)

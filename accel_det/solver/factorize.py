@@ -20,6 +20,16 @@ def set_low_rank_weights(reduce: nn.Conv2d, expand: nn.Conv2d, source: nn.Conv2d
     set_weights(expand, solution.P.double()[:, :, None, None], solution.b.double())
 
 
+def set_folded_weights(target: nn.Conv2d, source: nn.Conv2d, solution: LowRankResponse) -> None:
+    """A full-rank M folded into ``source``: weights M W and bias M b₀ + b into ``target``, so one
+    conv computes M (W x + b₀) + b at the cost of the layer itself (a d × d 1×1 layer would only
+    add cost)."""
+    m = solution.matrix().double()
+    weight = torch.einsum("od,dchw->ochw", m, source.weight.double())
+    bias = m @ source.bias.double() if source.bias is not None else torch.zeros(m.shape[0], dtype=torch.float64)
+    set_weights(target, weight, bias + solution.b.double())
+
+
 def set_weights(conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
     """Copy ``weight`` and ``bias`` (zeros when None) into ``conv``."""
     with torch.no_grad():

@@ -27,10 +27,10 @@ from .channel import (
     relative_error,
 )
 from .distributed import broadcast_parameters, is_main_process, sum_over_processes
-from .factorize import set_low_rank_weights, set_weights, unpadded_conv
+from .factorize import set_folded_weights, set_low_rank_weights, set_weights, unpadded_conv
 from .complexity import ConvSpec, conv_macs, speedup_ratio, structure_macs
 from .network import conv_names, conv_specs
-from .ranks import RANK_COSTS, budget_macs, cost_per_rank, round_down_ranks, select_ranks, spatial_ranks, uniform_ranks
+from .ranks import RANK_COSTS, budget_macs, channel_cost_table, cost_per_rank, round_down_ranks, select_ranks, spatial_ranks, uniform_ranks
 from .responses import collect_original_responses, collect_regressor_responses, conv_chain, patch_responses
 from .spatial import filter_reconstruction
 
@@ -132,11 +132,11 @@ def compress(
     for number, spec in enumerate(layer_bar):
         entry = plan["layers"][spec.name]
         if spec.name in done:
-            approximated_before = approximated_before or entry["structure"] != ORIGINAL
+            approximated_before = approximated_before or entry["structure"] != ORIGINAL or entry.get("rank") is not None
             continue
         start = time.perf_counter()
         index = names[spec.name]
-        if entry["structure"] == ORIGINAL:
+        if entry["structure"] == ORIGINAL and entry.get("rank") is None:  # skipped: left as it is
             entry["error"] = 0.0 if not approximated_before else None
         else:
             layer, error, inputs = _solve_layer(
@@ -166,11 +166,14 @@ def _solve_layer(spec, entry, conv, approximated, target, method, batches, index
                  samples_per_image, seed, fingerprints, device, progress, schedule, inputs, memory):
     """Build the factorized layer of one plan entry, its relative error on the samples, and the
     layer's approximated inputs when they fit in ``memory``."""
-    layer = build_layer(conv, entry).to(device)
-    if entry["structure"] in (SPATIAL, SPATIAL_CHANNEL):
+    structure, rank = entry["structure"], entry.get("rank")
+    layer = copy.deepcopy(conv) if structure == ORIGINAL else build_layer(conv, entry).to(device)
+    spatial = structure in (SPATIAL, SPATIAL_CHANNEL)
+    if spatial:
         # The spatial step on the original layer: (k×1, d'') then (1×k, d), filter reconstruction.
         vertical, horizontal = filter_reconstruction(conv.weight, entry["spatial_rank"])
         regressor = [unpadded_conv(vertical, None), unpadded_conv(horizontal, conv.bias)]
+        set_weights(layer.vertical, vertical, None)
     else:
         regressor = [conv]
     regressed, inputs = collect_regressor_responses(
@@ -179,25 +182,24 @@ def _solve_layer(spec, entry, conv, approximated, target, method, batches, index
     )
     regressed = regressed.to(device)
     target = target.to(device)
+    last = regressor[-1]
 
-    if entry["structure"] == SPATIAL:
-        set_weights(layer.vertical, regressor[0].weight, None)
-        set_weights(layer.horizontal, regressor[1].weight, regressor[1].bias)
+    if rank is None:  # jaderberg: the spatial step alone
+        set_weights(layer.horizontal, last.weight, last.bias)
         return layer, relative_error(target, regressed, spec.relu), inputs
 
-    rank = entry["rank"]
     if method == "linear":
         solution = pca_reconstruction(target, rank)
     elif method == "nonlinear":
         solution = nonlinear_reconstruction(target, target, rank, relu=spec.relu, schedule=schedule)
     else:  # asym, asym3d
         solution = nonlinear_reconstruction(target, regressed, rank, relu=spec.relu, schedule=schedule)
-    last = regressor[-1]
-    if entry["structure"] == SPATIAL_CHANNEL:
-        set_weights(layer.vertical, regressor[0].weight, None)
+    if structure == SPATIAL_CHANNEL:
         set_low_rank_weights(layer.horizontal, layer.expand, last, solution)
-    else:
+    elif structure == CHANNEL:
         set_low_rank_weights(layer.reduce, layer.expand, last, solution)
+    else:  # full rank d' = d: M folded into the layer that produces ŷ
+        set_folded_weights(layer.horizontal if spatial else layer, last, solution)
     return layer, relative_error(target, solution.apply(regressed), spec.relu), inputs
 
 
@@ -223,21 +225,29 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
             budget = latency_table.budget(specs, channel_speedup, skip)
             ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget, round_to=round_ranks_to)
         elif rank_selection:
-            costs = {s.name: cost_per_rank(s, rank_cost) for s in solved}
+            if rank_cost == "paper":  # eq. (14) as printed: ΔC = C_l / d_l
+                costs = {s.name: cost_per_rank(s, rank_cost) for s in solved}
+            else:
+                costs = {s.name: channel_cost_table(s) for s in solved}
             budget = budget_macs(specs, channel_speedup, skip)
             ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget, round_to=round_ranks_to)
         else:
             ranks = round_down_ranks(uniform_ranks(solved, channel_speedup), round_ranks_to,
                                      {s.name: s.out_channels for s in solved})
         if method == "asym3d":
-            fixed_macs = sum(structure_macs(s, CHANNEL, ranks[s.name]) for s in solved if s not in spatial_ok)
+            fixed_macs = sum(
+                structure_macs(s, _structure(ranks[s.name], None, s.out_channels), ranks[s.name])
+                for s in solved if s not in spatial_ok
+            )
             budget = budget_macs(specs, speedup, skip) - fixed_macs
-            spatial = spatial_ranks(spatial_ok, budget, {s.name: ranks[s.name] for s in spatial_ok})
+            # Full-rank layers lose their 1×1 layer (folded), so the spatial step sees them as d wide.
+            low_rank = {s.name: ranks[s.name] for s in spatial_ok if ranks[s.name] < s.out_channels}
+            spatial = spatial_ranks(spatial_ok, budget, low_rank)
 
     layers = {}
     for spec in specs:
         rank, spatial_rank = ranks.get(spec.name), spatial.get(spec.name)
-        structure = _structure(rank, spatial_rank)
+        structure = _structure(rank, spatial_rank, spec.out_channels)
         layers[spec.name] = {
             **spec.to_dict(),
             "structure": structure,
@@ -279,7 +289,11 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
     }
 
 
-def _structure(rank, spatial_rank) -> str:
+def _structure(rank, spatial_rank, out_channels) -> str:
+    """The layers a plan entry becomes. At full rank d' = d the 1×1 layer would only add cost: M
+    is folded into the layer before it (the entry keeps ``rank`` = d to say it is solved)."""
+    if rank == out_channels:
+        rank = None
     if rank and spatial_rank:
         return SPATIAL_CHANNEL
     if rank:

@@ -38,6 +38,15 @@ def cost_per_rank(spec: ConvSpec, rank_cost: str = "with_1x1") -> float:
     raise AccelDetError(f"unknown rank cost {rank_cost!r}; expected one of {RANK_COSTS}")
 
 
+def channel_cost_table(spec: ConvSpec) -> List[float]:
+    """Multiply-adds of a layer at ranks 1 … d: d'(k²c + d)·H'W' below full rank, and at full rank
+    d·k²c·H'W', since a full-rank M is folded into the layer (no 1×1 layer). Above the break-even
+    rank d·k²c / (k²c + d) a factorized layer costs more than full rank, so rank selection goes
+    from d straight below it."""
+    table = [float(channel_macs(spec, rank)) for rank in range(1, spec.out_channels)]
+    return table + [float(conv_macs(spec))]
+
+
 def select_ranks(
     eigenvalues: Mapping[str, torch.Tensor],
     costs: Mapping[str, Union[float, Sequence[float], torch.Tensor]],
