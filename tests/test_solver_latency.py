@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-from torch import nn
 
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import vgg16_features
@@ -15,6 +14,11 @@ from accel_det.solver import latency as latency_module
 from accel_det.solver.latency import LatencyTable, load_latency_table, measure_latency_table, rank_grid
 from accel_det.solver.ranks import budget_macs, cost_per_rank, product_energy, select_ranks_by_table
 from accel_det.utils.io import atomic_write_json
+from tests.test_solver_pipeline import small_net as _small_net
+
+
+def small_net(width=8):
+    return _small_net(width=width)
 
 
 @pytest.fixture(autouse=True)
@@ -28,17 +32,6 @@ def one_thread():
 
 def _spectrum(generator, size):
     return torch.rand(size, generator=generator, dtype=torch.float64).pow(3).sort(descending=True).values
-
-
-def small_net(width=8):
-    torch.manual_seed(0)
-    layers, c = [], 3
-    for block in ((width, width), (2 * width, 2 * width), (4 * width, 4 * width, 4 * width)):
-        for d in block:
-            layers += [nn.Conv2d(c, d, 3, padding=1), nn.ReLU(inplace=True)]
-            c = d
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers).eval()
 
 
 class FakeClock:

@@ -233,7 +233,6 @@ def test_full_rank_layers_fold_the_1x1_layer_away():
         rebuilt.load_state_dict(result.model.state_dict())
     # Folding is exact: a full-rank linear solution on the layer's own responses reproduces it.
     linear = compress(net, image_batches(), speedup=1.15, method="linear", progress=False)
-    x = torch.rand(2, 3, 24, 24)
     first_full = min((n for n, e in linear.plan["layers"].items() if e["rank"] == e["out_channels"]), key=lambda n: n)
     assert first_full
     with torch.no_grad():

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
-from ..layers import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, FactorizedConv2d, build_layer
+from ..layers import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, build_layer
 from .channel import (
     DEFAULT_SCHEDULE,
     covariance,
@@ -28,10 +28,10 @@ from .channel import (
 )
 from .distributed import broadcast_parameters, is_main_process, sum_over_processes
 from .factorize import set_folded_weights, set_low_rank_weights, set_weights, unpadded_conv
-from .complexity import ConvSpec, conv_macs, speedup_ratio, structure_macs
+from .complexity import conv_macs, speedup_ratio, structure_macs
 from .network import conv_names, conv_specs
 from .ranks import RANK_COSTS, budget_macs, channel_cost_table, cost_per_rank, round_down_ranks, select_ranks, spatial_ranks, uniform_ranks
-from .responses import collect_original_responses, collect_regressor_responses, conv_chain, patch_responses
+from .responses import collect_original_responses, collect_regressor_responses
 from .spatial import filter_reconstruction
 
 logger = logging.getLogger(__name__)

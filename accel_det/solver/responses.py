@@ -81,11 +81,6 @@ def patch_responses(convs: Sequence[nn.Conv2d], patches: torch.Tensor) -> torch.
     return x.flatten(1).float()
 
 
-def conv_chain(module: nn.Module) -> List[nn.Conv2d]:
-    """The convs of a layer in order: itself, or the children of a :class:`FactorizedConv2d`."""
-    return list(module.children()) if isinstance(module, FactorizedConv2d) else [module]
-
-
 def collect_original_responses(
     features: nn.Sequential,
     batches: Iterable,
