@@ -17,7 +17,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
-from ..layers import FactorizedConv2d
 from .distributed import gather_samples, sum_over_processes
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # images N×3×H×W, their global indices (N,)
