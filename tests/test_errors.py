@@ -127,8 +127,11 @@ CASES = [
          "model_final.pth already exists; pass --overwrite", lambda p: [p["ft"] / "model_final.pth"]),
     # ----------------------------------------------------------------- tools/convert_vgg16.py
     Case("convert-plan-mismatch", "converting weights with a plan that does not fit", "convert_vgg16",
-         lambda p: ["--source", p["weights"], "--plan", f"{p['reference']}.json", "--output", p["out"] / "d2.pth"],
+         lambda p: ["--source", p["weights"], "--plan", f"{p['reference']}.json", "--output", p["out"] / "d2.pth", "--overwrite"],
          "does not fit plan ", lambda p: [p["out"] / "d2.pth"]),
+    Case("convert-output-exists", "converted checkpoint exists (no --overwrite)", "convert_vgg16",
+         lambda p: ["--source", p["weights"], "--output", p["out"] / "d2.pth"],
+         "already exists; pass --overwrite", lambda p: [p["out"] / "d2.pth"]),
     # ----------------------------------------------------------------- tools/train_net.py (Detectron2)
     Case("d2-weights-missing", "MODEL.WEIGHTS file missing", "train_net",
          lambda p: d2(p, "demo/vgg16_synthetic", "MODEL.WEIGHTS", p["root"] / "nope.pth"),

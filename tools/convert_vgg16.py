@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'torchvision' (download), a torchvision-layout VGG-16 .pth, or tools/compress_backbone.py's OUT.pth")
     parser.add_argument("--plan", help="the plan JSON that goes with an accelerated --source (OUT.json)")
     parser.add_argument("--output", required=True, help="Detectron2 checkpoint to write (.pth)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     add_common_arguments(parser)
     return parser
 
@@ -38,8 +39,9 @@ def main(args) -> int:
     from accel_det.detection.convert import INPUT_FORMAT, PIXEL_MEAN, PIXEL_STD, config_lines, vgg16_to_detectron2
     from accel_det.errors import AccelDetError
     from accel_det.models.vgg import load_vgg16_state_dict
-    from accel_det.utils.io import atomic_torch_save, atomic_write_json, load_json
+    from accel_det.utils.io import atomic_torch_save, atomic_write_json, load_json, refuse_existing
 
+    refuse_existing([args.output, args.output + ".json"], args.overwrite)
     plan = None
     if args.plan:
         plan = load_json(args.plan, "plan")
