@@ -75,7 +75,9 @@ def test_compress_writes_weights_plan_plot_and_table(work):
     # the solver's plan itself, extended with how it was obtained
     assert record["method"] == "asym3d" and 2.8 < record["theoretical_speedup"] < 3.2
     assert record["layers"]["conv1_1"]["structure"] == "original"
-    assert all(e["structure"] == "spatial_channel" for n, e in record["layers"].items() if n != "conv1_1")
+    # asym3d layers are k×1 → 1×k → 1×1; at full rank d' = d the 1×1 layer is folded away
+    assert all(e["structure"] == ("spatial" if e["rank"] == e["out_channels"] else "spatial_channel")
+               for n, e in record["layers"].items() if n != "conv1_1")
     assert record["num_images"] == 20 and record["num_samples"]["conv3_1"] == 100
     assert record["options"]["num_images"] == 20 and record["preprocessing"]["center_crop"] == 56
     assert len(record["source_weights"]["sha256"]) == 64 and record["images"]["used"] == 20

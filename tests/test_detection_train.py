@@ -17,7 +17,8 @@ from accel_det.detection.synthetic import make_synthetic_voc  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["MODEL.VGG.WIDTH", "0.0625", "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
          "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "86", "INPUT.MIN_SIZE_TEST", "64",
-         "INPUT.MAX_SIZE_TEST", "86", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+         "INPUT.MAX_SIZE_TEST", "86", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu",
+         "MODEL.WEIGHTS", ""]  # the demo config's weights are written by tools/demo.py
 
 
 @pytest.fixture(scope="module")
