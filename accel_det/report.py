@@ -10,13 +10,19 @@ A *record* is a plain dict (a ``result.json`` next to each model's outputs)::
 
 :func:`report_rows` turns records into rows with actual speedups (baseline median / model median)
 and ΔAP50; :func:`markdown_table` and :func:`plot_map_vs_speedup` render them. No detectron2 here.
+
+Runs made with ``tools/train_net.py`` have no record: :func:`record_from_run` makes one from the
+run's folder (``eval_results.json``, the plan named by ``config.yaml``'s ``MODEL.ACCEL.PLAN`` or a
+``plan.json``), and :func:`attach_speed` adds latencies from a ``tools/benchmark_speed.py`` JSON,
+matching each run's plan to the timed model with the same structures (:func:`plan_fingerprint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import AccelDetError
 from .utils.io import atomic_path, atomic_write_text
@@ -36,6 +42,134 @@ def load_records(paths: Sequence[str]) -> List[dict]:
         except (OSError, ValueError) as error:
             raise AccelDetError(f"cannot read result record {path}: {error}") from None
     return records
+
+
+def plan_fingerprint(plan: Optional[Mapping]) -> str:
+    """A short digest of a plan's architecture (structure, d', d'' and channels of each layer):
+    equal for plans that build the same network, whatever else they record. ``None`` or a plan
+    whose layers are all original gives the fingerprint of the original network."""
+    layers = (plan or {}).get("layers") or {}
+    key = []
+    for name in sorted(layers):
+        entry = layers[name]
+        structure = entry.get("structure", "original")
+        if structure != "original":
+            key.append([name, structure, entry.get("rank"), entry.get("spatial_rank"),
+                        entry.get("in_channels"), entry.get("out_channels")])
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+
+
+def eval_ap50(results: Mapping) -> float:
+    """AP50 of the first data set's ``bbox`` results in Detectron2's evaluation dict (as written to
+    ``eval_results.json``: ``{dataset: {"bbox": {"AP50": ...}}}``, or ``{"bbox": ...}``)."""
+    if results and "bbox" not in results:
+        results = results.get(next(iter(results)))
+    if not isinstance(results, Mapping) or "bbox" not in results or "AP50" not in results["bbox"]:
+        raise AccelDetError("the evaluation results hold no bbox AP50")
+    return float(results["bbox"]["AP50"])
+
+
+def _read_json(path: str, what: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise AccelDetError(f"cannot read {what} {path}: {error}") from None
+
+
+def _plan_of_run(folder: str) -> Tuple[Optional[dict], Optional[str]]:
+    """The plan of a run folder: ``MODEL.ACCEL.PLAN`` of its ``config.yaml`` (when the backbone is
+    the accelerated one), else a ``plan.json`` in the folder; ``(None, None)`` for a plain model."""
+    config = os.path.join(folder, "config.yaml")
+    candidates = []
+    if os.path.isfile(config):
+        import yaml
+
+        try:
+            with open(config, encoding="utf-8") as f:
+                cfg = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise AccelDetError(f"cannot read {config}: {error}") from None
+        model = cfg.get("MODEL") or {}
+        accelerated = "accel" in str((model.get("BACKBONE") or {}).get("NAME", ""))
+        path = (model.get("ACCEL") or {}).get("PLAN") or ""
+        if accelerated and path:
+            candidates += [path, os.path.join(folder, path), os.path.join(folder, os.path.basename(path))]
+        elif not accelerated:
+            return None, None
+    candidates.append(os.path.join(folder, "plan.json"))
+    for path in candidates:
+        path = os.path.expanduser(path)
+        if os.path.isfile(path):
+            plan = _read_json(path, "plan")
+            if not isinstance(plan, Mapping) or not isinstance(plan.get("layers"), Mapping):
+                raise AccelDetError(f"{path} is not a plan: it has no 'layers' entry")
+            return dict(plan), path
+    if os.path.isfile(config):
+        raise AccelDetError(f"{folder}: config.yaml names an accelerated backbone but its plan "
+                            f"({candidates[0]}) is not found")
+    return None, None
+
+
+def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
+    """A result record for a run folder: its own ``result.json`` (the demo writes one) or, for a
+    ``tools/train_net.py`` run, AP50 from ``eval_results.json`` (``eval_before_ft.json`` gives
+    ``ap50_before_ft`` when present) and the theoretical speedup from its plan (1.0 without one).
+    A ``speed.json`` in the folder (``{"latency": {...}}``) supplies latencies."""
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        raise AccelDetError(f"run folder {folder} does not exist")
+    own = os.path.join(folder, "result.json")
+    if os.path.isfile(own):
+        record = dict(_read_json(own, "result record"))
+        plan_path = record.get("plan")
+        plan = _read_json(plan_path, "plan") if plan_path and os.path.isfile(plan_path) else None
+    else:
+        results = os.path.join(folder, "eval_results.json")
+        if not os.path.isfile(results):
+            raise AccelDetError(f"{folder} has neither result.json nor eval_results.json (run tools/train_net.py "
+                                "with evaluation first)")
+        plan, plan_path = _plan_of_run(folder)
+        record = {"name": os.path.basename(folder.rstrip(os.sep)), "ap50": eval_ap50(_read_json(results, "evaluation")),
+                  "theoretical_speedup": float(plan.get("theoretical_speedup", 1.0)) if plan else 1.0,
+                  "plan": plan_path, "output_dir": folder}
+        before = os.path.join(folder, "eval_before_ft.json")
+        if os.path.isfile(before):
+            record["ap50_before_ft"] = eval_ap50(_read_json(before, "evaluation"))
+    speed = os.path.join(folder, "speed.json")
+    if os.path.isfile(speed) and not record.get("latency"):
+        record["latency"] = dict(_read_json(speed, "speed record").get("latency") or {})
+    record["plan_fingerprint"] = plan_fingerprint(plan)
+    if name:
+        record["name"] = name
+    return record
+
+
+def attach_speed(records: Sequence[dict], speed: Mapping, *, input_hw: Optional[Sequence[int]] = None,
+                 batch: int = 1) -> List[str]:
+    """Set each record's ``latency`` (backbone and detector medians) from a ``tools/benchmark_speed.py``
+    JSON whose timed model has the same plan fingerprint (the original for a run without plan), at
+    ``input_hw`` (default: the largest input timed at ``batch``). Returns a note per record left
+    without latency (its plan was not timed)."""
+    models: Dict[str, str] = {fp: name for name, model in (speed.get("models") or {}).items()
+                              for fp in [model.get("fingerprint")] if fp}
+    rows = [r for r in speed.get("grid") or [] if r.get("batch") == batch]
+    if input_hw is None and rows:
+        input_hw = max((r["input_hw"] for r in rows), key=lambda hw: hw[0] * hw[1])
+    rows = [r for r in rows if list(r["input_hw"]) == list(input_hw or [])]
+    notes = []
+    for record in records:
+        name = models.get(record.get("plan_fingerprint"))
+        if name is None:
+            notes.append(f"{record.get('name')}: its plan was not timed in the speed JSON (time it with "
+                         f"tools/benchmark_speed.py --plan {record.get('plan') or 'PLAN'})")
+            continue
+        latency = {"threads": speed.get("threads"), "input_hw": list(input_hw), "batch": batch, "model": name}
+        for row in rows:
+            if row["model"] == name and row["part"] in ("backbone", "detector"):
+                latency[row["part"]] = dict(row["latency"], median_ms=row["median_ms"])
+        record["latency"] = latency
+    return notes
 
 
 def _baseline(records: Sequence[Mapping]) -> Mapping:

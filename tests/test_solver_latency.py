@@ -195,6 +195,19 @@ def test_mac_selection_with_rounding_in_compress():
     assert result.plan["theoretical_speedup"] >= 2.0
 
 
+def test_asym3d_rounding_in_compress_rounds_spatial_ranks_too():
+    net = small_net(width=16)
+    result = compress(net, _batches(), speedup=3.0, method="asym3d", round_ranks_to=4, progress=False,
+                      schedule=((0.01, 2), (1.0, 2)))
+    for entry in result.plan["layers"].values():
+        if entry["spatial_rank"]:
+            full = min(entry["in_channels"] * 3, (entry["rank"] or entry["out_channels"]) * 3)
+            assert entry["spatial_rank"] % 4 == 0 or entry["spatial_rank"] == full
+        if entry["rank"]:
+            assert entry["rank"] % 4 == 0 or entry["rank"] == entry["out_channels"]
+    assert result.plan["theoretical_speedup"] >= 3.0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nonlinear solver iterations per lambda step: 0.01 then 1.0 (default: 25, as the paper)")
     parser.add_argument("--rank-cost", choices=RANK_COSTS, default="with_1x1",
                         help="rank selection cost per kept rank (default: with_1x1, which reproduces the paper's tables)")
+    parser.add_argument("--round-ranks", type=int, default=1, metavar="N",
+                        help="keep every d' and d'' a multiple of N at the same speedup (beyond the paper; 16 runs "
+                             "faster on x86 CPUs, 8 on GPUs in fp16; default: 1, the paper's ranks)")
     parser.add_argument("--skip", nargs="*", default=["conv1_1"], help="layers left as they are (default: conv1_1)")
     parser.add_argument("--no-plot", action="store_true", help="do not write OUT.png")
     parser.add_argument("--deterministic", action="store_true",
@@ -105,6 +108,7 @@ def main(args: argparse.Namespace) -> int:
         crop=args.crop,
         schedule=((0.01, args.iterations), (1.0, args.iterations)),
         rank_cost=args.rank_cost,
+        round_ranks_to=args.round_ranks,
         skip=tuple(args.skip),
         progress=not args.no_progress,
         plot=not args.no_plot,

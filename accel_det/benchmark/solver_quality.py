@@ -35,6 +35,7 @@ from ..models.vgg import init_vgg_weights, vgg16_features
 from ..solver import METHODS, compress
 from ..solver.channel import covariance, eigen_descending, nonlinear_reconstruction
 from ..solver.network import apply_plan, conv_specs
+from ..solver.latency import num_threads
 from ..solver.responses import collect_original_responses
 
 logger = logging.getLogger(__name__)
@@ -443,15 +444,7 @@ def method_order(records: Sequence[dict], speedup: float, rank_selection: bool =
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def threads(count: Optional[int]) -> Iterator[int]:
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(int(count))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
+threads = num_threads  # the one thread-count context manager (accel_det.solver.latency)
 
 
 def time_channel_solve(samples: int = 30000, channels: int = 512, rank: int = 230, *, seed: int = 0,

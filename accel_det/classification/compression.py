@@ -69,6 +69,7 @@ class CompressOptions:
     crop: int = CROP_SIZE
     schedule: Tuple[Tuple[float, int], ...] = DEFAULT_SCHEDULE
     rank_cost: str = "with_1x1"
+    round_ranks_to: int = 1  # d' and d'' multiples of it (beyond the paper: 16 for oneDNN fp32, 8 for GPU fp16)
     skip: Sequence[str] = ("conv1_1",)
     progress: bool = True
     plot: bool = True
@@ -180,6 +181,7 @@ def compress_vgg16(options: CompressOptions, argv: Optional[Sequence[str]] = Non
         "preprocessing": [options.resize, options.crop],
         "schedule": [list(step) for step in options.schedule],
         "rank_cost": options.rank_cost,
+        "round_ranks_to": options.round_ranks_to,
         "skip": list(options.skip),
     }
     with agreed_errors():
@@ -206,6 +208,7 @@ def compress_vgg16(options: CompressOptions, argv: Optional[Sequence[str]] = Non
             progress=progress,
             schedule=options.schedule,
             rank_cost=options.rank_cost,
+            round_ranks_to=options.round_ranks_to,
             input_hw=(options.crop, options.crop),
             checkpoint=paths.checkpoint,
             resume=options.resume,

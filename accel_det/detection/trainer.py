@@ -78,11 +78,11 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
 
 
 def ap50(results: Mapping) -> float:
-    """AP50 of the first data set's ``bbox`` results (Detectron2's evaluation dict)."""
-    results = results.get(next(iter(results))) if results and "bbox" not in results else results
-    if not results or "bbox" not in results:
-        raise AccelDetError("the evaluation returned no bbox results")
-    return float(results["bbox"]["AP50"])
+    """AP50 of the first data set's ``bbox`` results (Detectron2's evaluation dict); the same
+    reading as ``tools/report.py`` (:func:`accel_det.report.eval_ap50`)."""
+    from ..report import eval_ap50
+
+    return eval_ap50(results)
 
 
 def save_results(results: Mapping, path: str) -> None:

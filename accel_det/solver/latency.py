@@ -26,7 +26,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -85,7 +85,9 @@ def rank_grid(out_channels: int, points: int = 12, multiple: int = 8) -> List[in
 
 
 @contextlib.contextmanager
-def _threads(threads: Optional[int]) -> Iterator[int]:
+def num_threads(threads: Optional[int]) -> Iterator[int]:
+    """Run the block with ``torch.set_num_threads(threads)`` (None or 0: unchanged), then restore;
+    yields the thread count in effect."""
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -95,22 +97,46 @@ def _threads(threads: Optional[int]) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def time_modules(modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> Dict[str, float]:
-    """Median seconds of ``module(x)`` for each module, interleaved round-robin after ``warmup``
-    untimed rounds (under ``torch.inference_mode``; CUDA is synchronised around each call)."""
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
-    times: Dict[str, List[float]] = {name: [] for name in modules}
+def time_calls(calls: Mapping[str, Callable[[], object]], *, warmup: int, repeats: int,
+               device=None) -> Dict[str, List[float]]:
+    """Seconds of each zero-argument call in each of ``repeats`` timed rounds, after ``warmup``
+    untimed rounds; one call of each per round, in order (interleaved, so that a slow spell of a
+    shared machine touches every call alike). Runs under ``torch.inference_mode``.
+
+    The one timer of accel-det (latency tables here, :mod:`accel_det.benchmark` for whole models).
+    On a CUDA ``device`` each call is timed with CUDA events (the device is synchronised before
+    the call and after it); elsewhere with ``time.perf_counter``.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    cuda = device is not None and torch.device(device).type == "cuda"
+    times: Dict[str, List[float]] = {name: [] for name in calls}
     with torch.inference_mode():
         for _ in range(warmup):
-            for module in modules.values():
-                module(x)
-        for _ in range(max(1, repeats)):
-            for name, module in modules.items():
-                sync()
-                start = time.perf_counter()
-                module(x)
-                sync()
-                times[name].append(time.perf_counter() - start)
+            for call in calls.values():
+                call()
+        for _ in range(repeats):
+            for name, call in calls.items():
+                if cuda:
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    torch.cuda.synchronize(device)
+                    start.record()
+                    call()
+                    end.record()
+                    end.synchronize()
+                    times[name].append(start.elapsed_time(end) / 1e3)
+                else:
+                    begin = time.perf_counter()
+                    call()
+                    times[name].append(time.perf_counter() - begin)
+    return times
+
+
+def time_modules(modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> Dict[str, float]:
+    """Median seconds of ``module(x)`` for each module (:func:`time_calls`: interleaved, after
+    ``warmup`` untimed rounds, CUDA events on a GPU)."""
+    calls = {name: (lambda m=module: m(x)) for name, module in modules.items()}
+    times = time_calls(calls, warmup=warmup, repeats=max(1, repeats), device=x.device)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -243,7 +269,7 @@ def measure_latency_table(
 
     device = torch.device(device)
     specs = conv_specs(features, tuple(input_hw))
-    with _threads(threads) as used:
+    with num_threads(threads) as used:
         key = cache_key(device, used, batch, input_hw)
         stored = _read_cache(cache) if cache else {}
         shapes: Dict[str, dict] = stored.setdefault(key, {})

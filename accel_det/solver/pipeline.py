@@ -87,7 +87,7 @@ def compress(
 
     ``rank_cost="latency"`` (beyond the paper; methods linear, nonlinear, asym) makes rank selection
     spend a measured-latency budget from ``latency_table`` (:mod:`.latency`) instead of multiply-adds;
-    ``round_ranks_to`` > 1 keeps every d' a multiple of it (e.g. 8 for GPU kernels).
+    ``round_ranks_to`` > 1 keeps every d' (and d'') a multiple of it (e.g. 8 for GPU kernels).
 
     ``memory`` (bytes, CPU) bounds the approximated activations carried from one layer to the next:
     where a layer's inputs for all images fit, the next layer's pass starts from them instead of
@@ -216,7 +216,7 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
     spatial: Dict[str, int] = {}
     if method == "jaderberg":
         fixed = skip | {s.name for s in solved if s not in spatial_ok}
-        spatial = spatial_ranks(spatial_ok, budget_macs(specs, speedup, fixed))
+        spatial = spatial_ranks(spatial_ok, budget_macs(specs, speedup, fixed), round_to=round_ranks_to)
     else:
         channel_speedup = math.sqrt(speedup) if method == "asym3d" else speedup
         if rank_selection and rank_cost == "latency":
@@ -242,7 +242,7 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
             budget = budget_macs(specs, speedup, skip) - fixed_macs
             # Full-rank layers lose their 1×1 layer (folded), so the spatial step sees them as d wide.
             low_rank = {s.name: ranks[s.name] for s in spatial_ok if ranks[s.name] < s.out_channels}
-            spatial = spatial_ranks(spatial_ok, budget, low_rank)
+            spatial = spatial_ranks(spatial_ok, budget, low_rank, round_to=round_ranks_to)
 
     layers = {}
     for spec in specs:

@@ -280,6 +280,8 @@ def spatial_ranks(
     specs: Sequence[ConvSpec],
     budget: float,
     ranks: Optional[Mapping[str, int]] = None,
+    *,
+    round_to: int = 1,
 ) -> Dict[str, int]:
     """d'' per layer so that the layers fit ``budget`` multiply-adds, each with the same spatial ratio.
 
@@ -287,27 +289,48 @@ def spatial_ranks(
     cheaper, d'' = floor(d̃·k²c / (s·(kh·c + kw·d̃))); the 1×1 layers of ``ranks`` cost
     d·d'·H'W' as they are. The smallest s that meets the budget is found by bisection, which is how
     the paper's "√r each" becomes an exact whole-model r once the 1×1 cost is counted.
+
+    ``round_to`` > 1 (beyond the paper) keeps every d'' a multiple of it, or the full spatial rank
+    min(kh·c, kw·d̃): each d'' above is rounded down (to ``round_to`` at least) before the budget
+    is checked, so the bisection still meets it; then, since all layers step at once, single
+    layers are stepped back up by ``round_to`` while the budget allows, the most-cut layer
+    (largest k×k / (k×1 + 1×k) ratio) first. Thin convs run in steps of channel tiles (oneDNN on
+    CPU: 16 fp32 channels per AVX-512 vector; tensor cores: 8 fp16), so rounded ranks waste less.
     """
+    if round_to < 1 or int(round_to) != round_to:
+        raise AccelDetError(f"round_to must be a positive integer, got {round_to!r}")
+    round_to = int(round_to)
     ranks = dict(ranks or {})
+
+    def full_rank(spec: ConvSpec) -> int:
+        kh, kw = spec.kernel_size
+        return min(spec.in_channels * kh, ranks.get(spec.name, spec.out_channels) * kw)
+
+    def rounded(spec: ConvSpec, value: int) -> int:
+        full = full_rank(spec)
+        if round_to == 1 or value >= full:
+            return max(1, min(full, value))
+        return min(full, max(round_to, value - value % round_to))
 
     def layer_ranks(ratio: float) -> Dict[str, int]:
         result = {}
         for spec in specs:
             width = ranks.get(spec.name, spec.out_channels)
-            kh, kw = spec.kernel_size
-            full = min(spec.in_channels * kh, width * kw)
             dense = width * spec.fan_in * spec.positions
-            result[spec.name] = max(1, min(full, math.floor(dense / (ratio * spatial_macs(spec, 1, width)) + 1e-9)))
+            result[spec.name] = rounded(spec, math.floor(dense / (ratio * spatial_macs(spec, 1, width)) + 1e-9))
         return result
 
-    def cost(ratio: float) -> float:
+    def cost_of(chosen: Mapping[str, int]) -> float:
         total = 0.0
-        for spec, (name, d2) in zip(specs, layer_ranks(ratio).items()):
-            width = ranks.get(name, spec.out_channels)
-            total += spatial_macs(spec, d2, width)
-            if name in ranks:
+        for spec in specs:
+            width = ranks.get(spec.name, spec.out_channels)
+            total += spatial_macs(spec, chosen[spec.name], width)
+            if spec.name in ranks:
                 total += width * spec.out_channels * spec.positions
         return total
+
+    def cost(ratio: float) -> float:
+        return cost_of(layer_ranks(ratio))
 
     low, high = 1e-3, 1e9
     if cost(high) > budget:
@@ -320,4 +343,26 @@ def spatial_ranks(
             low = middle
         if high / low < 1 + 1e-12:
             break
-    return layer_ranks(high)
+    result = layer_ranks(high)
+    if round_to > 1:
+        by_name = {spec.name: spec for spec in specs}
+
+        def ratio_of(name: str) -> float:  # how many times cheaper the k×k part of the layer is
+            spec, width = by_name[name], ranks.get(name, by_name[name].out_channels)
+            return width * spec.fan_in * spec.positions / spatial_macs(spec, result[name], width)
+
+        spent = cost_of(result)
+        while True:
+            steps = []
+            for name, value in result.items():
+                up = min(full_rank(by_name[name]), value + round_to - value % round_to)
+                if up > value:
+                    extra = cost_of({**result, name: up}) - spent
+                    if spent + extra <= budget:
+                        steps.append((ratio_of(name), name, up, extra))
+            if not steps:
+                break
+            _, name, up, extra = max(steps)
+            result[name] = up
+            spent += extra
+    return result

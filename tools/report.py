@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""The mAP-vs-speedup report of several Detectron2 runs: a Markdown table and a PNG plot, by the
+same code as the demo's report (``accel_det.report``).
+
+Each run folder is a ``tools/train_net.py`` OUTPUT_DIR (``eval_results.json``, ``config.yaml``
+whose ``MODEL.ACCEL.PLAN`` names the plan; optional ``eval_before_ft.json``, ``speed.json``) or a
+demo stage (``result.json``). The run without a plan is the baseline. Latencies come from each
+folder's ``speed.json`` or from a ``tools/benchmark_speed.py`` JSON (``--speed``), matched to the
+runs by their plans' architecture (time the runs' plans with ``benchmark_speed.py --plan``):
+
+    python tools/benchmark_speed.py --plan output/vgg16_3x_ft/model_final.json \\
+        --plan output/vgg16_4x_ft/model_final.json --cases backbone:600x1000:1 detector:600x1000:1
+    python tools/report.py output/vgg16_voc output/accel_vgg16_voc_3x output/accel_vgg16_voc \\
+        --speed output/benchmark_speed/benchmark_speed.json --output output/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+try:
+    import accel_det  # noqa: F401
+except ImportError:  # run from a checkout without installing the package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from accel_det import report
+from accel_det.errors import AccelDetError
+from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.io import atomic_write_json, check_writable_folder, load_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RUN[=NAME]",
+                        help="run folders (train_net OUTPUT_DIR or demo stage); '=NAME' renames the row")
+    parser.add_argument("--speed", metavar="JSON", help="a tools/benchmark_speed.py JSON to take latencies from")
+    parser.add_argument("--speed-input", metavar="HxW",
+                        help="which timed input size to report (default: the largest timed at batch 1)")
+    parser.add_argument("--speed-batch", type=int, default=1, help="which timed batch size to report (default 1)")
+    parser.add_argument("--output", default="output/report", help="folder for report.md, mAP_vs_speedup.png, records.json")
+    parser.add_argument("--title", default="Fast R-CNN with accelerated VGG-16: AP50 vs speedup")
+    return add_common_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    records = []
+    for item in args.runs:
+        folder, _, name = item.partition("=")
+        records.append(report.record_from_run(folder, name=name or None))
+    notes = []
+    if args.speed:
+        speed = load_json(args.speed, "speed JSON")
+        if not isinstance(speed, dict) or speed.get("format") != "accel-det-speed/1":
+            raise AccelDetError(f"{args.speed} is not a tools/benchmark_speed.py JSON (format accel-det-speed/1)")
+        input_hw = None
+        if args.speed_input:
+            try:
+                h, _, w = args.speed_input.partition("x")
+                input_hw = [int(h), int(w or h)]
+            except ValueError:
+                raise AccelDetError(f"--speed-input {args.speed_input!r}: expected HxW, e.g. 600x1000") from None
+        missing = report.attach_speed(records, speed, input_hw=input_hw, batch=args.speed_batch)
+        for line in missing:
+            print(f"warning: {line}", file=sys.stderr)
+        timed = next((r["latency"] for r in records if r.get("latency")), None)
+        if timed:
+            notes.append(f"Latency: `{speed.get('command', 'tools/benchmark_speed.py')}` on {speed.get('device')}, "
+                         f"{speed.get('threads')} thread(s), input {timed['input_hw'][0]}x{timed['input_hw'][1]}, "
+                         f"batch {timed['batch']}; random weights with each run's architecture (speed does not depend "
+                         f"on the weights); actual speedup = baseline median / model median.")
+    rows = report.report_rows(records)
+    folder = check_writable_folder(args.output)
+    png = os.path.join(folder, "mAP_vs_speedup.png")
+    report.plot_map_vs_speedup(rows, png, title=args.title)
+    notes.append("Theoretical speedup: multiply-adds of all conv layers (the paper's definition), from each run's plan.")
+    path = os.path.join(folder, "report.md")
+    report.write_report(path, rows, title=args.title, notes=notes, sections=["![AP50 vs speedup](mAP_vs_speedup.png)"])
+    atomic_write_json({"records": records, "rows": rows}, os.path.join(folder, "records.json"))
+    print(report.markdown_table(rows))
+    print(f"\nwrote {path}, {png} and records.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, build_parser()))
