@@ -433,7 +433,9 @@ def measure_detectors(records: Sequence[dict], options: DemoOptions) -> Dict[str
                 with open(record["plan"], encoding="utf-8") as f:
                     plan = scale_plan(json.load(f), 1.0 / width)
             features = vgg16_features(1.0)[:-1]
-            full[record["name"]] = (apply_plan(features, plan) if plan else features).eval()
+            model = (apply_plan(features, plan) if plan else features).eval()
+            # every model in channels_last, oneDNN's fast layout for both (tools/benchmark_speed.py)
+            full[record["name"]] = model.to(memory_format=torch.channels_last)
         x = torch.randn(1, 3, *FULL_WIDTH_INPUT)
         timed = measure_many({n: (lambda f=f: f(x)) for n, f in full.items()}, warmup=1,
                              repeats=options.full_width_repeats, threads=options.latency_threads)
@@ -494,7 +496,7 @@ def write_demo_report(out: str, records: Sequence[dict], options: DemoOptions, c
         "baseline median time / model median time.",
         f"Full-width column: the same structures on a VGG-16 of width 1 (every channel count and rank d', d'' "
         f"scaled by {1 / cfg.MODEL.VGG.WIDTH:g}; random weights, timing only), one {FULL_WIDTH_INPUT[0]}×{FULL_WIDTH_INPUT[1]} "
-        f"view, same thread count, {options.full_width_repeats} timed runs each. At the demo's width the convs have "
+        f"view in channels_last, same thread count, {options.full_width_repeats} timed runs each. At the demo's width the convs have "
         f"8-64 channels and are bound by memory traffic and per-layer overhead, not by multiply-adds, so "
         f"splitting each into three thinner convs gains little there; the paper's actual speedups are for the "
         f"full width.",
