@@ -89,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
         raise AccelDetError(f"--iterations must be >= 0, got {args.iterations}")
     if args.num_gpus < 1:
         raise AccelDetError(f"--num-gpus must be >= 1, got {args.num_gpus}")
+    if args.round_ranks < 1:
+        raise AccelDetError(f"--round-ranks must be >= 1, got {args.round_ranks}")
     options = CompressOptions(
         weights=args.weights,
         images=args.images,
