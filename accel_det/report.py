@@ -62,9 +62,9 @@ def plan_fingerprint(plan: Optional[Mapping]) -> str:
 def eval_ap50(results: Mapping) -> float:
     """AP50 of the first data set's ``bbox`` results in Detectron2's evaluation dict (as written to
     ``eval_results.json``: ``{dataset: {"bbox": {"AP50": ...}}}``, or ``{"bbox": ...}``)."""
-    if results and "bbox" not in results:
+    if isinstance(results, Mapping) and results and "bbox" not in results:
         results = results.get(next(iter(results)))
-    if not isinstance(results, Mapping) or "bbox" not in results or "AP50" not in results["bbox"]:
+    if not isinstance(results, Mapping) or not isinstance(results.get("bbox"), Mapping) or "AP50" not in results["bbox"]:
         raise AccelDetError("the evaluation results hold no bbox AP50")
     return float(results["bbox"]["AP50"])
 
@@ -75,6 +75,21 @@ def _read_json(path: str, what: str):
             return json.load(f)
     except (OSError, ValueError) as error:
         raise AccelDetError(f"cannot read {what} {path}: {error}") from None
+
+
+def _read_object(path: str, what: str) -> dict:
+    """:func:`_read_json` of a file that must hold a JSON object."""
+    data = _read_json(path, what)
+    if not isinstance(data, Mapping):
+        raise AccelDetError(f"{path} is not a {what}: it holds no JSON object")
+    return dict(data)
+
+
+def _file_ap50(path: str) -> float:
+    try:
+        return eval_ap50(_read_json(path, "evaluation"))
+    except AccelDetError as error:
+        raise AccelDetError(f"{path}: {error}") from None
 
 
 def _plan_of_run(folder: str) -> Tuple[Optional[dict], Optional[str]]:
@@ -121,25 +136,31 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
         raise AccelDetError(f"run folder {folder} does not exist")
     own = os.path.join(folder, "result.json")
     if os.path.isfile(own):
-        record = dict(_read_json(own, "result record"))
+        record = _read_object(own, "result record")
         plan_path = record.get("plan")
-        plan = _read_json(plan_path, "plan") if plan_path and os.path.isfile(plan_path) else None
+        plan = None
+        if plan_path:  # an absolute path where the demo ran; also found next to the record once moved
+            for path in (plan_path, os.path.join(folder, plan_path), os.path.join(folder, os.path.basename(plan_path))):
+                if os.path.isfile(path):
+                    plan = _read_json(path, "plan")
+                    break
     else:
         results = os.path.join(folder, "eval_results.json")
         if not os.path.isfile(results):
             raise AccelDetError(f"{folder} has neither result.json nor eval_results.json (run tools/train_net.py "
                                 "with evaluation first)")
         plan, plan_path = _plan_of_run(folder)
-        record = {"name": os.path.basename(folder.rstrip(os.sep)), "ap50": eval_ap50(_read_json(results, "evaluation")),
+        record = {"name": os.path.basename(folder.rstrip(os.sep)), "ap50": _file_ap50(results),
                   "theoretical_speedup": float(plan.get("theoretical_speedup", 1.0)) if plan else 1.0,
                   "plan": plan_path, "output_dir": folder}
         before = os.path.join(folder, "eval_before_ft.json")
         if os.path.isfile(before):
-            record["ap50_before_ft"] = eval_ap50(_read_json(before, "evaluation"))
+            record["ap50_before_ft"] = _file_ap50(before)
     speed = os.path.join(folder, "speed.json")
     if os.path.isfile(speed) and not record.get("latency"):
-        record["latency"] = dict(_read_json(speed, "speed record").get("latency") or {})
-    record["plan_fingerprint"] = plan_fingerprint(plan)
+        record["latency"] = dict(_read_object(speed, "speed record").get("latency") or {})
+    # a record that names a plan which cannot be read has no known architecture (not the original's)
+    record["plan_fingerprint"] = plan_fingerprint(plan) if plan is not None or not record.get("plan") else None
     if name:
         record["name"] = name
     return record
@@ -149,19 +170,28 @@ def attach_speed(records: Sequence[dict], speed: Mapping, *, input_hw: Optional[
                  batch: int = 1) -> List[str]:
     """Set each record's ``latency`` (backbone and detector medians) from a ``tools/benchmark_speed.py``
     JSON whose timed model has the same plan fingerprint (the original for a run without plan), at
-    ``input_hw`` (default: the largest input timed at ``batch``). Returns a note per record left
-    without latency (its plan was not timed)."""
-    models: Dict[str, str] = {fp: name for name, model in (speed.get("models") or {}).items()
-                              for fp in [model.get("fingerprint")] if fp}
-    rows = [r for r in speed.get("grid") or [] if r.get("batch") == batch]
+    ``input_hw`` (default: the largest input timed at ``batch``), in float32 (a GPU grid also has
+    float16 / bfloat16 rows). Returns a note per record left without latency (its plan was not
+    timed in the grid); such a record's own latency is dropped, as it was measured elsewhere."""
+    grid = [r for r in speed.get("grid") or [] if isinstance(r, Mapping) and r.get("input_hw")]
+    rows = [r for r in grid if r.get("batch") == batch and r.get("dtype", "float32") == "float32"]
     if input_hw is None and rows:
         input_hw = max((r["input_hw"] for r in rows), key=lambda hw: hw[0] * hw[1])
     rows = [r for r in rows if list(r["input_hw"]) == list(input_hw or [])]
+    if not rows:
+        timed = sorted({f"{r['input_hw'][0]}x{r['input_hw'][1]} batch {r.get('batch')}" for r in grid})
+        raise AccelDetError(f"the speed JSON has no timings at batch {batch}"
+                            + (f", input {input_hw[0]}x{input_hw[1]}" if input_hw else "")
+                            + f"; it has: {', '.join(timed) or 'none'}")
+    in_grid = {r.get("model") for r in rows}
+    models: Dict[str, str] = {fp: name for name, model in (speed.get("models") or {}).items()
+                              for fp in [(model or {}).get("fingerprint")] if fp and name in in_grid}
     notes = []
     for record in records:
         name = models.get(record.get("plan_fingerprint"))
         if name is None:
-            notes.append(f"{record.get('name')}: its plan was not timed in the speed JSON (time it with "
+            record.pop("latency", None)
+            notes.append(f"{record.get('name')}: its plan was not timed in the speed JSON's grid (time it with "
                          f"tools/benchmark_speed.py --plan {record.get('plan') or 'PLAN'})")
             continue
         latency = {"threads": speed.get("threads"), "input_hw": list(input_hw), "batch": batch, "model": name}

@@ -51,6 +51,9 @@ def runs(tmp_path):
                          "median_ms": ms, "latency": {"median_ms": ms, "repeats": 3, "threads": 1}})
             grid.append({"case": f"{part}:224x224:1", "part": part, "input_hw": [224, 224], "batch": 1, "model": model,
                          "median_ms": ms / 10, "latency": {"median_ms": ms / 10, "repeats": 3, "threads": 1}})
+            # a GPU grid also times half precision, after float32: the report takes float32
+            grid.append({"case": f"{part}:600x1000:1", "part": part, "input_hw": [600, 1000], "batch": 1, "model": model,
+                         "dtype": "float16", "median_ms": ms / 7, "latency": {"median_ms": ms / 7, "repeats": 3}})
     speed = {"format": "accel-det-speed/1", "command": "python tools/benchmark_speed.py --plan ...", "threads": 1,
              "device": "test CPU", "grid": grid,
              "models": {"original": {"fingerprint": report.plan_fingerprint(None)},
@@ -84,7 +87,7 @@ def test_report_tool_builds_the_table_and_the_png(runs, tmp_path):
     assert result.returncode == 0 and "| accel_16 | 4.00× | 3.00× | 2.00× | 100.0 | 200.0 |" in result.stdout
 
 
-def test_records_from_runs_and_errors(runs, tmp_path):
+def test_records_from_runs_and_errors(runs, tmp_path, capsys):
     folders, speed = runs
     record = report.record_from_run(str(folders[1]))
     assert record["ap50"] == 66.1 and record["ap50_before_ft"] == 60.0 and record["theoretical_speedup"] == 4.0
@@ -98,6 +101,24 @@ def test_records_from_runs_and_errors(runs, tmp_path):
     # a run whose plan was not timed keeps no latency, and says so
     notes = report.attach_speed([record, {"name": "x", "plan_fingerprint": "0" * 12}], json.loads(speed.read_text()))
     assert len(notes) == 1 and "x:" in notes[0]
+    # a plan in the speed JSON's models but not timed in its grid: a note, and no latency from elsewhere
+    timed = json.loads(speed.read_text())
+    timed["grid"] = [r for r in timed["grid"] if r["model"] != "a16"]
+    stale = dict(record, latency={"backbone": {"median_ms": 1.0}})
+    notes = report.attach_speed([stale], timed)
+    assert len(notes) == 1 and "accel_16:" in notes[0] and "latency" not in stale
+    with pytest.raises(AccelDetError, match="no timings at batch 8; it has: 224x224 batch 1, 600x1000 batch 1"):
+        report.attach_speed([record], timed, batch=8)
+    with pytest.raises(AccelDetError, match="no timings at batch 1, input 300x300"):
+        report.attach_speed([record], timed, input_hw=[300, 300])
+    # a demo stage moved elsewhere: its plan is found next to the record; a plan that is gone is not the original's
+    moved = tmp_path / "moved_stage"
+    _write(moved / "plan.json", _plan(16))
+    _write(moved / "result.json", {"name": "moved", "theoretical_speedup": 4.0, "ap50": 55.0,
+                                   "plan": "/nonexistent/demo/moved_stage/plan.json"})
+    assert report.record_from_run(str(moved))["plan_fingerprint"] == report.plan_fingerprint(_plan(16))
+    (moved / "plan.json").unlink()
+    assert report.record_from_run(str(moved))["plan_fingerprint"] is None
     with pytest.raises(AccelDetError, match="neither result.json nor eval_results.json"):
         report.record_from_run(str(tmp_path))
     (folders[2] / "model_final.json").unlink()
@@ -109,3 +130,22 @@ def test_records_from_runs_and_errors(runs, tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"), str(tmp_path / "missing"),
                              "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    # bad input is one line naming the file: evaluation results that are no dict, a speed JSON without the asked size
+    from accel_det.utils.cli import run_tool
+
+    tool = _tool()
+    _write(folders[1] / "eval_results.json", "[1, 2]")
+    assert run_tool(tool.main, tool.build_parser(), [str(folders[1]), "--output", str(tmp_path / "o")]) == 2
+    assert "eval_results.json: the evaluation results hold no bbox AP50" in capsys.readouterr().err
+    args = [str(folders[0]), "--speed", str(speed), "--speed-input", "300x300", "--output", str(tmp_path / "o")]
+    assert run_tool(tool.main, tool.build_parser(), args) == 2
+    assert f"{speed}: the speed JSON has no timings at batch 1, input 300x300" in capsys.readouterr().err
+
+
+def _tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report_tool", os.path.join(ROOT, "tools", "report.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -34,7 +34,7 @@ from accel_det.benchmark.latency import machine
 from accel_det.benchmark.solver_quality import json_safe, make_task
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import read_plan
-from accel_det.solver.network import apply_plan
+from accel_det.solver.network import apply_plan, conv_names
 from accel_det.utils.cli import add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, atomic_write_text, check_writable_folder
 
@@ -91,10 +91,17 @@ def main(args: argparse.Namespace) -> int:
         raise AccelDetError("--threads and --lever-threads must be at least 1")
     if args.round_ranks < 1:
         raise AccelDetError("--round-ranks must be at least 1")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    if args.lever_size < speed.MIN_SIZE["backbone"]:
+        raise AccelDetError(f"--lever-size must be at least {speed.MIN_SIZE['backbone']} (VGG-16 halves it five times)")
+    try:
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+    except RuntimeError:
+        raise AccelDetError(f"--device {args.device!r}: expected auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AccelDetError("--device cuda but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise AccelDetError(f"--device {args.device}: there are {torch.cuda.device_count()} CUDA device(s)")
     quick = args.quick
     seconds = args.seconds or (8.0 if quick else 20.0)
     cases = [speed.Case.parse(c) for c in (args.cases or (QUICK_CASES if quick else GPU_CASES if device.type == "cuda" else FULL_CASES))]
@@ -120,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
             atomic_write_json(plan, plan_files[name])
     print("\nplans (d' and d'' of conv1_1 ... conv5_3; '-': layer kept):")
     for name, plan in plans.items():
-        layers = list(plan["layers"].values())
+        layers = [plan["layers"].get(n) or {} for n in conv_names(features)]  # a plan may list only some layers
         ranks = "/".join(str(e.get("rank") or "-") for e in layers)
         spatial = "/".join(str(e.get("spatial_rank") or "-") for e in layers)
         print(f"  {name}: theoretical {plan['theoretical_speedup']:.3f}x; d' {ranks}"
@@ -252,9 +259,11 @@ def _plans(args, features, size, quick):
         plan = read_plan(path)
         try:
             apply_plan(features, plan)
-        except AccelDetError as error:
-            raise AccelDetError(f"plan {path} does not fit VGG-16 at width {args.width}: {error}") from None
-        plan.setdefault("theoretical_speedup", _theoretical(features, plan, size))
+            if not isinstance(plan.get("theoretical_speedup"), (int, float)):
+                plan["theoretical_speedup"] = _theoretical(features, plan, size)
+        except (AccelDetError, ValueError, TypeError, KeyError, AttributeError) as error:  # malformed layer entries too
+            detail = error if isinstance(error, AccelDetError) else f"a malformed layer entry ({error!r})"
+            raise AccelDetError(f"plan {path} does not fit VGG-16 at width {args.width}: {detail}") from None
         plan["file"] = os.path.abspath(path)
         name = name or os.path.splitext(os.path.basename(path))[0]
         if name in files:
@@ -282,7 +291,8 @@ def _theoretical(features, plan, size) -> float:
     from accel_det.solver.network import conv_specs
     from accel_det.solver.complexity import whole_model_speedup
 
-    return whole_model_speedup(conv_specs(features, size), plan["layers"])
+    layers = {name: {"structure": "original", **entry} for name, entry in plan["layers"].items()}  # as apply_plan reads them
+    return whole_model_speedup(conv_specs(features, size), layers)
 
 
 def _grid_names(args, plans, files):

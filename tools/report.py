@@ -61,7 +61,10 @@ def main(args: argparse.Namespace) -> int:
                 input_hw = [int(h), int(w or h)]
             except ValueError:
                 raise AccelDetError(f"--speed-input {args.speed_input!r}: expected HxW, e.g. 600x1000") from None
-        missing = report.attach_speed(records, speed, input_hw=input_hw, batch=args.speed_batch)
+        try:
+            missing = report.attach_speed(records, speed, input_hw=input_hw, batch=args.speed_batch)
+        except AccelDetError as error:
+            raise AccelDetError(f"{args.speed}: {error}") from None
         for line in missing:
             print(f"warning: {line}", file=sys.stderr)
         timed = next((r["latency"] for r in records if r.get("latency")), None)

@@ -304,6 +304,9 @@ def measure_calls(calls: Mapping[str, Callable[[], object]], *, threads: Optiona
     return {name: summarize(t, used, warmup) for name, t in times.items()}
 
 
+MIN_SIZE = {"backbone": 32, "detector": 16}  # smallest input side each part runs at
+
+
 @dataclasses.dataclass
 class Case:
     """One cell of the grid: ``part`` (backbone or detector), input size, batch size."""
@@ -325,8 +328,10 @@ class Case:
             case = cls(part, (int(h), int(w or h)), int(batch))
         except ValueError:
             raise AccelDetError(f"bad case {text!r}: expected PART:HxW:BATCH, e.g. detector:600x1000:1") from None
-        if part not in ("backbone", "detector") or case.batch < 1 or min(case.hw) < 8:
-            raise AccelDetError(f"bad case {text!r}: part backbone or detector, batch >= 1, size >= 8")
+        # VGG-16's features halve the input five times (the detector's backbone four: conv5_3)
+        if part not in ("backbone", "detector") or case.batch < 1 or min(case.hw) < MIN_SIZE.get(part, 0):
+            raise AccelDetError(f"bad case {text!r}: part backbone (size >= {MIN_SIZE['backbone']}) or detector "
+                                f"(size >= {MIN_SIZE['detector']}), batch >= 1")
         return case
 
     def __str__(self) -> str:

@@ -176,7 +176,9 @@ def select_ranks_by_table(
     heapq.heapify(heap)
     while spent > budget:
         if not heap:
-            raise AccelDetError("the speedup is impossible: every layer is already at its minimum rank")
+            raise AccelDetError("the speedup is impossible: every layer is already at its minimum rank"
+                                + (f" (ranks rounded to multiples of {round_to}: try a smaller multiple)"
+                                   if round_to > 1 else ""))
         _, _, name, low = heapq.heappop(heap)
         spent -= float(cost[name][ranks[name]] - cost[name][low])
         ranks[name] = low
