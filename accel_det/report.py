@@ -34,14 +34,7 @@ PART_LABELS = {"backbone": "backbone", "detector": "detector", "backbone_full_wi
 
 def load_records(paths: Sequence[str]) -> List[dict]:
     """Read result records (JSON files)."""
-    records = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                records.append(json.load(f))
-        except (OSError, ValueError) as error:
-            raise AccelDetError(f"cannot read result record {path}: {error}") from None
-    return records
+    return [_read_json(path, "result record") for path in paths]
 
 
 def plan_fingerprint(plan: Optional[Mapping]) -> str:

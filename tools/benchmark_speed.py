@@ -34,6 +34,7 @@ from accel_det.benchmark.latency import machine
 from accel_det.benchmark.solver_quality import json_safe, make_task
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import read_plan
+from accel_det.solver.latency import device_name
 from accel_det.solver.network import apply_plan, conv_names
 from accel_det.utils.cli import add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, atomic_write_text, check_writable_folder
@@ -110,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     command = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     env_threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    print(f"speed benchmark: {'quick' if quick else 'full'} run; grid on {speed_device(device)} with "
+    print(f"speed benchmark: {'quick' if quick else 'full'} run; grid on {device_name(device)} with "
           f"{args.threads} torch thread(s); levers at {args.lever_threads} thread(s); OMP_NUM_THREADS={env_threads}",
           flush=True)
     print(f"load average before: {_load()}", flush=True)
@@ -135,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     models = {name: speed.accelerated_features(features, plan, args.seed) for name, plan in plans.items()}
 
     record = {"format": speed.SPEED_FORMAT, "command": command, "threads": args.threads, "lever_threads": args.lever_threads,
-              "omp_num_threads": env_threads, "device": speed_device(device), "machine": machine(device),
+              "omp_num_threads": env_threads, "device": device_name(device), "machine": machine(device),
               "width": args.width, "speedup": args.speedup, "round_ranks_to": args.round_ranks, "quick": quick,
               "models": {speed.ORIGINAL_NAME: {"fingerprint": speed.plan_fingerprint(None), "theoretical_speedup": 1.0},
                          **{n: {**speed.plan_summary(p), "plan_file": plan_files[n]} for n, p in plans.items()}},
@@ -175,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     detectors = None
     print(f"\ngrid: {', '.join(grid_names)} against the original; channels_last; {args.threads} thread(s)"
-          + (f" ({speed_device(device)})" if device.type == "cuda" else ""), flush=True)
+          + (f" ({device_name(device)})" if device.type == "cuda" else ""), flush=True)
     for case in cases:
         start = time.perf_counter()
         check = fvcore == "all" or (fvcore == "small" and case.hw[0] * case.hw[1] <= 224 * 224)
@@ -350,12 +351,6 @@ def _load() -> str:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "unknown"
-
-
-def speed_device(device) -> str:
-    from accel_det.solver.latency import device_name
-
-    return device_name(device)
 
 
 if __name__ == "__main__":

@@ -38,15 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args) -> int:
     from accel_det.detection.convert import INPUT_FORMAT, PIXEL_MEAN, PIXEL_STD, config_lines, vgg16_to_detectron2
     from accel_det.errors import AccelDetError
-    from accel_det.models.vgg import load_vgg16_state_dict
-    from accel_det.utils.io import atomic_torch_save, atomic_write_json, load_json, refuse_existing
+    from accel_det.models.vgg import load_vgg16_state_dict, read_plan
+    from accel_det.utils.io import atomic_torch_save, atomic_write_json, refuse_existing
 
     refuse_existing([args.output, args.output + ".json"], args.overwrite)
-    plan = None
-    if args.plan:
-        plan = load_json(args.plan, "plan")
-        if not isinstance(plan, dict) or "layers" not in plan:
-            raise AccelDetError(f"{args.plan} is not a plan: it has no 'layers'")
+    plan = read_plan(args.plan) if args.plan else None
     state = load_vgg16_state_dict(args.source)
     try:
         converted, info = vgg16_to_detectron2(state, plan)

@@ -29,7 +29,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from accel_det.classification.distributed import pick_device
 from accel_det.classification.evaluate import eval_loader, evaluate, format_results
 from accel_det.data import eval_transform, labeled_images, preprocessing_record, read_class_list
-from accel_det.data.images import has_class_folders
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE, load_vgg16, weights_file
 from accel_det.utils.cli import add_common_arguments, run_tool
@@ -99,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     top = max(label for _, label in dataset.samples)
     if top >= num_classes:
         raise AccelDetError(f"the validation labels go up to class index {top}, but the model has {num_classes} classes")
-    if args.labels is None and has_class_folders(args.val) and classes is None and len(dataset.classes) != num_classes:
+    if args.labels is None and classes is None and len(dataset.classes) != num_classes:  # labels None: class folders
         logger.warning("%s has %d class folders but the model has %d classes: class i is the i-th folder in sorted "
                        "order; pass --classes to map them", args.val, len(dataset.classes), num_classes)
     if args.limit is not None:

@@ -26,6 +26,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from accel_det import report
+from accel_det.benchmark.speed import SPEED_FORMAT
 from accel_det.errors import AccelDetError
 from accel_det.utils.cli import add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, load_json
@@ -52,8 +53,8 @@ def main(args: argparse.Namespace) -> int:
     notes = []
     if args.speed:
         speed = load_json(args.speed, "speed JSON")
-        if not isinstance(speed, dict) or speed.get("format") != "accel-det-speed/1":
-            raise AccelDetError(f"{args.speed} is not a tools/benchmark_speed.py JSON (format accel-det-speed/1)")
+        if not isinstance(speed, dict) or speed.get("format") != SPEED_FORMAT:
+            raise AccelDetError(f"{args.speed} is not a tools/benchmark_speed.py JSON (format {SPEED_FORMAT})")
         input_hw = None
         if args.speed_input:
             try:

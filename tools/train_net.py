@@ -63,8 +63,10 @@ def run(main_function=main, argv=None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     try:
-        # checked here as well as in each process, so that bad input is one line, not a child's traceback
-        check_inputs(load_config(resolve_config_file(args.config_file), args.opts), train=not args.eval_only)
+        if args.num_gpus * args.num_machines > 1:
+            # launch spawns processes: check here as well, so that bad input is one line, not a child's
+            # traceback (a single process runs main here, whose setup() checks inside this try)
+            check_inputs(load_config(args.config_file, args.opts), train=not args.eval_only)
         launch(
             main_function,
             args.num_gpus,

@@ -17,6 +17,7 @@ baseline is low.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import gc
 import logging
@@ -33,10 +34,10 @@ from torch.nn import functional as F
 from ..errors import AccelDetError
 from ..models.vgg import init_vgg_weights, vgg16_features
 from ..solver import METHODS, compress
-from ..solver.channel import covariance, eigen_descending, nonlinear_reconstruction
+from ..solver.channel import nonlinear_reconstruction
 from ..solver.network import apply_plan, conv_specs
 from ..solver.latency import num_threads
-from ..solver.responses import collect_original_responses
+from .speed import random_features, sampled_eigenvalues
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +171,8 @@ def fold_batchnorm(features: nn.Sequential) -> nn.Sequential:
                 folded.bias.copy_((bias - module.running_mean) * scale + module.bias)
             layers[-1] = folded
         else:
-            layers.append(copy_module(module))
+            layers.append(copy.deepcopy(module))
     return nn.Sequential(*layers)
-
-
-def copy_module(module: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
 
 
 @dataclass
@@ -444,9 +439,6 @@ def method_order(records: Sequence[dict], speedup: float, rank_selection: bool =
 # --------------------------------------------------------------------------------------------
 
 
-threads = num_threads  # the one thread-count context manager (accel_det.solver.latency)
-
-
 def time_channel_solve(samples: int = 30000, channels: int = 512, rank: int = 230, *, seed: int = 0,
                        schedule=((0.01, 25), (1.0, 25))) -> dict:
     """Seconds of :func:`nonlinear_reconstruction` (the asymmetric problem, eq. 12) on a
@@ -478,10 +470,7 @@ def time_compress_vs_forward(counts: Sequence[int] = (24,), size: int = 224, *, 
     image count in ``counts``. With two counts or more, also the *marginal* ratio between the
     smallest and the largest (extra compression time per extra forward time), which leaves out
     the per-layer costs that do not grow with the images (SVDs, the 50 solver iterations)."""
-    torch.manual_seed(seed)
-    features = vgg16_features(1.0)
-    init_vgg_weights(features)
-    features.eval()
+    features = random_features(1.0, seed)
 
     def forward(batches) -> float:
         start = time.perf_counter()
@@ -528,10 +517,8 @@ def plan_only(features: nn.Sequential, images: torch.Tensor, *, speedup: float, 
     solving any layer: enough to build the architecture and time it."""
     from ..solver import pipeline
 
-    names = pipeline.conv_names(features)
-    truth, _ = collect_original_responses(features, _batches(images, 8), names, samples_per_image, seed, None, False)
     specs = conv_specs(features, tuple(images.shape[-2:]))
-    eigenvalues = {s.name: eigen_descending(covariance(truth[s.name])[1])[0] for s in specs}
+    eigenvalues = sampled_eigenvalues(features, images, samples_per_image=samples_per_image, seed=seed)
     pipeline._check_latency_arguments(method, True, rank_cost, latency_table, round_ranks_to)
     return pipeline._make_plan(specs, eigenvalues, method, speedup, True, skip, rank_cost, latency_table, round_ranks_to)
 
@@ -573,11 +560,8 @@ def latency_comparison(net: Optional[TrainedNet], small_test: Optional[Tuple[tor
     from ..solver.latency import measure_latency_table
 
     result: dict = {"speedup": speedup, "method": method}
-    with threads(threads_count) as used:
-        torch.manual_seed(seed)
-        full = vgg16_features(1.0)
-        init_vgg_weights(full)
-        full.eval()
+    with num_threads(threads_count) as used:
+        full = random_features(1.0, seed)
         start = time.perf_counter()
         table = measure_latency_table(full, (size, size), batch=1, threads=used, cache=cache, skip=("conv1_1",),
                                       repeats=repeats)

@@ -44,8 +44,6 @@ from .latency import summarize
 SPEED_FORMAT = "accel-det-speed/1"
 ORIGINAL_NAME = "original"
 MODES = ("contiguous", "channels_last", "fused")
-MODE_LABELS = {"contiguous": "contiguous", "channels_last": "channels_last",
-               "fused": "channels_last + fused bias/ReLU, prepacked (inference only)"}
 
 # Paper Table 6, VGG-16 at 4x with rank selection (asym., conv1_1 kept): d' of conv1_2 ... conv5_3.
 TABLE6_4X_RANKS = {"conv1_2": 11, "conv2_1": 25, "conv2_2": 28, "conv3_1": 52, "conv3_2": 46, "conv3_3": 56,

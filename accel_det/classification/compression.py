@@ -39,7 +39,7 @@ from ..models.vgg import (
     with_features,
 )
 from ..plots import plan_table, plot_plan
-from ..solver import compress
+from ..solver import compress, conv_names, conv_specs
 from ..solver.channel import DEFAULT_SCHEDULE
 from ..utils.io import atomic_torch_save, atomic_write_json, check_writable_folder, load_json, refuse_existing, sha256_file
 from .distributed import agreed_errors, barrier, init_distributed
@@ -110,11 +110,10 @@ def check_outputs(paths: OutputPaths, options: CompressOptions) -> None:
     """Refuse before any work: an unwritable folder, existing outputs, a checkpoint left unresumed."""
     check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)), create=False)
     refuse_existing(paths.finals(options.plot), options.overwrite or options.resume and os.path.exists(paths.checkpoint))
-    if os.path.exists(paths.checkpoint) and not options.resume:
-        if not options.overwrite:
-            raise AccelDetError(
-                f"{paths.checkpoint} holds an interrupted run: pass --resume to continue it or --overwrite to start over"
-            )
+    if os.path.exists(paths.checkpoint) and not options.resume and not options.overwrite:
+        raise AccelDetError(
+            f"{paths.checkpoint} holds an interrupted run: pass --resume to continue it or --overwrite to start over"
+        )
     if options.resume and not os.path.exists(paths.checkpoint):
         logger.warning("--resume: no checkpoint %s yet, starting from the first layer", paths.checkpoint)
 
@@ -161,8 +160,8 @@ def compress_vgg16(options: CompressOptions, argv: Optional[Sequence[str]] = Non
         device = group.device
         paths = OutputPaths.from_prefix(options.output)
         check_outputs(paths, options)
-        model, config, source = _load_source(options)
-        if options.stop_after is not None and options.stop_after not in _conv_layer_names(model):
+        model, source = _load_source(options)
+        if options.stop_after is not None and options.stop_after not in conv_names(model.features):
             raise AccelDetError(f"--stop-after {options.stop_after}: no such layer")
         check_enough_samples(model, options)
     progress = options.progress and group.is_main
@@ -175,10 +174,12 @@ def compress_vgg16(options: CompressOptions, argv: Optional[Sequence[str]] = Non
                 options.seed, sample.found, options.images, len(sample.skipped),
                 f", read in {group.world_size} interleaved shards" if group.distributed else "")
 
+    image_record = sample.record()
     info = {
         "weights_sha256": source["sha256"] or options.weights,
-        "images_sha256": sample.record()["files_sha256"],
+        "images_sha256": image_record["files_sha256"],
         "preprocessing": [options.resize, options.crop],
+        # also in the solver's checkpoint check, but refused here before the first pass over the images
         "schedule": [list(step) for step in options.schedule],
         "rank_cost": options.rank_cost,
         "round_ranks_to": options.round_ranks_to,
@@ -219,7 +220,7 @@ def compress_vgg16(options: CompressOptions, argv: Optional[Sequence[str]] = Non
             os.remove(paths.checkpoint_info)  # nothing to resume: leave no trace
         raise
     accelerated = with_features(model, result.model.cpu())
-    record = _record(options, argv, result.plan, source, sample, paths, device, group.world_size, started)
+    record = _record(options, argv, result.plan, source, image_record, paths, device, group.world_size, started)
     if group.is_main:
         _write_outputs(accelerated, record, paths, options.plot)
     barrier()  # the outputs are complete when any process returns
@@ -236,7 +237,7 @@ def use_deterministic_algorithms() -> None:
 
 
 def _load_source(options: CompressOptions):
-    """The plain VGG-16 to compress, its architecture and where it came from (path, sha256)."""
+    """The plain VGG-16 to compress and where it came from (path, sha256, architecture)."""
     state = load_vgg16_state_dict(options.weights)
     key = factorized_key(state)
     if key is not None:
@@ -254,10 +255,10 @@ def _load_source(options: CompressOptions):
     }
     logger.info("weights %s: VGG-16, width %g, %d classes, sha256 %s", options.weights, config["width"],
                 config["num_classes"], (source["sha256"] or "?")[:12])
-    return model, config, source
+    return model, source
 
 
-def _record(options, argv, plan, source, sample, paths, device, world_size, started) -> dict:
+def _record(options, argv, plan, source, image_record, paths, device, world_size, started) -> dict:
     """``OUT.json``: the solver's plan extended with how it was obtained."""
     record = dict(plan)
     record.update(
@@ -266,7 +267,7 @@ def _record(options, argv, plan, source, sample, paths, device, world_size, star
         command=list(argv) if argv is not None else None,
         preprocessing=preprocessing_record(options.resize, options.crop),
         source_weights=source,
-        images=sample.record(),
+        images=image_record,
         outputs={"weights": os.path.abspath(paths.weights), "plot": os.path.abspath(paths.plot) if options.plot else None},
         device=str(device),
         world_size=world_size,
@@ -297,8 +298,6 @@ def _write_outputs(accelerated, record: dict, paths: OutputPaths, plot: bool) ->
 def check_enough_samples(model, options: CompressOptions) -> None:
     """Refuse fewer sampled responses than a compressed layer has filters: its response covariance
     would be singular (the reduced-rank regression then fails or is meaningless)."""
-    from ..solver import conv_specs
-
     for spec in conv_specs(model.features, (options.crop, options.crop)):
         if spec.name in options.skip:
             continue
@@ -308,12 +307,6 @@ def check_enough_samples(model, options: CompressOptions) -> None:
                 f"{options.num_images} images x {options.samples_per_image} samples give {samples} responses of "
                 f"{spec.name}, fewer than its {spec.out_channels} filters: use more --num-images or --samples-per-image"
             )
-
-
-def _conv_layer_names(model) -> List[str]:
-    from ..solver import conv_names
-
-    return list(conv_names(model.features))
 
 
 def compress_in_group(options: CompressOptions, argv: Optional[Sequence[str]] = None) -> int:

@@ -28,7 +28,7 @@ from .. import __version__
 from ..data.images import collate_skipping
 from ..errors import AccelDetError
 from ..models.vgg import CROP_SIZE, RESIZE_SIZE, load_checked
-from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_torch_file
+from ..utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_writable_folder, load_torch_file
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .evaluate import eval_loader, evaluate
 
@@ -132,7 +132,7 @@ class MetricsLog:
             return
         if resume_from is not None and os.path.exists(self.path):  # drop lines of the interrupted part
             with open(self.path, encoding="utf-8") as f:
-                kept = [line for line in f if _iteration_of(line) is not None and _iteration_of(line) <= resume_from]
+                kept = [line for line in f if (number := _iteration_of(line)) is not None and number <= resume_from]
             atomic_write_text("".join(kept), self.path)
         if tensorboard:
             try:
@@ -161,8 +161,6 @@ class MetricsLog:
 def check_output(folder: str, resume: bool, overwrite: bool, create: bool = True) -> bool:
     """Refuse an unwritable folder or existing outputs unless ``overwrite`` (or ``resume``), before
     any work; returns whether there is a checkpoint to resume from."""
-    from ..utils.io import check_writable_folder
-
     check_writable_folder(folder, create=create)
     checkpoint = os.path.join(folder, CHECKPOINT)
     final = os.path.join(folder, FINAL_WEIGHTS)

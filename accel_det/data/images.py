@@ -173,7 +173,6 @@ def sample_images(
     *,
     workers: int = 0,
     progress: bool = True,
-    files: Optional[Sequence[str]] = None,
     shard: Optional[Tuple[int, int]] = None,
 ) -> ImageSample:
     """Draw ``num_images`` readable images below ``root`` with ``seed`` and preprocess them with
@@ -188,7 +187,7 @@ def sample_images(
     rank, world_size = shard or (0, 1)
     if num_images < 1:
         raise AccelDetError(f"the number of images must be positive, got {num_images}")
-    files = list_images(root) if files is None else list(files)
+    files = list_images(root)
     if not files:
         raise AccelDetError(f"no images (JPEG/PNG/...) found in {root}")
     if len(files) < num_images:
@@ -250,13 +249,6 @@ def _everyone(items: list, world_size: int) -> list:
 
 
 # --------------------------------------------------------------------------- labelled images
-
-
-class SkipCounter:
-    """Counts unreadable images skipped by :func:`collate_skipping` batches."""
-
-    def __init__(self):
-        self.count = 0
 
 
 class LabeledImages(Dataset):

@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from ..errors import AccelDetError
 from ..models.vgg import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_SIZE
 
 TRAIN_AUGMENTATIONS = ("crop-flip", "resized-crop", "none")
@@ -78,8 +79,6 @@ def train_transform(augment: str = "crop-flip", resize: int = RESIZE_SIZE, crop:
 
 
 def _check_sizes(resize: int, crop: int) -> None:
-    from ..errors import AccelDetError
-
     if not (isinstance(resize, int) and isinstance(crop, int) and resize >= 1 and crop >= 1):
         raise AccelDetError(f"resize and crop must be positive integers, got {resize!r} and {crop!r}")
     if crop > resize:

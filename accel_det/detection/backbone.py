@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional
 
-import fvcore.nn.weight_init as weight_init
 import torch
 from torch import nn
 
@@ -24,9 +23,8 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ..errors import AccelDetError
-from ..models.vgg import vgg16_features
+from ..models.vgg import init_vgg_weights, read_plan, vgg16_features
 from ..solver.network import apply_plan, conv_names
-from ..utils.io import load_json
 
 PLAN_FORMAT = "accel-det-plan/1"
 
@@ -128,9 +126,7 @@ def load_plan(path: str) -> dict:
     """A solver plan JSON (``MODEL.ACCEL.PLAN``), checked for its format and layer entries."""
     if not path:
         raise AccelDetError("MODEL.ACCEL.PLAN is empty: build_accel_vgg16_backbone needs the solver's plan JSON")
-    plan = load_json(os.path.expanduser(path), "plan (MODEL.ACCEL.PLAN)")
-    if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
-        raise AccelDetError(f"{path} is not a plan: it has no 'layers' mapping")
+    plan = read_plan(os.path.expanduser(path), "plan (MODEL.ACCEL.PLAN)")
     if plan.get("format", PLAN_FORMAT) != PLAN_FORMAT:
         raise AccelDetError(f"{path}: unsupported plan format {plan.get('format')!r}, expected {PLAN_FORMAT}")
     return plan
@@ -147,9 +143,7 @@ def init_convs(features: nn.Module) -> nn.Module:
     """torchvision's VGG init (He et al., fan_out; zero bias) for every conv. PyTorch's default
     Conv2d init shrinks the signal layer after layer: a VGG-16 trained from scratch with it does
     not learn. Pretrained weights (MODEL.WEIGHTS) replace these."""
-    for module in features.modules():
-        if isinstance(module, nn.Conv2d):
-            weight_init.c2_msra_fill(module)
+    init_vgg_weights(features)
     return features
 
 

@@ -47,9 +47,9 @@ from .config import load_config
 from .convert import vgg16_to_detectron2
 from .datasets import datasets_root, register_synthetic_voc
 from .pretrain import pretrain_on_crops
-from .proposals import check_proposal_file, make_proposals, read_proposal_file
+from .proposals import check_proposal_file, make_proposals, proposal_stats
 from .synthetic import DEFAULT_CLASSES, make_synthetic_voc
-from .trainer import Trainer, ap50, by_dataset, check_inputs, save_results
+from .trainer import Trainer, _plain, by_dataset, check_inputs, save_results
 
 logger = logging.getLogger("accel_det.demo")
 
@@ -194,11 +194,6 @@ def run_demo(options: DemoOptions) -> dict:
     return summary
 
 
-def _mean_boxes(data_dir: str) -> float:
-    boxes = read_proposal_file(os.path.join(data_dir, "proposals", "selective_search_test.pkl"))["boxes"]
-    return float(np.mean([len(b) for b in boxes]))
-
-
 def _proposals_ok(path: str, ids: Sequence[str], name: str) -> bool:
     if not os.path.isfile(path):
         return False
@@ -246,10 +241,10 @@ def _train_stage(cfg, name: str, options: DemoOptions, extra: dict) -> dict:
     results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
     save_results(by_dataset(cfg, results), os.path.join(out, "eval_results.json"))
     record = {
-        "name": name if name != "baseline" else "baseline",
+        "name": name,
         **extra,
-        "ap50": ap50(results),
-        "eval": json.loads(json.dumps(_floats(results))),
+        "ap50": report_lib.eval_ap50(results),
+        "eval": _plain(results),
         "weights": weights,
         "config": os.path.join(out, "config.yaml"),
         "output_dir": out,
@@ -267,14 +262,6 @@ def _file_digest(path: str) -> str:
         return path or ""
     stat = os.stat(path)
     return f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
-
-
-def _floats(value):
-    if isinstance(value, dict):
-        return {str(k): _floats(v) for k, v in value.items()}
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
 
 
 def pretrain_stage(cfg, out: str, options: DemoOptions) -> dict:
@@ -332,8 +319,8 @@ def fold_baseline(record: dict, options: DemoOptions) -> dict:
     atomic_write_text(plain.dump(), config)
     results = Trainer.test(plain, load_model(plain, weights))
     save_results(by_dataset(plain, results), os.path.join(out, "eval_results_folded.json"))
-    folded = dict(record, weights=weights, config=config, ap50=ap50(results), ap50_with_norms=record["ap50"],
-                  weights_with_norms=record["weights"], eval=_floats(results), key=key)
+    folded = dict(record, weights=weights, config=config, ap50=report_lib.eval_ap50(results),
+                  ap50_with_norms=record["ap50"], weights_with_norms=record["weights"], eval=_plain(results), key=key)
     logger.info("baseline with batch norms folded into the convs: AP50 %.2f (with norms %.2f)",
                 folded["ap50"], record["ap50"])
     atomic_write_json(folded, path)
@@ -397,8 +384,9 @@ def compress_detector(cfg, weights: str, batches, speedup: float, options: DemoO
     accelerated = load_model(accel_cfg, weights_path)
     results = Trainer.test(accel_cfg, accelerated)
     save_results(by_dataset(accel_cfg, results), os.path.join(os.path.dirname(plan_path), "eval_before_ft.json"))
-    logger.info("%gx: compressed in %.0fs, AP50 before fine-tuning %.1f", speedup, seconds, ap50(results))
-    return {"theoretical_speedup": plan["theoretical_speedup"], "ap50": ap50(results), "seconds": seconds,
+    ap50 = report_lib.eval_ap50(results)
+    logger.info("%gx: compressed in %.0fs, AP50 before fine-tuning %.1f", speedup, seconds, ap50)
+    return {"theoretical_speedup": plan["theoretical_speedup"], "ap50": ap50, "seconds": seconds,
             "plan": plan_path, "weights": weights_path}
 
 
@@ -469,13 +457,14 @@ def write_demo_report(out: str, records: Sequence[dict], options: DemoOptions, c
     pre = records[0].get("pretrain") or {"iterations": 0, "held_out_accuracy": float("nan")}
     with open(os.path.join(data_dir, "synthetic_voc.json"), encoding="utf-8") as f:
         stamp = json.load(f)
+    mean_boxes = proposal_stats(os.path.join(data_dir, "proposals", "selective_search_test.pkl"))["mean_boxes"]
     notes = [
         "**The data is synthetic** (shapes on cluttered backgrounds, made by `accel_det.detection.synthetic`), "
         "**not PASCAL VOC**: these numbers show the pipeline working end to end, not the paper's VOC results "
         "(Table 9: 66.9 mAP baseline; 66.9 / 66.1 / 65.2 at 3× / 4× / 5×).",
         f"Data: {stamp['num_trainval']} trainval / {stamp['num_test']} test images, {len(stamp['classes'])} classes "
         f"({', '.join(stamp['classes'])}), height {stamp['image_size']} px, at most {stamp['max_objects']} objects per image; "
-        f"selective-search proposals (OpenCV, fast mode; {_mean_boxes(data_dir):.0f} boxes per test image on average).",
+        f"selective-search proposals (OpenCV, fast mode; {mean_boxes:.0f} boxes per test image on average).",
         f"Detector: Fast R-CNN (Detectron2, `{options.config}`), VGG-16 at width {cfg.MODEL.VGG.WIDTH:g} "
         f"(conv1_1 {max(1, round(64 * cfg.MODEL.VGG.WIDTH))} … conv5_3 {max(1, round(512 * cfg.MODEL.VGG.WIDTH))} filters), "
         f"fc6/fc7 {cfg.MODEL.ROI_BOX_HEAD.FC_DIM}, conv1_x/conv2_x frozen (FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT}), "

@@ -61,7 +61,6 @@ def pretrain_on_crops(records: Sequence[Mapping], num_classes: int, *, width: fl
     dicts, boxes XYXY_ABS) and of background (class ``num_classes``), preprocessed as the
     detector's input (``input_format``, ``pixel_mean``/``pixel_std`` on 0-255 pixels); returns the
     folded conv weights (torchvision ``features.*`` keys) and a summary (held-out accuracy, seconds)."""
-    generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     images, boxes, labels = _load(records, input_format)
     order = rng.permutation(len(images))
@@ -88,7 +87,7 @@ def pretrain_on_crops(records: Sequence[Mapping], num_classes: int, *, width: fl
         scale = (it + 1) / warmup if it < warmup else 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(1, iterations - warmup)))
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
-        x, y = _batch(images, boxes, labels, train_ids, batch_size, crop, background_fraction, num_classes, rng, generator)
+        x, y = _batch(images, boxes, labels, train_ids, batch_size, crop, background_fraction, num_classes, rng)
         loss = F.cross_entropy(model((x - mean) / std), y)
         optimizer.zero_grad()
         loss.backward()
@@ -100,7 +99,7 @@ def pretrain_on_crops(records: Sequence[Mapping], num_classes: int, *, width: fl
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     if bar is not None:
         bar.close()
-    accuracy = _accuracy(model, images, boxes, labels, sorted(held_out), crop, num_classes, mean, std, rng, generator)
+    accuracy = _accuracy(model, images, boxes, labels, sorted(held_out), crop, num_classes, mean, std, rng)
     seconds = time.perf_counter() - start
     logger.info("crop classifier: held-out accuracy %.3f (objects and background, %d classes) after %d iterations, %.0fs",
                 accuracy, num_classes + 1, iterations, seconds)
@@ -142,7 +141,7 @@ def _background_box(image, gt, rng) -> torch.Tensor:
     return box[0]
 
 
-def _crops(images, picks, crop, generator) -> torch.Tensor:
+def _crops(images, picks, crop) -> torch.Tensor:
     """``crop``×``crop`` float crops (bilinear, torchvision ``roi_align``) of (image index, box) picks."""
     out = []
     for index, box in picks:
@@ -151,7 +150,7 @@ def _crops(images, picks, crop, generator) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _batch(images, boxes, labels, ids, batch_size, crop, background_fraction, num_classes, rng, generator):
+def _batch(images, boxes, labels, ids, batch_size, crop, background_fraction, num_classes, rng):
     picks, ys = [], []
     for _ in range(batch_size):
         i = ids[int(rng.integers(len(ids)))]
@@ -162,14 +161,14 @@ def _batch(images, boxes, labels, ids, batch_size, crop, background_fraction, nu
             k = int(rng.integers(len(boxes[i])))
             picks.append((i, _jitter(boxes[i][k], rng)))
             ys.append(int(labels[i][k]))
-    x = _crops(images, picks, crop, generator)
+    x = _crops(images, picks, crop)
     flip = torch.from_numpy(rng.random(batch_size) < 0.5)
     x[flip] = x[flip].flip(-1)
     return x, torch.tensor(ys)
 
 
 @torch.no_grad()
-def _accuracy(model, images, boxes, labels, ids, crop, num_classes, mean, std, rng, generator) -> float:
+def _accuracy(model, images, boxes, labels, ids, crop, num_classes, mean, std, rng) -> float:
     model.eval()
     picks, ys = [], []
     for i in ids:
@@ -182,7 +181,7 @@ def _accuracy(model, images, boxes, labels, ids, crop, num_classes, mean, std, r
         ys.append(num_classes)
     if not picks:
         return float("nan")
-    logits = torch.cat([model((_crops(images, picks[k:k + 64], crop, generator) - mean) / std)
+    logits = torch.cat([model((_crops(images, picks[k:k + 64], crop) - mean) / std)
                         for k in range(0, len(picks), 64)])
     model.train()
     return float((logits.argmax(1) == torch.tensor(ys)).float().mean())

@@ -77,14 +77,6 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
     return results
 
 
-def ap50(results: Mapping) -> float:
-    """AP50 of the first data set's ``bbox`` results (Detectron2's evaluation dict); the same
-    reading as ``tools/report.py`` (:func:`accel_det.report.eval_ap50`)."""
-    from ..report import eval_ap50
-
-    return eval_ap50(results)
-
-
 def save_results(results: Mapping, path: str) -> None:
     """Write Detectron2's evaluation results as JSON (numbers made plain floats)."""
     atomic_write_json(_plain(results), path)

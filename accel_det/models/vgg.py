@@ -212,11 +212,12 @@ def weights_file(source: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def read_plan(path: str) -> dict:
-    """A plan JSON (the solver's plan, or a record that extends it) with a clear error otherwise."""
+def read_plan(path: str, what: str = "plan") -> dict:
+    """A plan JSON (the solver's plan, or a record that extends it) with a clear error otherwise;
+    ``what`` names the file in the error."""
     from ..utils.io import load_json
 
-    plan = load_json(path, "plan")
+    plan = load_json(path, what)
     if not isinstance(plan, Mapping) or not isinstance(plan.get("layers"), Mapping):
         raise AccelDetError(f"{path} is not a plan: it has no 'layers' entry")
     return dict(plan)

@@ -141,7 +141,9 @@ def nonlinear_reconstruction(
     regressor = regressor.float()
     mean_hat = regressor.mean(0, dtype=torch.float64)
     centered = regressor - mean_hat.float()
-    scatter = centered.double().T @ centered.double()  # float64: float32 sums can go indefinite
+    wide = centered.double()  # float64: float32 sums can go indefinite
+    scatter = wide.T @ wide
+    del wide
     chol = scatter_cholesky(scatter)  # Y is the same in every iteration: factor it once
 
     def solve(cross: torch.Tensor, z_mean: torch.Tensor):

@@ -26,8 +26,10 @@ def set_folded_weights(target: nn.Conv2d, source: nn.Conv2d, solution: LowRankRe
     add cost)."""
     m = solution.matrix().double()
     weight = torch.einsum("od,dchw->ochw", m, source.weight.double())
-    bias = m @ source.bias.double() if source.bias is not None else torch.zeros(m.shape[0], dtype=torch.float64)
-    set_weights(target, weight, bias + solution.b.double())
+    bias = solution.b.double()
+    if source.bias is not None:
+        bias = m @ source.bias.double() + bias
+    set_weights(target, weight, bias)
 
 
 def set_weights(conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:

@@ -19,7 +19,6 @@ of VGG-16) are measured once and a later run on the same machine measures nothin
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -35,11 +34,11 @@ from ..errors import AccelDetError
 from ..layers import CHANNEL, FactorizedConv2d
 from .complexity import ConvSpec
 from .network import conv_specs
+from .ranks import _monotone
 
 logger = logging.getLogger(__name__)
 
 LATENCY_FORMAT = "accel-det-latency/1"
-STRUCTURES = (CHANNEL,)  # the structure whose rank the latency table prices
 
 
 def device_name(device) -> str:
@@ -166,13 +165,7 @@ class LatencyTable:
         smallest one, and non-decreasing (each rank costs at most what any larger rank costs)."""
         entry = self._entry(name)
         d = int(entry["out_channels"])
-        ranks, seconds = entry["ranks"], entry["seconds"]
-        table = []
-        for r in range(1, d + 1):
-            table.append(_interpolate(ranks, seconds, r))
-        for i in range(d - 2, -1, -1):
-            table[i] = min(table[i], table[i + 1])
-        return table
+        return _monotone([_interpolate(entry["ranks"], entry["seconds"], r) for r in range(1, d + 1)])
 
     def latency(self, name: str, rank: Optional[int]) -> float:
         """Latency of layer ``name`` at ``rank`` (None: the original conv)."""
@@ -278,10 +271,9 @@ def measure_latency_table(
         for spec in specs:
             signature = layer_signature(spec)
             grid = [] if spec.name in skip else rank_grid(spec.out_channels, points, multiple)
-            entry = shapes.get(signature)
+            previous = entry = shapes.get(signature)
             if entry is None or any(r not in entry["ranks"] for r in grid):
                 entry = _measure_layer(spec, grid, device, batch, warmup, repeats)
-                previous = shapes.get(signature)
                 if previous is not None and previous["ranks"]:  # keep earlier points, add the new ones
                     merged = dict(zip(previous["ranks"], previous["seconds"]))
                     merged.update(zip(entry["ranks"], entry["seconds"]))
@@ -307,13 +299,11 @@ def _measure_layer(spec: ConvSpec, grid: Sequence[int], device, batch: int, warm
 
 
 def _read_cache(path: str) -> Dict[str, dict]:
+    from ..utils.io import load_json
+
     if not os.path.exists(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as error:
-        raise AccelDetError(f"cannot read latency cache {path}: {error}") from None
+    data = load_json(path, "latency cache")
     if data.get("format") != LATENCY_FORMAT + "-cache":
         raise AccelDetError(f"{path} is not a latency cache (format {data.get('format')!r})")
     return data.get("entries", {})

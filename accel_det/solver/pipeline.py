@@ -219,17 +219,14 @@ def _make_plan(specs, eigenvalues, method, speedup, rank_selection, skip, rank_c
         spatial = spatial_ranks(spatial_ok, budget_macs(specs, speedup, fixed), round_to=round_ranks_to)
     else:
         channel_speedup = math.sqrt(speedup) if method == "asym3d" else speedup
-        if rank_selection and rank_cost == "latency":
-            latency_table.check_fits(specs)
-            costs = {s.name: latency_table.cost_table(s.name) for s in solved}
-            budget = latency_table.budget(specs, channel_speedup, skip)
-            ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget, round_to=round_ranks_to)
-        elif rank_selection:
-            if rank_cost == "paper":  # eq. (14) as printed: ΔC = C_l / d_l
-                costs = {s.name: cost_per_rank(s, rank_cost) for s in solved}
-            else:
-                costs = {s.name: channel_cost_table(s) for s in solved}
-            budget = budget_macs(specs, channel_speedup, skip)
+        if rank_selection:
+            if rank_cost == "latency":
+                latency_table.check_fits(specs)
+                costs = {s.name: latency_table.cost_table(s.name) for s in solved}
+                budget = latency_table.budget(specs, channel_speedup, skip)
+            else:  # "paper": eq. (14) as printed, ΔC = C_l / d_l; "with_1x1": a cost per rank
+                costs = {s.name: cost_per_rank(s, rank_cost) if rank_cost == "paper" else channel_cost_table(s) for s in solved}
+                budget = budget_macs(specs, channel_speedup, skip)
             ranks = select_ranks({s.name: eigenvalues[s.name] for s in solved}, costs, budget, round_to=round_ranks_to)
         else:
             ranks = round_down_ranks(uniform_ranks(solved, channel_speedup), round_ranks_to,
@@ -362,6 +359,11 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+# What a resumed run must share with the checkpoint's run (the plan records them).
+CHECKPOINT_KEYS = ("method", "speedup", "rank_selection", "rank_cost", "round_ranks_to", "skip", "schedule", "seed",
+                   "samples_per_image", "num_images")
+
+
 def _save_checkpoint(path: str, plan: dict, approximated: nn.Sequential, done) -> None:
     from ..utils.io import atomic_torch_save
 
@@ -380,7 +382,7 @@ def _load_checkpoint(path: str, plan: dict, approximated: nn.Sequential, names: 
         state = saved["state_dict"]
     except (KeyError, TypeError, ValueError) as error:
         raise AccelDetError(f"{path} is not a compression checkpoint ({error})") from None
-    for key in ("method", "speedup", "rank_selection", "seed", "samples_per_image", "num_images"):
+    for key in CHECKPOINT_KEYS:
         if saved_plan.get(key) != plan.get(key):
             raise AccelDetError(
                 f"checkpoint {path} was made with {key}={saved_plan.get(key)!r}, this run has {plan.get(key)!r}; "

@@ -11,6 +11,7 @@ import heapq
 import math
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..errors import AccelDetError
@@ -64,10 +65,7 @@ def select_ranks(
     ``round_to`` > 1 keeps every rank a multiple of it (or the full rank d), also by that greedy.
     """
     if round_to > 1 or any(not _is_number(c) for c in costs.values()):
-        tables = {
-            name: _as_table(costs[name], len(eigenvalues[name]), name) for name in eigenvalues
-        }
-        return select_ranks_by_table(eigenvalues, tables, budget, min_rank, round_to=round_to)
+        return select_ranks_by_table(eigenvalues, costs, budget, min_rank, round_to=round_to)
     order = list(eigenvalues)
     values = {name: eigenvalues[name].double().clamp_min(0).tolist() for name in order}
     energy = {name: [0.0] + list(_cumsum(values[name])) for name in order}
@@ -129,8 +127,6 @@ def select_ranks_by_table(
     linear table (cost(d') = d'·ΔC) the best step is always one eigenvalue (the σ are sorted), so
     with ``round_to=1`` this is :func:`select_ranks` exactly.
     """
-    import numpy as np
-
     if round_to < 1 or int(round_to) != round_to:
         raise AccelDetError(f"round_to must be a positive integer, got {round_to!r}")
     round_to = int(round_to)
@@ -142,8 +138,7 @@ def select_ranks_by_table(
     for name in order:
         d = len(values[name])
         cost[name] = np.array([0.0] + _monotone(_as_table(tables[name], d, name)))  # cost[name][r]: at rank r
-        floor = max(min_rank, round_to) if round_to > 1 else min_rank
-        allowed[name] = np.array(sorted({r for r in range(1, d + 1) if r % round_to == 0 and r >= floor} | {d}))
+        allowed[name] = np.array(sorted({r for r in range(1, d + 1) if r % round_to == 0 and r >= min_rank} | {d}))
     ranks = {name: len(values[name]) for name in order}
     spent = sum(float(cost[name][ranks[name]]) for name in order)
 
@@ -199,9 +194,7 @@ def select_ranks_by_table(
             with np.errstate(divide="ignore"):
                 ratios = np.where(extras > 0, gains / np.where(extras > 0, extras, 1.0), np.inf)
             nearest, extra = int(ups[0]), float(extras[0])
-            kept = energy[name][nearest]
-            near_gain = sum(values[name][low:nearest]) / kept if kept > 0 else 0.0
-            near = near_gain / extra if extra > 0 else math.inf
+            near = exact_loss(name, nearest, low) / extra if extra > 0 else math.inf
             best = int(np.argmax(ratios))
             if near >= ratios[best] * (1 - 1e-9):
                 fitting.append((near, -order.index(name), name, nearest, extra))
