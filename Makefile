@@ -7,7 +7,7 @@ STAMP       := $(VENV)/.installed
 TORCH_PINS  ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo clean-venv
+.PHONY: venv test lint format demo clean-venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,15 @@ $(STAMP): setup.py tools/install_detectron2.py
 
 test: venv
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# ruff (ruff.toml): lint (pycodestyle, pyflakes, isort) and the formatter's check, 100 columns
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --select I --fix .
+	$(VENV)/bin/ruff format .
 
 demo: venv
 	$(PY) tools/demo.py

@@ -10,6 +10,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
+CONFIG_PACKAGES = ["accel_det.configs", "accel_det.configs.demo"]
 
 
 def read_version() -> str:
@@ -27,8 +28,11 @@ setup(
         "Data-driven low-rank acceleration of VGG-16 conv layers "
         "(Zhang et al., TPAMI 2016) with Detectron2 integration"
     ),
-    packages=find_packages(include=["accel_det", "accel_det.*"]),
-    package_data={"accel_det": ["**/*.yaml", "**/*.json"]},
+    # configs/ is installed as the data package accel_det.configs (as detectron2's model_zoo
+    # ships its configs), so config names resolve from an installed package too
+    packages=find_packages(include=["accel_det", "accel_det.*"]) + CONFIG_PACKAGES,
+    package_dir={"accel_det.configs": "configs"},
+    package_data={"accel_det.configs": ["*.yaml"], "accel_det.configs.demo": ["*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "numpy",
@@ -42,10 +46,10 @@ setup(
         "pyyaml",
         "scipy",
         "tensorboard",
-        # The only OpenCV wheel: never add opencv-python(-headless) or opencv-contrib-python beside it.
+        # The only OpenCV wheel: never add opencv-python(-headless) or opencv-contrib-python
+        # beside it.
         "opencv-contrib-python-headless",
         "Pillow",
-        "tabulate",
         "psutil",
     ],
     extras_require={"test": ["pytest"]},

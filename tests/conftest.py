@@ -1,6 +1,6 @@
 import pytest
 
-from accel_det.solver.latency import num_threads
+from accel_det.utils.timing import num_threads
 
 
 @pytest.fixture(scope="module")

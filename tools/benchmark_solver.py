@@ -5,9 +5,12 @@ output error, top-1 accuracy, compression time and peak memory; the solver's spe
 MAC-based vs latency-based rank selection. Prints tables, writes ``benchmark_solver.json`` and
 ``benchmark_solver.png`` to ``--output``.
 
-    python tools/benchmark_solver.py --quick      # 2x/3x/4x + speed figures: ~5 minutes on 2 cores, ~4 once the net is cached
-    python tools/benchmark_solver.py              # 2x-5x, speed figures, latency section: ~13 minutes
-    python tools/benchmark_solver.py --sections latency   # one section (the trained net is reused from --output)
+    # 2x/3x/4x + speed figures: ~5 minutes on 2 cores, ~4 once the net is cached
+    python tools/benchmark_solver.py --quick
+    # 2x-5x, speed figures, latency section: ~13 minutes
+    python tools/benchmark_solver.py
+    # one section (the trained net is reused from --output)
+    python tools/benchmark_solver.py --sections latency
 """
 
 from __future__ import annotations
@@ -18,40 +21,72 @@ import os
 import sys
 import time
 
-try:
-    import accel_det  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 import torch
 
-from accel_det.benchmark import solver_quality as bench
 from accel_det.errors import AccelDetError
 from accel_det.solver import METHODS
 from accel_det.utils.cli import add_common_arguments, run_tool
-from accel_det.utils.io import atomic_write_json, check_writable_folder
-
+from accel_det.utils.io import atomic_write_json, check_writable_folder, json_safe
+from accel_det.workflows.bench import quality as bench
+from accel_det.workflows.bench import quality_report, selection, smallnet
 
 SECTIONS = ("sweep", "speed", "latency")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2x/3x/4x, fewer images and training steps, no latency section")
-    parser.add_argument("--output", default="output/benchmark_solver", help="folder for the JSON, the PNG and the cached network")
-    parser.add_argument("--speedups", type=float, nargs="+", help="speedups to sweep (default 2 3 4 5; --quick: 2 3 4)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods to sweep (default: all)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for everything (default 1: on a shared machine more threads than free "
-                             "cores make every op wait for a descheduled thread; 0 keeps torch's default)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS,
-                        help="what to run: sweep (methods x speedups on the trained net), speed (512-channel solve, "
-                             "compress vs forward), latency (MAC- vs latency-based rank selection); "
-                             "default all, --quick: sweep speed")
-    parser.add_argument("--latency-cache", help="latency table cache (default: OUTPUT/latency_cache.json)")
-    parser.add_argument("--retrain", action="store_true", help="train the network again even if OUTPUT holds it")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2x/3x/4x, fewer images and training steps, no latency section",
+    )
+    parser.add_argument(
+        "--output",
+        default="output/benchmark_solver",
+        help="folder for the JSON, the PNG and the cached network",
+    )
+    parser.add_argument(
+        "--speedups",
+        type=float,
+        nargs="+",
+        help="speedups to sweep (default 2 3 4 5; --quick: 2 3 4)",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, help="methods to sweep (default: all)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help=(
+            "torch CPU threads for everything (default 1: on a shared machine more threads than "
+            "free cores make every op wait for a descheduled thread; 0 keeps torch's default)"
+        ),
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        help=(
+            "what to run: sweep (methods x speedups on the trained net), speed (512-channel solve, "
+            "compress vs forward), latency (MAC- vs latency-based rank selection); default all, "
+            "--quick: sweep speed"
+        ),
+    )
+    parser.add_argument(
+        "--latency-cache", help="latency table cache (default: OUTPUT/latency_cache.json)"
+    )
+    parser.add_argument(
+        "--retrain", action="store_true", help="train the network again even if OUTPUT holds it"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="log every layer of every compression")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log every layer of every compression"
+    )
     return add_common_arguments(parser)
 
 
@@ -73,93 +108,152 @@ def main(args: argparse.Namespace) -> int:
     sections = set(args.sections or (("sweep", "speed") if args.quick else SECTIONS))
     folder = check_writable_folder(args.output)
     if args.retrain:
-        cached = os.path.join(folder, bench.net_cache_name(config))
+        cached = os.path.join(folder, smallnet.net_cache_name(config))
         if os.path.exists(cached):
             os.remove(cached)
     started = time.perf_counter()
     command = " ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    record = {"command": command, "threads": torch.get_num_threads(), "config": bench.json_safe(vars(config)),
-              "machine": _machine()}
-    print(f"solver benchmark: {'quick' if args.quick else 'full'} run, {torch.get_num_threads()} torch thread(s), output {folder}")
+    record = {
+        "command": command,
+        "threads": torch.get_num_threads(),
+        "config": json_safe(vars(config)),
+        "machine": _machine(),
+    }
+    print(
+        f"solver benchmark: {'quick' if args.quick else 'full'} run, {torch.get_num_threads()} "
+        f"torch thread(s), output {folder}"
+    )
 
     prepared = net = None
     if sections & {"sweep", "latency"}:
         prepared = bench.prepare(config, cache_folder=folder)
         net = prepared["net"]
-        how = "trained" if prepared["trained"] else "loaded from " + os.path.basename(prepared["net_file"])
-        print(f"network: VGG-16 layout at width {config.width} ({config.size}x{config.size} inputs), {how}; "
-              f"training took {net.train_seconds:.0f}s, final running train accuracy {100 * net.train_accuracy:.1f}%")
-        record["network"] = {"trained_now": prepared["trained"], "train_seconds": net.train_seconds,
-                             "history": net.history}
+        how = (
+            "trained"
+            if prepared["trained"]
+            else "loaded from " + os.path.basename(prepared["net_file"])
+        )
+        print(
+            f"network: VGG-16 layout at width {config.width} ({config.size}x{config.size} inputs), "
+            f"{how}; training took {net.train_seconds:.0f}s, final running train accuracy "
+            f"{100 * net.train_accuracy:.1f}%"
+        )
+        record["network"] = {
+            "trained_now": prepared["trained"],
+            "train_seconds": net.train_seconds,
+            "history": net.history,
+        }
     if "sweep" in sections:
         sweep = bench.run_sweep(config, prepared, on_record=_print_record)
         record["sweep"] = sweep
-        print(f"\nheld-out: {config.test_images} images; calibration: {config.calibration_images} images x "
-              f"{config.samples_per_image} samples; error = ||F'(x) - F(x)|| / ||F(x)|| of the conv features\n")
-        print(bench.sweep_table(sweep, config.speedups, "quality"))
+        print(
+            f"\nheld-out: {config.test_images} images; calibration: {config.calibration_images} "
+            f"images x {config.samples_per_image} samples; error = ||F'(x) - F(x)|| / ||F(x)|| of "
+            f"the conv features\n"
+        )
+        print(quality_report.sweep_table(sweep, config.speedups, "quality"))
         print()
-        print(bench.sweep_table(sweep, config.speedups, "cost"))
+        print(quality_report.sweep_table(sweep, config.speedups, "cost"))
         orders = {}
         for speedup in config.speedups:
             order = bench.method_order(sweep["records"], speedup, True, "error")
             orders[f"{speedup:g}"] = order
-            print(f"order at {speedup:g}x (rank selection, best first, by held-out error): {' < '.join(order)}")
+            print(
+                f"order at {speedup:g}x (rank selection, best "
+                f"first, by held-out error): {' < '.join(order)}"
+            )
         record["method_order"] = orders
         png = os.path.join(folder, "benchmark_solver.png")
-        bench.plot_sweep(sweep, png, title=f"small VGG-16 (width {config.width}) on the generated task, "
-                                          f"{torch.get_num_threads()} thread(s)\n{command}")
+        quality_report.plot_sweep(
+            sweep,
+            png,
+            title=f"small VGG-16 (width {config.width}) on the generated task, "
+            f"{torch.get_num_threads()} thread(s)\n{command}",
+        )
         record["png"] = png
 
     if "speed" in sections:
         print("\nspeed figures")
         solve = bench.time_channel_solve()
-        print(f"  one 512-channel layer, {solve['samples']} samples, rank {solve['rank']}, {solve['iterations']} iterations "
-              f"(nonlinear_reconstruction): {solve['seconds']:.1f}s, peak +{solve['peak_mb']:.0f} MB "
-              f"(paper: 2-5 minutes per layer in MATLAB)")
+        print(
+            f"  one 512-channel layer, {solve['samples']} samples, rank {solve['rank']}, "
+            f"{solve['iterations']} iterations (nonlinear_reconstruction): "
+            f"{solve['seconds']:.1f}s, peak +{solve['peak_mb']:.0f} MB (paper: 2-5 minutes per "
+            f"layer in MATLAB)"
+        )
         counts = (8,) if args.quick else (8, 24)
         whole = bench.time_compress_vs_forward(counts)
         for run in whole["runs"]:
-            print(f"  compress all 12 layers of VGG-16 (asym3d 4x, {run['images']} images at 224x224, random weights): "
-                  f"{run['compress_seconds']:.1f}s = {run['ratio']:.1f}x one plain forward pass of the features over the "
-                  f"same images ({run['forward_seconds']:.1f}s); peak +{run['peak_mb']:.0f} MB")
+            print(
+                f"  compress all 12 layers of VGG-16 (asym3d 4x, {run['images']} images at "
+                f"224x224, random weights): {run['compress_seconds']:.1f}s = {run['ratio']:.1f}x "
+                f"one plain forward pass of the features over the same images "
+                f"({run['forward_seconds']:.1f}s); peak +{run['peak_mb']:.0f} MB"
+            )
         if "marginal_ratio" in whole:
-            print(f"  marginal cost per extra image ({counts[0]} -> {counts[-1]} images): "
-                  f"{whole['marginal_ratio']:.1f}x its forward pass")
+            print(
+                f"  marginal cost per extra image ({counts[0]} -> {counts[-1]} images): "
+                f"{whole['marginal_ratio']:.1f}x its forward pass"
+            )
         record["speed"] = {"channel_solve": solve, "compress_vs_forward": whole}
 
     if "latency" in sections:
-        print("\nMAC-based vs latency-based rank selection (asym, 4x; VGG-16 full width, 224x224, batch 1, this CPU)")
+        print(
+            "\nMAC-based vs latency-based rank selection (asym, "
+            "4x; VGG-16 full width, 224x224, batch 1, this CPU)"
+        )
         cache = args.latency_cache or os.path.join(folder, "latency_cache.json")
-        comparison = bench.latency_comparison(
-            net, prepared["test"], prepared["calibration"][0],
-            threads_count=torch.get_num_threads(), cache=cache, schedule=config.schedule, seed=config.seed,
+        comparison = selection.latency_comparison(
+            net,
+            prepared["test"],
+            prepared["calibration"][0],
+            threads_count=torch.get_num_threads(),
+            cache=cache,
+            schedule=config.schedule,
+            seed=config.seed,
         )
         table = comparison["table"]
-        print(f"  latency table: {table['key']}; {table['measured_layers']} layer shapes measured now "
-              f"({table['seconds']:.0f}s), cache {cache}")
-        print(bench.latency_table_text(comparison))
+        print(
+            f"  latency table: {table['key']}; {table['measured_layers']} layer shapes measured "
+            f"now ({table['seconds']:.0f}s), cache {cache}"
+        )
+        print(selection.latency_table_text(comparison))
         record["latency_selection"] = comparison
 
     record["seconds"] = time.perf_counter() - started
     default = {"sweep", "speed"} if args.quick else set(SECTIONS)
-    name = "benchmark_solver" if sections == default else "benchmark_solver_" + "_".join(s for s in SECTIONS if s in sections)
+    name = (
+        "benchmark_solver"
+        if sections == default
+        else "benchmark_solver_" + "_".join(s for s in SECTIONS if s in sections)
+    )
     path = os.path.join(folder, name + ".json")
-    atomic_write_json(bench.json_safe(record), path)
-    print(f"\nwrote {path}" + (f" and {record['png']}" if "png" in record else "") + f" ({record['seconds']:.0f}s in all)")
+    atomic_write_json(json_safe(record), path)
+    print(
+        f"\nwrote {path}"
+        + (f" and {record['png']}" if "png" in record else "")
+        + f" ({record['seconds']:.0f}s in all)"
+    )
     return 0
 
 
 def _print_record(record: dict) -> None:
-    name = f"{record['method']:9s} {'rank sel.' if record['rank_selection'] else 'uniform  '} {record['speedup']:g}x"
+    name = (
+        f"{record['method']:9s} "
+        f"{'rank sel.' if record['rank_selection'] else 'uniform  '} {record['speedup']:g}x"
+    )
     if "impossible" in record:
         print(f"  {name}: impossible ({record['impossible']})", flush=True)
     else:
-        print(f"  {name}: error {record['error']:.4f}  top-1 {100 * record['accuracy']:.1f}%  "
-              f"{record['seconds']:.1f}s  +{record['peak_mb']:.0f} MB", flush=True)
+        print(
+            f"  {name}: error {record['error']:.4f}  top-1 {100 * record['accuracy']:.1f}%  "
+            f"{record['seconds']:.1f}s  +{record['peak_mb']:.0f} MB",
+            flush=True,
+        )
 
 
 def _machine() -> dict:
-    from accel_det.solver.latency import device_name
+    from accel_det.utils.timing import device_name
 
     return {"cpu": device_name("cpu"), "torch": torch.__version__}
 

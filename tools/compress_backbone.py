@@ -3,14 +3,15 @@
 asymmetric (3d), rank selection).
 
     python tools/compress_backbone.py --weights vgg16-397923af.pth --images /data/imagenet/train \\
-        --num-images 3000 --samples-per-image 10 --speedup 4 --method asym3d --output output/vgg16_4x
+        --num-images 3000 --samples-per-image 10 --speedup 4 --method asym3d \\
+        --output output/vgg16_4x
 
-writes ``output/vgg16_4x.pth`` (state dict of the whole accelerated VGG-16), ``output/vgg16_4x.json``
-(the plan, extended with how it was obtained) and ``output/vgg16_4x.png`` (per-layer ranks and
-errors), and prints a per-layer table. ``--images`` may be any folder of JPEG/PNG images, e.g. VOC's
-``JPEGImages`` (target-domain compression). Every finished layer is checkpointed to
-``OUT.checkpoint.pth``; ``--resume`` continues an interrupted run and ends bit-identical to an
-uninterrupted one.
+writes ``output/vgg16_4x.pth`` (state dict of the whole accelerated VGG-16),
+``output/vgg16_4x.json`` (the plan, extended with how it was obtained) and ``output/vgg16_4x.png``
+(per-layer ranks and errors), and prints a per-layer table. ``--images`` may be any folder of
+JPEG/PNG images, e.g. VOC's ``JPEGImages`` (target-domain compression). Every finished layer is
+checkpointed to ``OUT.checkpoint.pth``; ``--resume`` continues an interrupted run and ends
+bit-identical to an uninterrupted one.
 
 Data-parallel on several GPUs (each process reads a shard of the images; the result equals one
 process's within float tolerance):
@@ -27,80 +28,108 @@ import logging
 import os
 import sys
 
-try:
-    import accel_det  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 import torch
 
-from accel_det.classification.compression import CompressOptions, compress_in_group, compress_process
-from accel_det.classification.distributed import launch, under_launcher
-from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.errors import AccelDetError
-from accel_det.solver import METHODS
-from accel_det.solver.ranks import RANK_COSTS
+from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.dist import under_launcher
+from accel_det.utils.launch import launch
+from accel_det.workflows.imagenet.compress import (
+    CompressOptions,
+    compress_in_group,
+    compress_process,
+)
+from accel_det.workflows.options import add_solver_arguments, solver_options
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True,
-                        help="VGG-16 state dict (e.g. vgg16-397923af.pth), or 'torchvision' to download torchvision's")
-    parser.add_argument("--images", required=True,
-                        help="image folder: an ImageNet-style tree (train/<wnid>/*.JPEG) or a flat folder of JPEG/PNG")
-    parser.add_argument("--output", required=True, help="output prefix OUT: writes OUT.pth, OUT.json, OUT.png")
-    parser.add_argument("--num-images", type=int, default=3000, help="images drawn with the seed (default: 3000, as the paper)")
-    parser.add_argument("--samples-per-image", type=int, default=10, help="responses sampled per image and layer (default: 10)")
-    parser.add_argument("--speedup", type=float, default=4.0, help="whole-model theoretical speedup of the conv layers (default: 4)")
-    parser.add_argument("--method", choices=METHODS, default="asym3d", help="solution (default: asym3d)")
-    parser.add_argument("--no-rank-selection", action="store_true", help="the same speedup for every layer instead of eq. (14)")
-    parser.add_argument("--seed", type=int, default=0, help="draws the images and the sampled positions (default: 0)")
-    parser.add_argument("--resume", action="store_true", help="continue after the last layer of OUT.checkpoint.pth")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (and start over)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes")
-    parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--num-gpus", type=int, default=1,
-                        help="processes to start, one per GPU (with --device cpu: CPU processes); "
-                             "under torchrun the processes are torchrun's (default: 1)")
-    parser.add_argument("--resize", type=int, default=RESIZE_SIZE, help=f"shorter side before the crop (default: {RESIZE_SIZE})")
-    parser.add_argument("--crop", type=int, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})")
-    parser.add_argument("--iterations", type=int, default=25,
-                        help="nonlinear solver iterations per lambda step: 0.01 then 1.0 (default: 25, as the paper)")
-    parser.add_argument("--rank-cost", choices=RANK_COSTS, default="with_1x1",
-                        help="rank selection cost per kept rank (default: with_1x1, which reproduces the paper's tables)")
-    parser.add_argument("--round-ranks", type=int, default=1, metavar="N",
-                        help="keep every d' and d'' a multiple of N at the same speedup (beyond the paper; 16 runs "
-                             "faster on x86 CPUs, 8 on GPUs in fp16; default: 1, the paper's ranks)")
-    parser.add_argument("--skip", nargs="*", default=["conv1_1"], help="layers left as they are (default: conv1_1)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help=(
+            "VGG-16 state dict (e.g. vgg16-397923af.pth), "
+            "or 'torchvision' to download torchvision's"
+        ),
+    )
+    parser.add_argument(
+        "--images",
+        required=True,
+        help=(
+            "image folder: an ImageNet-style tree "
+            "(train/<wnid>/*.JPEG) or a flat folder of JPEG/PNG"
+        ),
+    )
+    parser.add_argument(
+        "--output", required=True, help="output prefix OUT: writes OUT.pth, OUT.json, OUT.png"
+    )
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=3000,
+        help="images drawn with the seed (default: 3000, as the paper)",
+    )
+    add_solver_arguments(parser)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue after the last layer of OUT.checkpoint.pth"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (and start over)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images per forward pass (default: 32)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes to start, one per GPU (with --device cpu: CPU processes); "
+        "under torchrun the processes are torchrun's (default: 1)",
+    )
+    parser.add_argument(
+        "--resize",
+        type=int,
+        default=RESIZE_SIZE,
+        help=f"shorter side before the crop (default: {RESIZE_SIZE})",
+    )
+    parser.add_argument(
+        "--crop", type=int, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})"
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write OUT.png")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="deterministic GPU kernels (torch.use_deterministic_algorithms, "
-                             "CUBLAS_WORKSPACE_CONFIG=:4096:8); the CPU is deterministic anyway")
+    parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic GPU kernels (torch.use_deterministic_algorithms, "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8); the CPU is deterministic anyway",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--stop-after", help=argparse.SUPPRESS)  # test hook: interrupt after this layer
+    parser.add_argument(
+        "--stop-after", help=argparse.SUPPRESS
+    )  # test hook: interrupt after this layer
     return add_common_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.iterations < 0:
-        raise AccelDetError(f"--iterations must be >= 0, got {args.iterations}")
     if args.num_gpus < 1:
         raise AccelDetError(f"--num-gpus must be >= 1, got {args.num_gpus}")
-    if args.round_ranks < 1:
-        raise AccelDetError(f"--round-ranks must be >= 1, got {args.round_ranks}")
     options = CompressOptions(
         weights=args.weights,
         images=args.images,
         output=args.output,
+        solver=solver_options(args),
         num_images=args.num_images,
-        samples_per_image=args.samples_per_image,
-        speedup=args.speedup,
-        method=args.method,
-        rank_selection=not args.no_rank_selection,
-        seed=args.seed,
         resume=args.resume,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
@@ -108,10 +137,6 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         resize=args.resize,
         crop=args.crop,
-        schedule=((0.01, args.iterations), (1.0, args.iterations)),
-        rank_cost=args.rank_cost,
-        round_ranks_to=args.round_ranks,
-        skip=tuple(args.skip),
         progress=not args.no_progress,
         plot=not args.no_plot,
         deterministic=args.deterministic,
@@ -119,14 +144,19 @@ def main(args: argparse.Namespace) -> int:
     )
     argv = sys.argv[1:]
     if args.num_gpus > 1 and under_launcher():
-        logging.getLogger(__name__).warning("--num-gpus is ignored under torchrun: its %s processes do the work",
-                                            os.environ["WORLD_SIZE"])
+        logging.getLogger(__name__).warning(
+            "--num-gpus is ignored under torchrun: its %s processes do the work",
+            os.environ["WORLD_SIZE"],
+        )
     elif args.num_gpus > 1:
         if args.device != "cpu":
             found = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if args.device not in ("auto", "cuda") or found < args.num_gpus:
-                raise AccelDetError(f"--num-gpus {args.num_gpus} needs {args.num_gpus} GPUs and --device auto or cuda "
-                                    f"(found {found} GPU(s), --device {args.device}); --device cpu starts CPU processes")
+                raise AccelDetError(
+                    f"--num-gpus {args.num_gpus} needs {args.num_gpus} GPUs and --device auto or "
+                    f"cuda (found {found} GPU(s), --device {args.device}); --device cpu starts CPU "
+                    f"processes"
+                )
         return launch(compress_process, args.num_gpus, (options, argv, args.verbose, args.debug))
     return compress_in_group(options, argv)
 

@@ -19,16 +19,26 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True,
-                        help="'torchvision' (download), a torchvision-layout VGG-16 .pth, or tools/compress_backbone.py's OUT.pth")
-    parser.add_argument("--plan", help="the plan JSON that goes with an accelerated --source (OUT.json)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--source",
+        required=True,
+        help=(
+            "'torchvision' (download), a torchvision-layout VGG-16 .pth, or "
+            "tools/compress_backbone.py's OUT.pth"
+        ),
+    )
+    parser.add_argument(
+        "--plan", help="the plan JSON that goes with an accelerated --source (OUT.json)"
+    )
     parser.add_argument("--output", required=True, help="Detectron2 checkpoint to write (.pth)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     add_common_arguments(parser)
@@ -36,18 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from accel_det.detection.convert import INPUT_FORMAT, PIXEL_MEAN, PIXEL_STD, config_lines, vgg16_to_detectron2
+    from accel_det.detection.convert import (
+        INPUT_FORMAT,
+        PIXEL_MEAN,
+        PIXEL_STD,
+        config_lines,
+        vgg16_to_detectron2,
+    )
     from accel_det.errors import AccelDetError
-    from accel_det.models.vgg import load_vgg16_state_dict, read_plan
+    from accel_det.models.vgg import load_vgg16_state_dict
+    from accel_det.plan import Plan
     from accel_det.utils.io import atomic_torch_save, atomic_write_json, refuse_existing
 
     refuse_existing([args.output, args.output + ".json"], args.overwrite)
-    plan = read_plan(args.plan) if args.plan else None
+    plan = Plan.read(args.plan) if args.plan else None
     state = load_vgg16_state_dict(args.source)
     try:
         converted, info = vgg16_to_detectron2(state, plan)
     except AccelDetError as error:
-        raise AccelDetError(f"{args.source} does not fit {'plan ' + args.plan if plan else 'VGG-16'}: {error}") from None
+        raise AccelDetError(
+            f"{args.source} does not fit {'plan ' + args.plan if plan else 'VGG-16'}: {error}"
+        ) from None
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     meta = {
         "source": args.source,
@@ -58,10 +77,19 @@ def main(args) -> int:
         **info,
         "config": config_lines(info, args.plan),
     }
-    atomic_torch_save({"model": converted, "__author__": "accel-det tools/convert_vgg16.py", "matching_heuristics": False},
-                      args.output)
+    atomic_torch_save(
+        {
+            "model": converted,
+            "__author__": "accel-det tools/convert_vgg16.py",
+            "matching_heuristics": False,
+        },
+        args.output,
+    )
     atomic_write_json(meta, args.output + ".json")
-    print(f"wrote {args.output} ({len(converted)} tensors: backbone{' + fc6/fc7' if info['box_head'] else ''})")
+    print(
+        f"wrote {args.output} ({len(converted)} tensors: "
+        f"backbone{' + fc6/fc7' if info['box_head'] else ''})"
+    )
     print("use it with these config values (torchvision weights: RGB, ImageNet mean/std):")
     print(f"  MODEL.WEIGHTS {args.output} {meta['config']}")
     return 0

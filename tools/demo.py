@@ -13,67 +13,134 @@ Finished stages are reused on a second run (``--force`` redoes them).
 """
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from accel_det.detection.demo import DemoOptions
+    from accel_det.workflows.demo import DemoOptions
 
     d = DemoOptions()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", default=d.output, help=f"output folder (default: {d.output})")
     parser.add_argument("--config", default=d.config, help=f"baseline config (default: {d.config})")
-    parser.add_argument("--accel-config", default=d.accel_config, help=f"fine-tuning config (default: {d.accel_config})")
-    parser.add_argument("--speedups", type=float, nargs="+", default=list(d.speedups), help="theoretical speedups (default: 2 3 4)")
+    parser.add_argument(
+        "--accel-config",
+        default=d.accel_config,
+        help=f"fine-tuning config (default: {d.accel_config})",
+    )
+    parser.add_argument(
+        "--speedups",
+        type=float,
+        nargs="+",
+        default=list(d.speedups),
+        help="theoretical speedups (default: 2 3 4)",
+    )
     parser.add_argument("--method", default=d.method, help=f"solver method (default: {d.method})")
-    parser.add_argument("--data-root", default=None,
-                        help="synthetic set folder (default: $DETECTRON2_DATASETS/synthetic_voc, i.e. datasets/synthetic_voc)")
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help=(
+            "synthetic set folder (default: "
+            "$DETECTRON2_DATASETS/synthetic_voc, i.e. datasets/synthetic_voc)"
+        ),
+    )
     parser.add_argument("--num-trainval", type=int, default=d.num_trainval)
     parser.add_argument("--num-test", type=int, default=d.num_test)
-    parser.add_argument("--classes", default=",".join(d.classes), help="synthetic shapes, comma-separated")
-    parser.add_argument("--pretrain-iterations", type=int, default=d.pretrain_iterations, help="crop-classifier iterations")
-    parser.add_argument("--compress-images", type=int, default=d.compress_images, help="training images for the solver")
+    parser.add_argument(
+        "--classes", default=",".join(d.classes), help="synthetic shapes, comma-separated"
+    )
+    parser.add_argument(
+        "--pretrain-iterations",
+        type=int,
+        default=d.pretrain_iterations,
+        help="crop-classifier iterations",
+    )
+    parser.add_argument(
+        "--compress-images",
+        type=int,
+        default=d.compress_images,
+        help="training images for the solver",
+    )
     parser.add_argument("--samples-per-image", type=int, default=d.samples_per_image)
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads for training and evaluation")
-    parser.add_argument("--latency-threads", type=int, default=d.latency_threads, help="torch threads for the timings")
+    parser.add_argument(
+        "--threads", type=int, default=d.threads, help="torch threads for training and evaluation"
+    )
+    parser.add_argument(
+        "--latency-threads",
+        type=int,
+        default=d.latency_threads,
+        help="torch threads for the timings",
+    )
     parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats)
-    parser.add_argument("--full-width-repeats", type=int, default=d.full_width_repeats,
-                        help="timed runs of the plans' structures on a full-width VGG-16 at 224×224 (0: skip)")
-    parser.add_argument("--workers", type=int, default=d.workers, help="processes for data generation and selective search")
+    parser.add_argument(
+        "--full-width-repeats",
+        type=int,
+        default=d.full_width_repeats,
+        help="timed runs of the plans' structures on a full-width VGG-16 at 224×224 (0: skip)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="processes for data generation and selective search",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--force", action="store_true", help="redo every stage")
-    parser.add_argument("--finetune-opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides for the fine-tuning stages only (put last)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides for every stage, KEY VALUE ... (Detectron2 style)")
+    parser.add_argument(
+        "--finetune-opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides for the fine-tuning stages only (put last)",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides for every stage, KEY VALUE ... (Detectron2 style)",
+    )
     add_common_arguments(parser)
     return parser
 
 
 def main(args) -> int:
-    from accel_det.detection.demo import DemoOptions, run_demo
+    from accel_det.workflows.demo import DemoOptions, run_demo
 
     opts = list(args.opts)
     finetune = list(args.finetune_opts)
     if "--finetune-opts" in opts:  # REMAINDER swallowed it
         at = opts.index("--finetune-opts")
-        opts, finetune = opts[:at], opts[at + 1:] + finetune
+        opts, finetune = opts[:at], opts[at + 1 :] + finetune
     options = DemoOptions(
-        output=args.output, config=args.config, accel_config=args.accel_config, speedups=tuple(args.speedups),
-        method=args.method, data_root=args.data_root, num_trainval=args.num_trainval, num_test=args.num_test,
-        classes=tuple(c for c in args.classes.split(",") if c), pretrain_iterations=args.pretrain_iterations,
-        compress_images=args.compress_images, samples_per_image=args.samples_per_image, threads=args.threads,
-        latency_threads=args.latency_threads, latency_repeats=args.latency_repeats,
-        full_width_repeats=args.full_width_repeats, workers=args.workers,
-        seed=args.seed, opts=opts, finetune_opts=finetune, force=args.force,
+        output=args.output,
+        config=args.config,
+        accel_config=args.accel_config,
+        speedups=tuple(args.speedups),
+        method=args.method,
+        data_root=args.data_root,
+        num_trainval=args.num_trainval,
+        num_test=args.num_test,
+        classes=tuple(c for c in args.classes.split(",") if c),
+        pretrain_iterations=args.pretrain_iterations,
+        compress_images=args.compress_images,
+        samples_per_image=args.samples_per_image,
+        threads=args.threads,
+        latency_threads=args.latency_threads,
+        latency_repeats=args.latency_repeats,
+        full_width_repeats=args.full_width_repeats,
+        workers=args.workers,
+        seed=args.seed,
+        opts=opts,
+        finetune_opts=finetune,
+        force=args.force,
     )
     summary = run_demo(options)
-    from accel_det.report import markdown_table
+    from accel_det.workflows.report import markdown_table
 
     print()
     print(markdown_table(summary["rows"]))

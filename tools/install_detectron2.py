@@ -198,7 +198,9 @@ if stray:
     hint = ("installed by %s: pip uninstall it" % ", ".join(sorted(set(owners)))) if owners else (
         "owned by no pip distribution: delete it")
     result["ok"] = False
-    result["errors"].append("stray top-level 'tools' package in site-packages (%s): %s" % (hint, sorted(set(stray))))
+    result["errors"].append(
+        "stray top-level 'tools' package in site-packages (%s): %s" % (hint, sorted(set(stray)))
+    )
 print("@@RESULT@@" + json.dumps(result))
 """
 
@@ -312,7 +314,8 @@ def verify_sha256(path: Path, expected: str = FALLBACK_SHA256) -> str:
     actual = _sha256(path)
     if actual != expected:
         raise InstallError(
-            f"{path.name}: sha256 {actual} does not match the pinned {expected}; refusing to install it"
+            f"{path.name}: sha256 {actual} does not match "
+            f"the pinned {expected}; refusing to install it"
         )
     LOG.info("%s: sha256 %s verified", path.name, actual)
     return actual
@@ -417,8 +420,9 @@ def repack_wheel(src: Path, out_dir: Path, sha256: str) -> tuple[Path, dict]:
             description = (
                 f"Repacked by accel-det's tools/install_detectron2.py from {src.name} "
                 f"(sha256 {sha256}).\n"
-                f"Removed: {', '.join(sorted(dropped_other)) or 'nothing'} (stray top-level packages), "
-                f"{', '.join(dropped_native) or 'nothing'} (compiled extension for another Python).\n"
+                f"Removed: {', '.join(sorted(dropped_other)) or 'nothing'} (stray top-level "
+                f"packages), {', '.join(dropped_native) or 'nothing'} (compiled extension for "
+                f"another Python).\n"
                 "Requirements: numpy<2 relaxed to numpy; fvcore, iopath and setuptools<82 "
                 "(for pkg_resources) added.\n"
             )

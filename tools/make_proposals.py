@@ -19,46 +19,76 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.errors import AccelDetError  # noqa: E402
 from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", help="registered data set name, e.g. accel_voc_2007_trainval, synthetic_voc_test")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset",
+        help="registered data set name, e.g. accel_voc_2007_trainval, synthetic_voc_test",
+    )
     parser.add_argument("--output", required=True, help="proposal file to write (.pkl)")
-    parser.add_argument("--from-mat", metavar="MAT", help="convert a Fast R-CNN selective-search .mat instead of searching")
-    parser.add_argument("--mode", default="fast", choices=("fast", "quality", "single"), help="selective search strategy")
-    parser.add_argument("--min-size", type=int, default=16, help="drop boxes with a side under this many pixels")
-    parser.add_argument("--max-boxes", type=int, default=2000, help="keep at most this many boxes per image")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
-    parser.add_argument("--no-resume", action="store_true", help="start over instead of continuing a stopped run")
+    parser.add_argument(
+        "--from-mat",
+        metavar="MAT",
+        help="convert a Fast R-CNN selective-search .mat instead of searching",
+    )
+    parser.add_argument(
+        "--mode",
+        default="fast",
+        choices=("fast", "quality", "single"),
+        help="selective search strategy",
+    )
+    parser.add_argument(
+        "--min-size", type=int, default=16, help="drop boxes with a side under this many pixels"
+    )
+    parser.add_argument(
+        "--max-boxes", type=int, default=2000, help="keep at most this many boxes per image"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes"
+    )
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over instead of continuing a stopped run"
+    )
     add_common_arguments(parser)
     return parser
 
 
 def main(args) -> int:
+    from detectron2.data import DatasetCatalog
+
     import accel_det.detection  # noqa: F401  (registers the data sets)
     from accel_det.detection.datasets import check_dataset_layout, dataset_image_ids
     from accel_det.detection.proposals import check_proposal_file, convert_mat, make_proposals
-    from detectron2.data import DatasetCatalog
 
     if args.from_mat:
         ids = None
         if args.dataset:
             check_dataset_layout(args.dataset)
             ids = dataset_image_ids(args.dataset)
-        summary = convert_mat(args.from_mat, args.output, image_ids=ids, dataset_name=args.dataset or "")
+        summary = convert_mat(
+            args.from_mat, args.output, image_ids=ids, dataset_name=args.dataset or ""
+        )
     else:
         if not args.dataset:
             raise AccelDetError("give --dataset (a registered data set) or --from-mat")
         check_dataset_layout(args.dataset)
         images = [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(args.dataset)]
         summary = make_proposals(
-            images, args.output, mode=args.mode, min_size=args.min_size, max_boxes=args.max_boxes,
-            workers=args.workers, resume=not args.no_resume,
+            images,
+            args.output,
+            mode=args.mode,
+            min_size=args.min_size,
+            max_boxes=args.max_boxes,
+            workers=args.workers,
+            resume=not args.no_resume,
         )
     if args.dataset:
         check_proposal_file(args.output, dataset_image_ids(args.dataset), args.dataset)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The mAP-vs-speedup report of several Detectron2 runs: a Markdown table and a PNG plot, by the
-same code as the demo's report (``accel_det.report``).
+same code as the demo's report (``accel_det.workflows.report``).
 
 Each run folder is a ``tools/train_net.py`` OUTPUT_DIR (``eval_results.json``, ``config.yaml``
 whose ``MODEL.ACCEL.PLAN`` names the plan; optional ``eval_before_ft.json``, ``speed.json``) or a
@@ -20,27 +20,41 @@ import argparse
 import os
 import sys
 
-try:
-    import accel_det  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det import report
-from accel_det.benchmark.speed import SPEED_FORMAT
 from accel_det.errors import AccelDetError
 from accel_det.utils.cli import add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, load_json
+from accel_det.workflows import report
+from accel_det.workflows.bench.speed import SPEED_FORMAT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN[=NAME]",
-                        help="run folders (train_net OUTPUT_DIR or demo stage); '=NAME' renames the row")
-    parser.add_argument("--speed", metavar="JSON", help="a tools/benchmark_speed.py JSON to take latencies from")
-    parser.add_argument("--speed-input", metavar="HxW",
-                        help="which timed input size to report (default: the largest timed at batch 1)")
-    parser.add_argument("--speed-batch", type=int, default=1, help="which timed batch size to report (default 1)")
-    parser.add_argument("--output", default="output/report", help="folder for report.md, mAP_vs_speedup.png, records.json")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN[=NAME]",
+        help="run folders (train_net OUTPUT_DIR or demo stage); '=NAME' renames the row",
+    )
+    parser.add_argument(
+        "--speed", metavar="JSON", help="a tools/benchmark_speed.py JSON to take latencies from"
+    )
+    parser.add_argument(
+        "--speed-input",
+        metavar="HxW",
+        help="which timed input size to report (default: the largest timed at batch 1)",
+    )
+    parser.add_argument(
+        "--speed-batch", type=int, default=1, help="which timed batch size to report (default 1)"
+    )
+    parser.add_argument(
+        "--output",
+        default="output/report",
+        help="folder for report.md, mAP_vs_speedup.png, records.json",
+    )
     parser.add_argument("--title", default="Fast R-CNN with accelerated VGG-16: AP50 vs speedup")
     return add_common_arguments(parser)
 
@@ -54,14 +68,18 @@ def main(args: argparse.Namespace) -> int:
     if args.speed:
         speed = load_json(args.speed, "speed JSON")
         if not isinstance(speed, dict) or speed.get("format") != SPEED_FORMAT:
-            raise AccelDetError(f"{args.speed} is not a tools/benchmark_speed.py JSON (format {SPEED_FORMAT})")
+            raise AccelDetError(
+                f"{args.speed} is not a tools/benchmark_speed.py JSON (format {SPEED_FORMAT})"
+            )
         input_hw = None
         if args.speed_input:
             try:
                 h, _, w = args.speed_input.partition("x")
                 input_hw = [int(h), int(w or h)]
             except ValueError:
-                raise AccelDetError(f"--speed-input {args.speed_input!r}: expected HxW, e.g. 600x1000") from None
+                raise AccelDetError(
+                    f"--speed-input {args.speed_input!r}: expected HxW, e.g. 600x1000"
+                ) from None
         try:
             missing = report.attach_speed(records, speed, input_hw=input_hw, batch=args.speed_batch)
         except AccelDetError as error:
@@ -70,17 +88,29 @@ def main(args: argparse.Namespace) -> int:
             print(f"warning: {line}", file=sys.stderr)
         timed = next((r["latency"] for r in records if r.get("latency")), None)
         if timed:
-            notes.append(f"Latency: `{speed.get('command', 'tools/benchmark_speed.py')}` on {speed.get('device')}, "
-                         f"{speed.get('threads')} thread(s), input {timed['input_hw'][0]}x{timed['input_hw'][1]}, "
-                         f"batch {timed['batch']}; random weights with each run's architecture (speed does not depend "
-                         f"on the weights); actual speedup = baseline median / model median.")
+            notes.append(
+                f"Latency: `{speed.get('command', 'tools/benchmark_speed.py')}` on "
+                f"{speed.get('device')}, {speed.get('threads')} thread(s), input "
+                f"{timed['input_hw'][0]}x{timed['input_hw'][1]}, batch {timed['batch']}; random "
+                f"weights with each run's architecture (speed does not depend on the weights); "
+                f"actual speedup = baseline median / model median."
+            )
     rows = report.report_rows(records)
     folder = check_writable_folder(args.output)
     png = os.path.join(folder, "mAP_vs_speedup.png")
     report.plot_map_vs_speedup(rows, png, title=args.title)
-    notes.append("Theoretical speedup: multiply-adds of all conv layers (the paper's definition), from each run's plan.")
+    notes.append(
+        "Theoretical speedup: multiply-adds of all conv "
+        "layers (the paper's definition), from each run's plan."
+    )
     path = os.path.join(folder, "report.md")
-    report.write_report(path, rows, title=args.title, notes=notes, sections=["![AP50 vs speedup](mAP_vs_speedup.png)"])
+    report.write_report(
+        path,
+        rows,
+        title=args.title,
+        notes=notes,
+        sections=["![AP50 vs speedup](mAP_vs_speedup.png)"],
+    )
     atomic_write_json({"records": records, "rows": rows}, os.path.join(folder, "records.json"))
     print(report.markdown_table(rows))
     print(f"\nwrote {path}, {png} and records.json")

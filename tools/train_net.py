@@ -2,7 +2,8 @@
 """Train and evaluate Fast R-CNN / Faster R-CNN with a plain or accelerated VGG-16 (Detectron2).
 
     tools/train_net.py --config accel_vgg16_voc.yaml                        # train, then evaluate
-    tools/train_net.py --config accel_vgg16_voc.yaml --eval-only MODEL.WEIGHTS output/accel_vgg16_voc/model_final.pth
+    tools/train_net.py --config accel_vgg16_voc.yaml --eval-only \\
+        MODEL.WEIGHTS output/accel_vgg16_voc/model_final.pth
     tools/train_net.py --config-file configs/vgg16_voc.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16
 
 Detectron2's usual command line (``default_argument_parser``: ``--resume``, ``--eval-only``,
@@ -15,11 +16,12 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-import accel_det.detection  # noqa: E402,F401  (registers the backbones, box head and data sets)
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+
+import accel_det.detection  # noqa: E402,F401  (registers the backbones, box head and data sets)
 from accel_det.detection.checkpoint import load_detector_weights  # noqa: E402
 from accel_det.detection.config import load_config, resolve_config_file  # noqa: E402
 from accel_det.detection.trainer import Trainer, by_dataset, check_inputs, save_results  # noqa: E402
@@ -48,7 +50,8 @@ def main(args):
     else:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        trainer.train()  # evaluates on DATASETS.TEST after the last iteration (Detectron2's EvalHook)
+        # evaluates on DATASETS.TEST after the last iteration (Detectron2's EvalHook)
+        trainer.train()
         results = getattr(trainer, "_last_eval_results", None)
     if comm.is_main_process() and results:
         path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
@@ -64,8 +67,9 @@ def run(main_function=main, argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.num_gpus * args.num_machines > 1:
-            # launch spawns processes: check here as well, so that bad input is one line, not a child's
-            # traceback (a single process runs main here, whose setup() checks inside this try)
+            # launch spawns processes: check here as well, so that bad input is one line, not a
+            # child's traceback (a single process runs main here, whose setup() checks inside this
+            # try)
             check_inputs(load_config(args.config_file, args.opts), train=not args.eval_only)
         launch(
             main_function,

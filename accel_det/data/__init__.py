@@ -1,5 +1,6 @@
 """Image folders for compression, evaluation and fine-tuning: listing, seeded sampling, VGG
-preprocessing, labelled sets (class folders or a flat folder + label file), generated test folders."""
+preprocessing, labelled sets (class folders or a flat folder + label file), generated test
+folders."""
 
 from .images import (
     IMAGE_EXTENSIONS,
@@ -14,7 +15,13 @@ from .images import (
     sample_images,
 )
 from .synthetic import make_image_folder
-from .transforms import crop_transform, eval_transform, normalize, preprocessing_record, train_transform
+from .transforms import (
+    crop_transform,
+    eval_transform,
+    normalize,
+    preprocessing_record,
+    train_transform,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",

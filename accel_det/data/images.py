@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
+from ..utils.dist import all_gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +111,16 @@ class ImageSample:
     files: List[str]  # relative paths, in drawing order; image i of the batches is files[i]
     images: torch.Tensor  # N×3×H×W uint8
     found: int  # image files found below root
-    skipped: List[str] = field(default_factory=list)  # unreadable files that were drawn and replaced
+    skipped: List[str] = field(
+        default_factory=list
+    )  # unreadable files that were drawn and replaced
     # A shard (sample_images(shard=...)): the global index of each image held, into ``files``;
     # None: this process holds all images, in order.
     indices: Optional[torch.Tensor] = None
 
-    def batches(self, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor]) -> "ImageBatches":
+    def batches(
+        self, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor]
+    ) -> "ImageBatches":
         return ImageBatches(self.images, batch_size, normalize, self.indices)
 
     def record(self) -> dict:
@@ -134,12 +139,21 @@ class ImageBatches:
     same images in the same order on every pass, as :func:`accel_det.solver.compress` requires.
     ``indices``: the global index of each image (default 0 … N-1)."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor],
-                 indices: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        indices: Optional[torch.Tensor] = None,
+    ):
         if batch_size < 1:
             raise AccelDetError(f"batch size must be positive, got {batch_size}")
         self.images, self.batch_size, self.normalize = images, batch_size, normalize
-        self.indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        self.indices = (
+            torch.arange(len(images))
+            if indices is None
+            else torch.as_tensor(indices, dtype=torch.long)
+        )
 
     def __len__(self) -> int:
         return (len(self.images) + self.batch_size - 1) // self.batch_size
@@ -147,7 +161,10 @@ class ImageBatches:
     def __iter__(self) -> Iterator[dict]:
         for start in range(0, len(self.images), self.batch_size):
             stop = min(start + self.batch_size, len(self.images))
-            yield {"images": self.normalize(self.images[start:stop]), "indices": self.indices[start:stop]}
+            yield {
+                "images": self.normalize(self.images[start:stop]),
+                "indices": self.indices[start:stop],
+            }
 
 
 class _Files(Dataset):
@@ -191,7 +208,9 @@ def sample_images(
     if not files:
         raise AccelDetError(f"no images (JPEG/PNG/...) found in {root}")
     if len(files) < num_images:
-        raise AccelDetError(f"found {len(files)} images in {root}, fewer than the {num_images} asked for")
+        raise AccelDetError(
+            f"found {len(files)} images in {root}, fewer than the {num_images} asked for"
+        )
     order = np.random.default_rng(seed).permutation(len(files))
     kept: Dict[int, torch.Tensor] = {}  # read here (all of them in a single process)
     readable: set = set()  # read by any process
@@ -205,11 +224,15 @@ def sample_images(
                 f"found {len(files)} images in {root} but only {len(readable)} are readable "
                 f"({len(skipped)} unreadable), fewer than the {num_images} asked for"
             )
-        chosen = [int(i) for i in order[position:position + wanted]]
+        chosen = [int(i) for i in order[position : position + wanted]]
         position += len(chosen)
         mine = chosen[rank::world_size]
-        loader = DataLoader(_Files(root, [files[i] for i in mine], transform), batch_size=16,
-                            num_workers=workers, collate_fn=_keep_all)
+        loader = DataLoader(
+            _Files(root, [files[i] for i in mine], transform),
+            batch_size=16,
+            num_workers=workers,
+            collate_fn=_keep_all,
+        )
         unreadable = []
         for batch in loader:
             for local, tensor in batch:
@@ -223,29 +246,43 @@ def sample_images(
         readable.update(i for i in chosen if i not in unreadable)
         if world_size > 1:
             bar.update(len(readable) - bar.n)  # all processes' images, once per round
-        skipped += [files[i] for i in chosen if i in unreadable]  # in drawing order, whoever read them
+        skipped += [
+            files[i] for i in chosen if i in unreadable
+        ]  # in drawing order, whoever read them
     bar.close()
     if skipped:
-        logger.warning("skipped %d unreadable image(s) of the %d drawn; drew replacements", len(skipped), len(readable) + len(skipped))
+        logger.warning(
+            "skipped %d unreadable image(s) of the %d drawn; drew replacements",
+            len(skipped),
+            len(readable) + len(skipped),
+        )
     used = [int(i) for i in order[:position] if int(i) in readable]
     shapes = set(_everyone(sorted({tuple(t.shape) for t in kept.values()}), world_size))
     if len(shapes) != 1:
-        raise AccelDetError(f"the preprocessed images have different shapes {sorted(shapes)}: use a crop")
+        raise AccelDetError(
+            f"the preprocessed images have different shapes {sorted(shapes)}: use a crop"
+        )
     held = [number for number, i in enumerate(used) if i in kept]
-    images = torch.stack([kept[used[n]] for n in held]) if held else torch.zeros((0, *shapes.pop()), dtype=torch.uint8)
-    return ImageSample(root=root, files=[files[i] for i in used], images=images, found=len(files), skipped=skipped,
-                       indices=torch.tensor(held, dtype=torch.long) if world_size > 1 else None)
+    images = (
+        torch.stack([kept[used[n]] for n in held])
+        if held
+        else torch.zeros((0, *shapes.pop()), dtype=torch.uint8)
+    )
+    return ImageSample(
+        root=root,
+        files=[files[i] for i in used],
+        images=images,
+        found=len(files),
+        skipped=skipped,
+        indices=torch.tensor(held, dtype=torch.long) if world_size > 1 else None,
+    )
 
 
 def _everyone(items: list, world_size: int) -> list:
     """The concatenated ``items`` of every process (collective; ``items`` itself alone)."""
     if world_size == 1:
         return list(items)
-    import torch.distributed as dist
-
-    gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, list(items))
-    return [item for part in gathered for item in part]
+    return [item for part in all_gather_objects(list(items)) for item in part]
 
 
 # --------------------------------------------------------------------------- labelled images
@@ -258,7 +295,9 @@ class LabeledImages(Dataset):
     random augmentation depends only on the sample, not on the worker or on a resumed run.
     """
 
-    def __init__(self, samples: Sequence[Tuple[str, int]], classes: Sequence[str], transform: Callable):
+    def __init__(
+        self, samples: Sequence[Tuple[str, int]], classes: Sequence[str], transform: Callable
+    ):
         self.samples, self.classes, self.transform = list(samples), list(classes), transform
 
     def __len__(self) -> int:
@@ -295,7 +334,9 @@ def read_class_list(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise AccelDetError(f"class list file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        names = [line.split()[0] for line in f if line.strip() and not line.lstrip().startswith("#")]
+        names = [
+            line.split()[0] for line in f if line.strip() and not line.lstrip().startswith("#")
+        ]
     if not names:
         raise AccelDetError(f"class list {path} is empty")
     if len(set(names)) != len(names):
@@ -303,16 +344,24 @@ def read_class_list(path: str) -> List[str]:
     return names
 
 
-def class_folder_samples(root: str, classes: Optional[Sequence[str]] = None) -> Tuple[List[Tuple[str, int]], List[str]]:
+def class_folder_samples(
+    root: str, classes: Optional[Sequence[str]] = None
+) -> Tuple[List[Tuple[str, int]], List[str]]:
     """Samples of an ImageNet-style tree: the class of an image is its top-level folder, indexed
     by sorted folder names (or by ``classes`` when given)."""
     path = check_folder(root)
-    folders = sorted(d for d in os.listdir(path) if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
+    folders = sorted(
+        d
+        for d in os.listdir(path)
+        if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+    )
     names = list(classes) if classes is not None else folders
     index = {name: i for i, name in enumerate(names)}
     unknown = [d for d in folders if d not in index]
     if unknown:
-        raise AccelDetError(f"class folder {unknown[0]} of {root} is not in the class list ({len(unknown)} unknown)")
+        raise AccelDetError(
+            f"class folder {unknown[0]} of {root} is not in the class list ({len(unknown)} unknown)"
+        )
     samples, empty = [], []
     for folder in folders:
         images = list_images(os.path.join(path, folder))
@@ -320,13 +369,17 @@ def class_folder_samples(root: str, classes: Optional[Sequence[str]] = None) -> 
             empty.append(folder)
         samples += [(os.path.join(path, folder, name), index[folder]) for name in images]
     if empty:
-        logger.warning("%d class folder(s) of %s hold no image, e.g. %s", len(empty), root, empty[0])
+        logger.warning(
+            "%d class folder(s) of %s hold no image, e.g. %s", len(empty), root, empty[0]
+        )
     if not samples:
         raise AccelDetError(f"no images found in the class folders of {root}")
     return samples, names
 
 
-def label_file_samples(root: str, label_file: str, classes: Optional[Sequence[str]] = None) -> Tuple[List[Tuple[str, int]], List[str]]:
+def label_file_samples(
+    root: str, label_file: str, classes: Optional[Sequence[str]] = None
+) -> Tuple[List[Tuple[str, int]], List[str]]:
     """Samples of a flat folder whose labels come from ``label_file`` (see the module docstring)."""
     path = check_folder(root)
     if not os.path.isfile(label_file):
@@ -336,7 +389,11 @@ def label_file_samples(root: str, label_file: str, classes: Optional[Sequence[st
         raise AccelDetError(f"no images (JPEG/PNG/...) found in {root}")
     by_name: Dict[str, str] = {}
     for relative in on_disk:
-        for key in (relative, os.path.basename(relative), os.path.splitext(os.path.basename(relative))[0]):
+        for key in (
+            relative,
+            os.path.basename(relative),
+            os.path.splitext(os.path.basename(relative))[0],
+        ):
             by_name.setdefault(key, relative)
     pairs: List[Tuple[str, str, int]] = []
     with open(label_file, encoding="utf-8") as f:
@@ -347,7 +404,8 @@ def label_file_samples(root: str, label_file: str, classes: Optional[Sequence[st
             fields = [x.strip() for x in text.split(",", 1)] if "," in text else text.split(None, 1)
             if len(fields) < 2 or not fields[1]:
                 raise AccelDetError(
-                    f"label file {label_file}, line {number}: expected '<file> <label>' (a 0-based class index or a class name)"
+                    f"label file {label_file}, line {number}: expected '<file> <label>' (a 0-based "
+                    f"class index or a class name)"
                 )
             label = fields[1].split()[0]
             pairs.append((fields[0], label, number))
@@ -357,7 +415,11 @@ def label_file_samples(root: str, label_file: str, classes: Optional[Sequence[st
         raise AccelDetError(f"label file {label_file} holds no labels")
     numeric = all(_is_int(label) for _, label, _ in pairs)
     if numeric:
-        names = list(classes) if classes is not None else [str(i) for i in range(max(int(l) for _, l, _ in pairs) + 1)]
+        names = (
+            list(classes)
+            if classes is not None
+            else [str(i) for i in range(max(int(label) for _, label, _ in pairs) + 1)]
+        )
         index = None
     else:
         names = list(classes) if classes is not None else sorted({label for _, label, _ in pairs})
@@ -371,20 +433,33 @@ def label_file_samples(root: str, label_file: str, classes: Optional[Sequence[st
         if numeric:
             value = int(label)
             if value < 0:
-                raise AccelDetError(f"label file {label_file}, line {number}: negative class index {value}")
+                raise AccelDetError(
+                    f"label file {label_file}, line {number}: negative class index {value}"
+                )
         else:
             if label not in index:
-                raise AccelDetError(f"label file {label_file}, line {number}: class {label} is not in the class list")
+                raise AccelDetError(
+                    f"label file {label_file}, line {number}: "
+                    f"class {label} is not in the class list"
+                )
             value = index[label]
         seen.add(relative)
         samples.append((os.path.join(path, relative), value))
     if not samples:
         raise AccelDetError(f"none of the {len(pairs)} files named in {label_file} is in {root}")
     if missing:
-        logger.warning("%d file(s) named in %s are not in %s; evaluating the %d found", missing, label_file, root, len(samples))
+        logger.warning(
+            "%d file(s) named in %s are not in %s; evaluating the %d found",
+            missing,
+            label_file,
+            root,
+            len(samples),
+        )
     unlabelled = len(on_disk) - len(seen)
     if unlabelled:
-        logger.warning("%d image(s) of %s have no label in %s and are ignored", unlabelled, root, label_file)
+        logger.warning(
+            "%d image(s) of %s have no label in %s and are ignored", unlabelled, root, label_file
+        )
     return samples, names
 
 
@@ -404,8 +479,12 @@ def has_class_folders(root: str) -> bool:
     return bool(folders) and not any(is_image_file(e) for e in entries)
 
 
-def labeled_images(root: str, transform: Callable, labels: Optional[str] = None,
-                   classes: Optional[Sequence[str]] = None) -> LabeledImages:
+def labeled_images(
+    root: str,
+    transform: Callable,
+    labels: Optional[str] = None,
+    classes: Optional[Sequence[str]] = None,
+) -> LabeledImages:
     """An ImageNet-style tree, or a flat folder with ``labels`` (a label file), as a dataset."""
     if labels is not None:
         samples, names = label_file_samples(root, labels, classes)
@@ -414,5 +493,8 @@ def labeled_images(root: str, transform: Callable, labels: Optional[str] = None,
     else:
         if not list_images(root):
             raise AccelDetError(f"no images (JPEG/PNG/...) found in {root}")
-        raise AccelDetError(f"{root} has no class folders: pass a label file (--labels FILE) with one '<file> <label>' line per image")
+        raise AccelDetError(
+            f"{root} has no class folders: pass a label file "
+            f"(--labels FILE) with one '<file> <label>' line per image"
+        )
     return LabeledImages(samples, names, transform)

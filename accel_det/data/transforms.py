@@ -31,17 +31,24 @@ def preprocessing_record(resize: int = RESIZE_SIZE, crop: int = CROP_SIZE) -> di
     }
 
 
-def crop_transform(resize: int = RESIZE_SIZE, crop: int = CROP_SIZE) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image → uint8 ``3×crop×crop`` tensor: resize the shorter side, centre crop (no normalisation)."""
+def crop_transform(
+    resize: int = RESIZE_SIZE, crop: int = CROP_SIZE
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image → uint8 ``3×crop×crop`` tensor: resize the shorter side, centre crop (no
+    normalisation)."""
     _check_sizes(resize, crop)
-    return T.Compose([
-        T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
-        T.CenterCrop(crop),
-        T.PILToTensor(),
-    ])
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(crop),
+            T.PILToTensor(),
+        ]
+    )
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 ``(N×)3×H×W`` images → float, divided by 255, minus ``mean``, over ``std``
     (the same operations, in the same order, as torchvision's ``ToTensor`` + ``Normalize``)."""
     x = images.float().div(255)
@@ -51,12 +58,16 @@ def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: 
     return x.sub(mean_t).div(std_t)
 
 
-def eval_transform(resize: int = RESIZE_SIZE, crop: int = CROP_SIZE) -> Callable[[Image.Image], torch.Tensor]:
+def eval_transform(
+    resize: int = RESIZE_SIZE, crop: int = CROP_SIZE
+) -> Callable[[Image.Image], torch.Tensor]:
     """The 1-view test preprocessing of §6.5 (resize 256, centre crop 224), normalised."""
     return T.Compose([crop_transform(resize, crop), normalize])
 
 
-def train_transform(augment: str = "crop-flip", resize: int = RESIZE_SIZE, crop: int = CROP_SIZE) -> Callable:
+def train_transform(
+    augment: str = "crop-flip", resize: int = RESIZE_SIZE, crop: int = CROP_SIZE
+) -> Callable:
     """Training preprocessing for fine-tuning (the paper does not say which; see README):
 
     * ``crop-flip``: shorter side to ``resize``, random ``crop``×``crop`` crop, horizontal flip
@@ -67,19 +78,34 @@ def train_transform(augment: str = "crop-flip", resize: int = RESIZE_SIZE, crop:
     _check_sizes(resize, crop)
     tail = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if augment == "crop-flip":
-        head = [T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True), T.RandomCrop(crop),
-                T.RandomHorizontalFlip()]
+        head = [
+            T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            T.RandomCrop(crop),
+            T.RandomHorizontalFlip(),
+        ]
     elif augment == "resized-crop":
-        head = [T.RandomResizedCrop(crop, interpolation=InterpolationMode.BILINEAR, antialias=True), T.RandomHorizontalFlip()]
+        head = [
+            T.RandomResizedCrop(crop, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            T.RandomHorizontalFlip(),
+        ]
     elif augment == "none":
-        head = [T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True), T.CenterCrop(crop)]
+        head = [
+            T.Resize(resize, interpolation=InterpolationMode.BILINEAR, antialias=True),
+            T.CenterCrop(crop),
+        ]
     else:
-        raise ValueError(f"unknown augmentation {augment!r}; expected one of {', '.join(TRAIN_AUGMENTATIONS)}")
+        raise ValueError(
+            f"unknown augmentation {augment!r}; expected one of {', '.join(TRAIN_AUGMENTATIONS)}"
+        )
     return T.Compose(head + tail)
 
 
 def _check_sizes(resize: int, crop: int) -> None:
     if not (isinstance(resize, int) and isinstance(crop, int) and resize >= 1 and crop >= 1):
-        raise AccelDetError(f"resize and crop must be positive integers, got {resize!r} and {crop!r}")
+        raise AccelDetError(
+            f"resize and crop must be positive integers, got {resize!r} and {crop!r}"
+        )
     if crop > resize:
-        raise AccelDetError(f"the crop ({crop}) cannot be larger than the resized shorter side ({resize})")
+        raise AccelDetError(
+            f"the crop ({crop}) cannot be larger than the resized shorter side ({resize})"
+        )

@@ -1,6 +1,7 @@
 """accel-det's Detectron2 parts; importing this package registers them.
 
-* ``BACKBONE_REGISTRY``: ``build_vgg16_backbone``, ``build_accel_vgg16_backbone`` (conv5_3, stride 16)
+* ``BACKBONE_REGISTRY``: ``build_vgg16_backbone``, ``build_accel_vgg16_backbone`` (conv5_3,
+  stride 16)
 * ``ROI_BOX_HEAD_REGISTRY``: ``VGG16BoxHead`` (fc6, fc7, dropout)
 * data sets: ``accel_voc_2007_{trainval,test}``, ``accel_voc_2012_trainval`` (difficult boxes out
   of training), ``synthetic_voc_{trainval,train,val,test}``
@@ -9,20 +10,14 @@ Registering is idempotent: importing twice (or reloading) does not clash.
 Use :func:`add_accel_config` on a ``get_cfg()`` before merging accel-det config files.
 """
 
-import warnings
-
-# fvcore (imported by detectron2) calls torch.jit.script at import time, which torch >= 2.10 marks
-# deprecated; the warning says nothing about accel-det and would precede every tool's output.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
-
-from . import backbone as _backbone  # noqa: E402
-from . import box_head as _box_head  # noqa: E402
-from . import datasets as _datasets  # noqa: E402
-from .backbone import VGG16Backbone, build_accel_vgg16_backbone, build_vgg16_backbone, load_plan  # noqa: E402
-from .box_head import VGG16BoxHead  # noqa: E402
-from .checkpoint import check_weights_fit, load_detector_weights  # noqa: E402
-from .config import add_accel_config, get_accel_cfg, load_config, resolve_config_file  # noqa: E402
-from .datasets import register_synthetic_voc, register_voc_dataset  # noqa: E402
+from . import backbone as _backbone
+from . import box_head as _box_head
+from . import datasets as _datasets
+from .backbone import VGG16Backbone, build_accel_vgg16_backbone, build_vgg16_backbone, load_plan
+from .box_head import VGG16BoxHead
+from .checkpoint import check_weights_fit, load_detector_weights
+from .config import add_accel_config, get_accel_cfg, load_config, resolve_config_file
+from .datasets import register_synthetic_voc, register_voc_dataset
 
 
 def register_all() -> None:

@@ -17,23 +17,30 @@ import os
 from typing import Mapping, Optional
 
 import torch
-from torch import nn
-
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
 
 from ..errors import AccelDetError
-from ..models.vgg import init_vgg_weights, read_plan, vgg16_features
-from ..solver.network import apply_plan, conv_names
-
-PLAN_FORMAT = "accel-det-plan/1"
+from ..models.vgg import init_vgg_weights, layer_of_key, vgg16_features
+from ..nn.chain import apply_plan, conv_names
+from ..nn.fold import fold_batch_norm
+from ..plan import Plan
+from .registry import register_once
 
 
 class VGG16Backbone(Backbone):
     """VGG-16 conv1_1 … conv5_3 (plain or factorized layers) as a Detectron2 backbone."""
 
-    def __init__(self, features: nn.Sequential, *, freeze_at: int = 0, out_feature: str = "conv5_3",
-                 plan: Optional[Mapping] = None, norm: str = ""):
+    def __init__(
+        self,
+        features: nn.Sequential,
+        *,
+        freeze_at: int = 0,
+        out_feature: str = "conv5_3",
+        plan: Optional[Mapping] = None,
+        norm: str = "",
+    ):
         """``features``: torchvision-layout VGG conv layers; a trailing max-pool (pool5) is dropped.
         ``freeze_at``: number of conv blocks whose parameters are frozen (2: conv1_x, conv2_x).
         ``plan``: the solver plan the features were built from, kept for reference.
@@ -47,14 +54,17 @@ class VGG16Backbone(Backbone):
         self.norm = norm or ""
         if self.norm:
             self.norms = nn.ModuleDict(
-                {name: get_norm(self.norm, features[i].out_channels) for name, i in self.conv_index.items()}
+                {
+                    name: get_norm(self.norm, features[i].out_channels)
+                    for name, i in self.conv_index.items()
+                }
             )
             self._norm_at = {i: name for name, i in self.conv_index.items()}
         pools = sum(isinstance(m, nn.MaxPool2d) for m in features)
         last = self.features[self.conv_index[next(reversed(self.conv_index))]]
         self._out_features = [out_feature]
         self._out_feature_channels = {out_feature: int(last.out_channels)}
-        self._out_feature_strides = {out_feature: 2 ** pools}
+        self._out_feature_strides = {out_feature: 2**pools}
         self.freeze(freeze_at)
 
     def forward(self, x):
@@ -74,30 +84,26 @@ class VGG16Backbone(Backbone):
         if not self.norm:
             return self
         for name, index in self.conv_index.items():
-            conv, norm = self.features[index], self.norms[name]
+            norm = self.norms[name]
             if not hasattr(norm, "running_var"):
-                raise AccelDetError(f"MODEL.VGG.NORM {self.norm!r} cannot be folded into the convs (only batch norms can)")
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            if isinstance(conv, nn.Conv2d):
-                last = conv
-            else:  # a factorized layer: fold into its last conv
-                last = list(conv.children())[-1]
-            last.weight.mul_(scale.reshape(-1, 1, 1, 1))
-            bias = last.bias if last.bias is not None else torch.zeros_like(norm.running_mean)
-            new_bias = (bias - norm.running_mean) * scale + norm.bias
-            if last.bias is None:
-                last.bias = nn.Parameter(new_bias)
-            else:
-                last.bias.copy_(new_bias)
+                raise AccelDetError(
+                    f"MODEL.VGG.NORM {self.norm!r} cannot be "
+                    f"folded into the convs (only batch norms can)"
+                )
+            fold_batch_norm(self.features[index], norm)
         del self.norms
         self.norm = ""
         self._norm_at = {}
         return self
+
     def freeze(self, freeze_at: int = 0) -> "VGG16Backbone":
         """Freeze the parameters of conv blocks 1 … ``freeze_at`` (conv{b}_*, b ≤ freeze_at)."""
         blocks = {int(name[4:].split("_")[0]) for name in self.conv_index}
         if not 0 <= freeze_at <= max(blocks):
-            raise AccelDetError(f"MODEL.BACKBONE.FREEZE_AT must be between 0 and {max(blocks)} for VGG-16, got {freeze_at}")
+            raise AccelDetError(
+                f"MODEL.BACKBONE.FREEZE_AT must be between 0 "
+                f"and {max(blocks)} for VGG-16, got {freeze_at}"
+            )
         self.freeze_at = freeze_at
         for name, index in self.conv_index.items():
             frozen = int(name[4:].split("_")[0]) <= freeze_at
@@ -109,32 +115,34 @@ class VGG16Backbone(Backbone):
 
     def layer_of_key(self, key: str) -> Optional[str]:
         """The conv name (``conv3_1``) a state-dict key ``features.<index>.…`` belongs to."""
-        parts = key.split(".")
-        if len(parts) < 2 or parts[0] != "features" or not parts[1].isdigit():
+        if not key.startswith("features."):
             return None
-        index = int(parts[1])
-        return next((name for name, i in self.conv_index.items() if i == index), None)
+        return layer_of_key(self.features, key[len("features.") :])
 
     def output_shape(self):
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }
 
 
-def load_plan(path: str) -> dict:
+def load_plan(path: str) -> Plan:
     """A solver plan JSON (``MODEL.ACCEL.PLAN``), checked for its format and layer entries."""
     if not path:
-        raise AccelDetError("MODEL.ACCEL.PLAN is empty: build_accel_vgg16_backbone needs the solver's plan JSON")
-    plan = read_plan(os.path.expanduser(path), "plan (MODEL.ACCEL.PLAN)")
-    if plan.get("format", PLAN_FORMAT) != PLAN_FORMAT:
-        raise AccelDetError(f"{path}: unsupported plan format {plan.get('format')!r}, expected {PLAN_FORMAT}")
-    return plan
+        raise AccelDetError(
+            "MODEL.ACCEL.PLAN is empty: build_accel_vgg16_backbone needs the solver's plan JSON"
+        )
+    return Plan.read(os.path.expanduser(path), "plan (MODEL.ACCEL.PLAN)")
 
 
 def _check_input(cfg, input_shape: ShapeSpec) -> None:
     if input_shape.channels != 3:
-        raise AccelDetError(f"VGG-16 takes 3-channel images, the config gives {input_shape.channels} (MODEL.PIXEL_MEAN)")
+        raise AccelDetError(
+            f"VGG-16 takes 3-channel images, the config "
+            f"gives {input_shape.channels} (MODEL.PIXEL_MEAN)"
+        )
     if cfg.MODEL.VGG.WIDTH <= 0:
         raise AccelDetError(f"MODEL.VGG.WIDTH must be positive, got {cfg.MODEL.VGG.WIDTH}")
 
@@ -148,11 +156,16 @@ def init_convs(features: nn.Module) -> nn.Module:
 
 
 def build_vgg16_backbone(cfg, input_shape: ShapeSpec) -> VGG16Backbone:
-    """VGG-16 conv layers at ``MODEL.VGG.WIDTH``, frozen up to ``MODEL.BACKBONE.FREEZE_AT`` blocks."""
+    """VGG-16 conv layers at ``MODEL.VGG.WIDTH``, frozen up to ``MODEL.BACKBONE.FREEZE_AT``
+    blocks."""
     _check_input(cfg, input_shape)
     features = init_convs(vgg16_features(cfg.MODEL.VGG.WIDTH))
-    return VGG16Backbone(features, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, out_feature=cfg.MODEL.VGG.OUT_FEATURE,
-                         norm=cfg.MODEL.VGG.NORM)
+    return VGG16Backbone(
+        features,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        out_feature=cfg.MODEL.VGG.OUT_FEATURE,
+        norm=cfg.MODEL.VGG.NORM,
+    )
 
 
 def build_accel_vgg16_backbone(cfg, input_shape: ShapeSpec) -> VGG16Backbone:
@@ -167,24 +180,19 @@ def build_accel_vgg16_backbone(cfg, input_shape: ShapeSpec) -> VGG16Backbone:
     try:
         features = apply_plan(vgg16_features(cfg.MODEL.VGG.WIDTH), plan)
     except AccelDetError as error:
-        raise AccelDetError(f"plan {path} does not fit VGG-16 at MODEL.VGG.WIDTH={cfg.MODEL.VGG.WIDTH}: {error}") from None
-    return VGG16Backbone(init_convs(features), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-                         out_feature=cfg.MODEL.VGG.OUT_FEATURE, plan=plan, norm=cfg.MODEL.VGG.NORM)
+        raise AccelDetError(
+            f"plan {path} does not fit VGG-16 at MODEL.VGG.WIDTH={cfg.MODEL.VGG.WIDTH}: {error}"
+        ) from None
+    return VGG16Backbone(
+        init_convs(features),
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        out_feature=cfg.MODEL.VGG.OUT_FEATURE,
+        plan=plan,
+        norm=cfg.MODEL.VGG.NORM,
+    )
 
 
 def register() -> None:
     """Add both builders to ``BACKBONE_REGISTRY`` (idempotent)."""
     for function in (build_vgg16_backbone, build_accel_vgg16_backbone):
-        _register(BACKBONE_REGISTRY, function)
-
-
-def _register(registry, obj) -> None:
-    name = obj.__name__
-    if name in registry:
-        existing = registry.get(name)
-        if getattr(existing, "__module__", None) == obj.__module__ and existing.__qualname__ == obj.__qualname__:
-            # the same object re-imported (e.g. importlib.reload): keep the newest definition
-            registry._obj_map[name] = obj
-            return
-        raise AccelDetError(f"{registry._name} already has a different {name!r} ({existing.__module__})")
-    registry.register(obj)
+        register_once(BACKBONE_REGISTRY, function)

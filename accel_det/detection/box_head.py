@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import fvcore.nn.weight_init as weight_init
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
+from torch import nn
 
-from .backbone import _register
+from .registry import register_once
 
 
 class VGG16BoxHead(nn.Sequential):
@@ -53,4 +52,4 @@ class VGG16BoxHead(nn.Sequential):
 
 def register() -> None:
     """Add :class:`VGG16BoxHead` to ``ROI_BOX_HEAD_REGISTRY`` (idempotent)."""
-    _register(ROI_BOX_HEAD_REGISTRY, VGG16BoxHead)
+    register_once(ROI_BOX_HEAD_REGISTRY, VGG16BoxHead)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import AccelDetError
+from ..models.fit import first_mismatch, keys_under
 from ..utils.io import load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def read_checkpoint_state(path: str) -> Dict[str, tuple]:
         data = data["model"]
     if not isinstance(data, Mapping):
         raise AccelDetError(f"{path} does not hold a state dict")
-    return {k: tuple(np.shape(v)) for k, v in data.items() if isinstance(v, (torch.Tensor, np.ndarray))}
+    return {
+        k: tuple(np.shape(v)) for k, v in data.items() if isinstance(v, (torch.Tensor, np.ndarray))
+    }
 
 
 def check_weights_fit(model: nn.Module, path: str) -> None:
@@ -62,58 +65,62 @@ def check_weights_fit(model: nn.Module, path: str) -> None:
     if backbone_keys and not any(k in shapes for k in backbone_keys):
         if any(k.startswith("features.") for k in shapes):
             raise AccelDetError(
-                f"{path} looks like a torchvision VGG-16 state dict (keys features.*): convert it with "
-                f"tools/convert_vgg16.py first"
+                f"{path} looks like a torchvision VGG-16 state dict (keys features.*): convert it "
+                f"with tools/convert_vgg16.py first"
             )
-        raise AccelDetError(f"{path} has no backbone weights (no key starts with 'backbone.'); is it a Detectron2 checkpoint of this model?")
+        raise AccelDetError(
+            f"{path} has no backbone weights (no key starts with "
+            f"'backbone.'); is it a Detectron2 checkpoint of this model?"
+        )
 
-    for key in backbone_keys:
-        if key in shapes and shapes[key] == expected[key]:
-            continue
+    mismatch = first_mismatch(expected, shapes, keys=backbone_keys)
+    if mismatch is not None:
+        key = mismatch.key
         layer = _layer_name(backbone, key)
-        found = _layer_keys(shapes, key)
-        found_text = ", ".join(f"{k} {list(v)}" for k, v in found.items()) or "nothing for this layer"
+        found = keys_under(shapes, ".".join(key.split(".")[:3]) + ".", kinds=("",))
+        found_text = (
+            ", ".join(f"{k} {list(v)}" for k, v in found.items()) or "nothing for this layer"
+        )
         what = f"{key} {list(expected[key])}"
         plan = getattr(backbone, "plan", None)
         structure = ""
         if plan is not None and layer:
             entry = plan.get("layers", {}).get(layer, {})
-            structure = f" (the plan makes it {entry.get('structure', 'original')}, rank={entry.get('rank')}, " \
-                        f"spatial_rank={entry.get('spatial_rank')})"
+            structure = (
+                f" (the plan makes it {entry.get('structure', 'original')}, "
+                f"rank={entry.get('rank')}, spatial_rank={entry.get('spatial_rank')})"
+            )
         raise AccelDetError(
-            f"weights {path} do not fit the model at backbone layer {layer or key}{structure}: "
-            f"the model expects {what}, the file has {found_text}. Use the weights made with the same plan "
-            f"(MODEL.ACCEL.PLAN) and MODEL.VGG.WIDTH"
+            f"weights {path} do not fit the model at backbone layer {layer or key}{structure}: the "
+            f"model expects {what}, the file has {found_text}. Use the weights made with the same "
+            f"plan (MODEL.ACCEL.PLAN) and MODEL.VGG.WIDTH"
         )
     for key, shape in expected.items():
         if key.startswith(HEAD_PREFIX) and key in shapes and shapes[key] != shape:
             raise AccelDetError(
-                f"weights {path} do not fit the box head: {key} is {list(shapes[key])} in the file, "
-                f"the model expects {list(shape)} (check MODEL.ROI_BOX_HEAD.FC_DIM, POOLER_RESOLUTION and MODEL.VGG.WIDTH)"
+                f"weights {path} do not fit the box head: {key} is {list(shapes[key])} in the "
+                f"file, the model expects {list(shape)} (check MODEL.ROI_BOX_HEAD.FC_DIM, "
+                f"POOLER_RESOLUTION and MODEL.VGG.WIDTH)"
             )
     missing_head = [k for k in expected if k.startswith(HEAD_PREFIX) and k not in shapes]
     if missing_head:
-        logger.warning("%s has no %s: the box head starts from random weights", path, ", ".join(missing_head))
+        logger.warning(
+            "%s has no %s: the box head starts from random weights", path, ", ".join(missing_head)
+        )
 
 
 def _layer_name(backbone: Optional[nn.Module], key: str) -> Optional[str]:
     if backbone is None or not hasattr(backbone, "layer_of_key"):
         return None
-    return backbone.layer_of_key(key[len("backbone."):])
+    return backbone.layer_of_key(key[len("backbone.") :])
 
 
-def _layer_keys(shapes: Mapping[str, tuple], key: str) -> Dict[str, tuple]:
-    """The file's tensors of the same backbone module index as ``key`` (backbone.features.<i>.…)."""
-    parts = key.split(".")
-    if len(parts) < 3:
-        return {}
-    prefix = ".".join(parts[:3]) + "."
-    return {k: v for k, v in shapes.items() if k.startswith(prefix)}
-
-
-def load_detector_weights(model: nn.Module, path: str, save_dir: str = "", resume: bool = False) -> None:
-    """Check (:func:`check_weights_fit`) then load ``path`` with Detectron2's ``DetectionCheckpointer``
-    (``resume``: the last checkpoint in ``save_dir`` when there is one)."""
+def load_detector_weights(
+    model: nn.Module, path: str, save_dir: str = "", resume: bool = False
+) -> None:
+    """Check (:func:`check_weights_fit`) then load ``path`` with Detectron2's
+    ``DetectionCheckpointer`` (``resume``: the last checkpoint in ``save_dir`` when there is
+    one)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     checkpointer = DetectionCheckpointer(model, save_dir=save_dir)

@@ -11,8 +11,19 @@ from detectron2.config import CfgNode as CN
 
 from ..errors import AccelDetError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS_DIR = REPO_ROOT / "configs"
+
+def find_configs_dir() -> Path:
+    """accel-det's ``configs/``: the copy installed with the package (``accel_det/configs``,
+    package data, as detectron2's ``model_zoo/configs``), else the checkout's, next to the
+    package (an editable install or a plain checkout)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "Base-FastRCNN-VGG16.yaml").is_file():
+            return candidate
+    return package / "configs"
+
+
+CONFIGS_DIR = find_configs_dir()
 
 
 def add_accel_config(cfg: CN) -> CN:
@@ -40,17 +51,17 @@ def add_accel_config(cfg: CN) -> CN:
     # ROI_HEADS.IN_FEATURES and RPN.IN_FEATURES refer to it.
     _C.MODEL.VGG.OUT_FEATURE = "conv5_3"
     # Normalization after each conv: "" (VGG-16 as published) or a Detectron2 norm name; "BN" helps
-    # training from scratch (the demo) and folds into the convs afterwards (VGG16Backbone.fold_norms),
-    # which gives a plain VGG-16 for the solver.
+    # training from scratch (the demo) and folds into the convs afterwards
+    # (VGG16Backbone.fold_norms), which gives a plain VGG-16 for the solver.
     _C.MODEL.VGG.NORM = ""
 
     # ---------------------------------------------------------------------------- #
     # Accelerated backbone (build_accel_vgg16_backbone)
     # ---------------------------------------------------------------------------- #
     _C.MODEL.ACCEL = CN()
-    # The solver's plan JSON ("accel-det-plan/1", written by tools/compress_backbone.py or
-    # tools/demo.py): the structure and ranks d', d'' of every conv layer. The weights that go
-    # with it come from MODEL.WEIGHTS (tools/convert_vgg16.py --plan ...).
+    # The solver's plan JSON (written by tools/compress_backbone.py or tools/demo.py): the structure
+    # and ranks d', d'' of every conv layer. The weights that go with it come from MODEL.WEIGHTS
+    # (tools/convert_vgg16.py --plan ...).
     _C.MODEL.ACCEL.PLAN = ""
 
     # ---------------------------------------------------------------------------- #
@@ -75,16 +86,27 @@ def resolve_config_file(name: str) -> str:
     candidates: List[Path] = []
     for base in (Path.cwd(), CONFIGS_DIR):
         path = base / os.path.expanduser(name)
-        candidates += [path, path.with_name(path.name + ".yaml")] if not name.endswith((".yaml", ".yml")) else [path]
+        candidates += (
+            [path, path.with_name(path.name + ".yaml")]
+            if not name.endswith((".yaml", ".yml"))
+            else [path]
+        )
     for path in candidates:
         if path.is_file():
             return str(path.resolve())
     if CONFIGS_DIR.is_dir():
-        matches = sorted(CONFIGS_DIR.rglob(os.path.basename(name if name.endswith(".yaml") else name + ".yaml")))
+        matches = sorted(
+            CONFIGS_DIR.rglob(os.path.basename(name if name.endswith(".yaml") else name + ".yaml"))
+        )
         if len(matches) == 1:
             return str(matches[0])
-    available = ", ".join(str(p.relative_to(CONFIGS_DIR)) for p in sorted(CONFIGS_DIR.rglob("*.yaml")))
-    raise AccelDetError(f"config file {name} not found (looked in the current folder and {CONFIGS_DIR}: {available})")
+    available = ", ".join(
+        str(p.relative_to(CONFIGS_DIR)) for p in sorted(CONFIGS_DIR.rglob("*.yaml"))
+    )
+    raise AccelDetError(
+        f"config file {name} not found (looked in the "
+        f"current folder and {CONFIGS_DIR}: {available})"
+    )
 
 
 def get_accel_cfg() -> CN:
@@ -100,7 +122,9 @@ def load_config(config_file: str, opts=()) -> CN:
     cfg = get_accel_cfg()
     path = resolve_config_file(config_file)
     try:
-        cfg.merge_from_file(path, allow_unsafe=False)  # plain YAML only: no Python objects from a config
+        cfg.merge_from_file(
+            path, allow_unsafe=False
+        )  # plain YAML only: no Python objects from a config
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as error:
         raise AccelDetError(f"cannot load config {path}: {' '.join(str(error).split())}") from None
@@ -109,7 +133,8 @@ def load_config(config_file: str, opts=()) -> CN:
 
 
 def _fall_back_to_cpu(cfg: CN) -> None:
-    """``MODEL.DEVICE: cuda`` (Detectron2's default) on a machine without CUDA becomes ``cpu``, with a warning."""
+    """``MODEL.DEVICE: cuda`` (Detectron2's default) on a machine without CUDA becomes ``cpu``, with
+    a warning."""
     import logging
 
     import torch
@@ -117,8 +142,9 @@ def _fall_back_to_cpu(cfg: CN) -> None:
     global _WARNED_CPU
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         if not _WARNED_CPU:
-            logging.getLogger(__name__).warning("MODEL.DEVICE is %s but CUDA is not available: using the CPU",
-                                                cfg.MODEL.DEVICE)
+            logging.getLogger(__name__).warning(
+                "MODEL.DEVICE is %s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE
+            )
             _WARNED_CPU = True
         cfg.MODEL.DEVICE = "cpu"
 

@@ -1,4 +1,5 @@
-"""torchvision-layout VGG-16 state dicts (plain, or accelerated by the solver) → Detectron2 checkpoints.
+"""torchvision-layout VGG-16 state dicts (plain, or accelerated by the solver) → Detectron2
+checkpoints.
 
 Key mapping: ``features.*`` → ``backbone.features.*`` (same indices; pool5 has no weights),
 ``classifier.0`` → ``roi_heads.box_head.fc6``, ``classifier.3`` → ``roi_heads.box_head.fc7``;
@@ -12,11 +13,19 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..errors import AccelDetError
-from ..models.vgg import IMAGENET_MEAN, IMAGENET_STD, vgg16_features
-from ..solver.network import apply_plan, conv_names
+from ..models.fit import first_mismatch, keys_under, shapes_of, unexpected_key
+from ..models.vgg import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    first_conv_filters,
+    layer_of_key,
+    vgg16_features,
+)
+from ..nn.chain import apply_plan
 
 HEAD_KEYS = {"classifier.0": "roi_heads.box_head.fc6", "classifier.3": "roi_heads.box_head.fc7"}
-# Detectron2 feeds 0-255 pixels; torchvision's VGG-16 expects RGB in [0, 1] normalised by ImageNet mean/std.
+# Detectron2 feeds 0-255 pixels; torchvision's VGG-16 expects RGB in [0, 1] normalised by ImageNet
+# mean/std.
 PIXEL_MEAN = [round(255.0 * m, 3) for m in IMAGENET_MEAN]  # [123.675, 116.28, 103.53]
 PIXEL_STD = [round(255.0 * s, 3) for s in IMAGENET_STD]  # [58.395, 57.12, 57.375]
 INPUT_FORMAT = "RGB"
@@ -24,13 +33,17 @@ INPUT_FORMAT = "RGB"
 
 def infer_width(state: Mapping[str, torch.Tensor]) -> float:
     """VGG width multiplier from conv1_1's filter count (64 at width 1)."""
-    weight = state.get("features.0.weight")
-    if weight is None:
-        raise AccelDetError("the state dict has no features.0.weight: not a torchvision-layout VGG-16")
-    return weight.shape[0] / 64.0
+    filters = first_conv_filters(state)
+    if filters is None:
+        raise AccelDetError(
+            "the state dict has no features.0.weight: not a torchvision-layout VGG-16"
+        )
+    return filters / 64.0
 
 
-def check_features_fit(state: Mapping[str, torch.Tensor], plan: Optional[Mapping], width: float) -> None:
+def check_features_fit(
+    state: Mapping[str, torch.Tensor], plan: Optional[Mapping], width: float
+) -> None:
     """Raise :class:`AccelDetError`, naming the layer and shapes, unless the ``features.*`` tensors
     of ``state`` are those of VGG-16 at ``width`` with the structures of ``plan``."""
     features = vgg16_features(width)
@@ -38,28 +51,34 @@ def check_features_fit(state: Mapping[str, torch.Tensor], plan: Optional[Mapping
         try:
             features = apply_plan(features, plan)
         except AccelDetError as error:
-            raise AccelDetError(f"the plan does not fit VGG-16 at width {width:g}: {error}") from None
-    index_to_name = {i: n for n, i in conv_names(features).items()}
-    expected = {f"features.{k}": tuple(v.shape) for k, v in features.state_dict().items()}
-    given = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
-    for key, shape in expected.items():
-        if given.get(key) == shape:
-            continue
-        index = int(key.split(".")[1])
-        layer = index_to_name.get(index, key)
-        prefix = f"features.{index}."
-        found = ", ".join(f"{k} {list(v)}" for k, v in given.items() if k.startswith(prefix)) or "nothing"
+            raise AccelDetError(
+                f"the plan does not fit VGG-16 at width {width:g}: {error}"
+            ) from None
+    expected = {f"features.{k}": v for k, v in shapes_of(features.state_dict()).items()}
+    given = {k: v for k, v in shapes_of(state).items() if k.startswith("features.")}
+    mismatch = first_mismatch(expected, given)
+    if mismatch is not None:
+        index = mismatch.key.split(".")[1]
+        layer = layer_of_key(features, mismatch.key[len("features.") :]) or mismatch.key
+        found = (
+            ", ".join(f"{k} {list(v)}" for k, v in keys_under(given, f"features.{index}.").items())
+            or "nothing"
+        )
         structure = (plan or {}).get("layers", {}).get(layer, {}).get("structure", "original")
         raise AccelDetError(
-            f"{layer}: the {'plan' if plan is not None else 'plain VGG-16'} ({structure}) expects {key} {list(shape)}, "
-            f"the weights have {found}"
+            f"{layer}: the {'plan' if plan is not None else 'plain VGG-16'} ({structure}) expects "
+            f"{mismatch.key} {list(mismatch.expected)}, the weights have {found}"
         )
-    extra = sorted(set(given) - set(expected))
-    if extra:
-        raise AccelDetError(f"the weights have {extra[0]}, which VGG-16{' with this plan' if plan else ''} does not")
+    extra = unexpected_key(expected, given)
+    if extra is not None:
+        raise AccelDetError(
+            f"the weights have {extra}, which VGG-16{' with this plan' if plan else ''} does not"
+        )
 
 
-def vgg16_to_detectron2(state: Mapping[str, torch.Tensor], plan: Optional[Mapping] = None) -> Tuple[Dict[str, torch.Tensor], dict]:
+def vgg16_to_detectron2(
+    state: Mapping[str, torch.Tensor], plan: Optional[Mapping] = None
+) -> Tuple[Dict[str, torch.Tensor], dict]:
     """The Detectron2 state dict (backbone + fc6/fc7) of a torchvision-layout VGG-16 state dict,
     checked against ``plan`` when given; and facts about it (width, fc_dim, head)."""
     width = infer_width(state)
@@ -75,7 +94,9 @@ def vgg16_to_detectron2(state: Mapping[str, torch.Tensor], plan: Optional[Mappin
             out[f"{new}.weight"] = state[f"{old}.weight"].detach().clone()
             out[f"{new}.bias"] = state[f"{old}.bias"].detach().clone()
         fc_dim = int(state["classifier.0.weight"].shape[0])
-        conv5_channels = max(v.shape[0] for k, v in state.items() if k.startswith("features.") and v.dim() == 4)
+        conv5_channels = max(
+            v.shape[0] for k, v in state.items() if k.startswith("features.") and v.dim() == 4
+        )
         if state["classifier.0.weight"].shape[1] != conv5_channels * 7 * 7:
             raise AccelDetError(
                 f"classifier.0 takes {state['classifier.0.weight'].shape[1]} inputs, not conv5_3's "
@@ -89,8 +110,8 @@ def config_lines(info: Mapping, plan_path: Optional[str] = None) -> str:
     """The Detectron2 config overrides that go with a converted checkpoint."""
     opts = [
         f"INPUT.FORMAT {INPUT_FORMAT}",
-        f"MODEL.PIXEL_MEAN \"{PIXEL_MEAN}\"",
-        f"MODEL.PIXEL_STD \"{PIXEL_STD}\"",
+        f'MODEL.PIXEL_MEAN "{PIXEL_MEAN}"',
+        f'MODEL.PIXEL_STD "{PIXEL_STD}"',
         f"MODEL.VGG.WIDTH {info['width']:g}",
     ]
     if info.get("fc_dim"):

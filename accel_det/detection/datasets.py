@@ -25,26 +25,31 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASSES
 from detectron2.structures import BoxMode
 
+from ..data.synthetic.voc import DEFAULT_CLASSES, STAMP_FILE
 from ..errors import AccelDetError
-from .synthetic import DEFAULT_CLASSES, STAMP_FILE
 
 # name -> (dirname, split); the data sets whose layout check_dataset_layout knows
 VOC_FORMAT_DATASETS: Dict[str, Tuple[str, str]] = {}
 
-LAYOUT = ("Expected layout: $DETECTRON2_DATASETS/{folder}/ with Annotations/<id>.xml, JPEGImages/<id>.jpg and "
-          "ImageSets/Main/{split}.txt (one image id per line); $DETECTRON2_DATASETS is {root} (default ./datasets; "
-          "see datasets/README.md). {hint}")
+LAYOUT = (
+    "Expected layout: $DETECTRON2_DATASETS/{folder}/ with Annotations/<id>.xml, "
+    "JPEGImages/<id>.jpg and ImageSets/Main/{split}.txt (one image id per line); "
+    "$DETECTRON2_DATASETS is {root} (default ./datasets; see datasets/README.md). {hint}"
+)
 
 
 def datasets_root() -> str:
-    """``$DETECTRON2_DATASETS`` (default ``datasets``), as Detectron2's builtin data sets read it."""
+    """``$DETECTRON2_DATASETS`` (default ``datasets``), as Detectron2's builtin data sets read
+    it."""
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def check_voc_layout(dirname: str, split: str, name: str = "") -> None:
-    """Raise :class:`AccelDetError` with the expected layout unless ``dirname`` looks like a VOC folder."""
+    """Raise :class:`AccelDetError` with the expected layout unless ``dirname`` looks like a VOC
+    folder."""
     missing = [
-        part for part in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main", f"{split}.txt"))
+        part
+        for part in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main", f"{split}.txt"))
         if not os.path.exists(os.path.join(dirname, part))
     ]
     if not missing:
@@ -53,13 +58,20 @@ def check_voc_layout(dirname: str, split: str, name: str = "") -> None:
     if folder.startswith("synthetic"):
         hint = f"Make it with: python datasets/make_synthetic_voc.py {dirname}"
     else:
-        hint = "Get VOC with datasets/prepare_voc.sh, or set DETECTRON2_DATASETS to the folder that holds it."
+        hint = (
+            "Get VOC with datasets/prepare_voc.sh, or set "
+            "DETECTRON2_DATASETS to the folder that holds it."
+        )
     what = f"data set {name!r}" if name else "the data set"
     raise AccelDetError(
         f"{what} expects a VOC-format folder at {os.path.abspath(dirname)}, but "
         f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing. "
-        + LAYOUT.format(root=os.path.abspath(os.path.dirname(os.path.normpath(dirname))), folder=folder,
-                        split=split, hint=hint)
+        + LAYOUT.format(
+            root=os.path.abspath(os.path.dirname(os.path.normpath(dirname))),
+            folder=folder,
+            split=split,
+            hint=hint,
+        )
     )
 
 
@@ -70,8 +82,13 @@ def read_split(dirname: str, split: str) -> List[str]:
         return [line.split()[0] for line in f if line.strip()]
 
 
-def load_voc_instances(dirname: str, split: str, class_names: Sequence[str], keep_difficult: bool = False,
-                       name: str = "") -> List[dict]:
+def load_voc_instances(
+    dirname: str,
+    split: str,
+    class_names: Sequence[str],
+    keep_difficult: bool = False,
+    name: str = "",
+) -> List[dict]:
     """VOC annotations in Detectron2's format, like ``detectron2.data.datasets.load_voc_instances``
     (same boxes: 1-based inclusive pixels → ``xmin - 1``), but boxes marked difficult are left
     out unless ``keep_difficult``, and a missing file or an unknown class is one clear error."""
@@ -99,7 +116,9 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str], kee
         for obj in tree.findall("object"):
             cls = obj.find("name").text.strip()
             if cls not in class_names:
-                raise AccelDetError(f"{anno_file}: class {cls!r} is not one of the data set's classes {class_names}")
+                raise AccelDetError(
+                    f"{anno_file}: class {cls!r} is not one of the data set's classes {class_names}"
+                )
             difficult = obj.find("difficult")
             if not keep_difficult and difficult is not None and int(difficult.text) == 1:
                 continue
@@ -107,15 +126,23 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str], kee
             bbox = [float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
             bbox[0] -= 1.0
             bbox[1] -= 1.0
-            instances.append({"category_id": class_names.index(cls), "bbox": bbox, "bbox_mode": BoxMode.XYXY_ABS})
+            instances.append(
+                {"category_id": class_names.index(cls), "bbox": bbox, "bbox_mode": BoxMode.XYXY_ABS}
+            )
         record["annotations"] = instances
         dicts.append(record)
     return dicts
 
 
-def register_voc_dataset(name: str, dirname: str, split: str, year: int = 2007,
-                         class_names: Sequence[str] = VOC_CLASSES, keep_difficult: bool = False,
-                         replace: bool = False) -> None:
+def register_voc_dataset(
+    name: str,
+    dirname: str,
+    split: str,
+    year: int = 2007,
+    class_names: Sequence[str] = VOC_CLASSES,
+    keep_difficult: bool = False,
+    replace: bool = False,
+) -> None:
     """Register a VOC-format folder like ``detectron2.data.datasets.register_pascal_voc``, with
     :func:`load_voc_instances` as loader and metadata for ``PascalVOCDetectionEvaluator``
     (``year`` 2007 selects the 11-point VOC07 AP). ``replace`` re-registers an existing name."""
@@ -126,10 +153,17 @@ def register_voc_dataset(name: str, dirname: str, split: str, year: int = 2007,
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(
-        name, lambda: load_voc_instances(dirname, split, class_names, keep_difficult=keep_difficult, name=name)
+        name,
+        lambda: load_voc_instances(
+            dirname, split, class_names, keep_difficult=keep_difficult, name=name
+        ),
     )
     MetadataCatalog.get(name).set(
-        thing_classes=list(class_names), dirname=dirname, year=year, split=split, evaluator_type="pascal_voc"
+        thing_classes=list(class_names),
+        dirname=dirname,
+        year=year,
+        split=split,
+        evaluator_type="pascal_voc",
     )
     VOC_FORMAT_DATASETS[name] = (dirname, split)
 
@@ -143,35 +177,51 @@ def synthetic_classes(dirname: str) -> Tuple[str, ...]:
         return tuple(DEFAULT_CLASSES)
 
 
-def register_synthetic_voc(dirname: Optional[str] = None, prefix: str = "synthetic_voc", replace: bool = True) -> None:
+def register_synthetic_voc(
+    dirname: Optional[str] = None, prefix: str = "synthetic_voc", replace: bool = True
+) -> None:
     """Register ``<prefix>_{trainval,train,val,test}`` for a synthetic VOC folder
     (default ``$DETECTRON2_DATASETS/synthetic_voc``); its classes come from its stamp file."""
     dirname = dirname or os.path.join(datasets_root(), "synthetic_voc")
     classes = synthetic_classes(dirname)
     for split in ("trainval", "train", "val", "test"):
-        register_voc_dataset(f"{prefix}_{split}", dirname, split, 2007, classes, keep_difficult=split == "test",
-                             replace=replace)
+        register_voc_dataset(
+            f"{prefix}_{split}",
+            dirname,
+            split,
+            2007,
+            classes,
+            keep_difficult=split == "test",
+            replace=replace,
+        )
 
 
 def register_all(root: Optional[str] = None) -> None:
-    """Register the VOC and synthetic names above under ``root`` (default ``$DETECTRON2_DATASETS``)."""
+    """Register the VOC and synthetic names above under ``root`` (default
+    ``$DETECTRON2_DATASETS``)."""
     root = root or datasets_root()
     for name, folder, split, year, keep in (
         ("accel_voc_2007_trainval", "VOC2007", "trainval", 2007, False),
         ("accel_voc_2007_test", "VOC2007", "test", 2007, True),
         ("accel_voc_2012_trainval", "VOC2012", "trainval", 2012, False),
     ):
-        register_voc_dataset(name, os.path.join(root, folder), split, year, VOC_CLASSES, keep_difficult=keep)
+        register_voc_dataset(
+            name, os.path.join(root, folder), split, year, VOC_CLASSES, keep_difficult=keep
+        )
     register_synthetic_voc(os.path.join(root, "synthetic_voc"), replace=False)
 
 
 def check_dataset_layout(name: str) -> None:
-    """Check the folder of a VOC-format data set registered here (other names: only that they exist)."""
+    """Check the folder of a VOC-format data set registered here (other names: only that they
+    exist)."""
     if name in VOC_FORMAT_DATASETS:
         dirname, split = VOC_FORMAT_DATASETS[name]
         check_voc_layout(dirname, split, name)
     elif name not in DatasetCatalog.list():
-        raise AccelDetError(f"data set {name!r} is not registered (accel-det registers: {', '.join(sorted(VOC_FORMAT_DATASETS))})")
+        raise AccelDetError(
+            f"data set {name!r} is not registered (accel-det registers: "
+            f"{', '.join(sorted(VOC_FORMAT_DATASETS))})"
+        )
 
 
 def dataset_image_ids(name: str) -> List[str]:

@@ -28,8 +28,13 @@ XYXY_ABS = 0  # detectron2.structures.BoxMode.XYXY_ABS
 CHUNK = 64  # images per resumable part
 
 
-def selective_search(image_bgr: np.ndarray, mode: str = "fast", min_size: int = 16, max_boxes: int = 2000,
-                     seed: int = 0) -> np.ndarray:
+def selective_search(
+    image_bgr: np.ndarray,
+    mode: str = "fast",
+    min_size: int = 16,
+    max_boxes: int = 2000,
+    seed: int = 0,
+) -> np.ndarray:
     """Selective search (Uijlings et al.; OpenCV contrib ``ximgproc``) boxes of one BGR image,
     as an N×4 float32 XYXY array in pixels: duplicates and boxes with a side under ``min_size``
     removed, at most ``max_boxes``, in selective search's order."""
@@ -42,8 +47,11 @@ def selective_search(image_bgr: np.ndarray, mode: str = "fast", min_size: int = 
     _seed_c_rand(seed)  # OpenCV's selective search ranks its boxes with C's rand()
     search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     search.setBaseImage(image_bgr)
-    {"fast": search.switchToSelectiveSearchFast, "quality": search.switchToSelectiveSearchQuality,
-     "single": search.switchToSingleStrategy}[mode]()
+    {
+        "fast": search.switchToSelectiveSearchFast,
+        "quality": search.switchToSelectiveSearchQuality,
+        "single": search.switchToSingleStrategy,
+    }[mode]()
     rects = np.asarray(search.process(), dtype=np.float32).reshape(-1, 4)
     boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
     boxes = boxes[(rects[:, 2] >= min_size) & (rects[:, 3] >= min_size)]
@@ -80,17 +88,32 @@ def _search_file(job) -> np.ndarray:
     return selective_search(image, mode, min_size, max_boxes)
 
 
-def make_proposals(images: Sequence[Tuple[str, str]], out_file: str, *, mode: str = "fast", min_size: int = 16,
-                   max_boxes: int = 2000, workers: int = 1, resume: bool = True, progress: bool = True) -> dict:
+def make_proposals(
+    images: Sequence[Tuple[str, str]],
+    out_file: str,
+    *,
+    mode: str = "fast",
+    min_size: int = 16,
+    max_boxes: int = 2000,
+    workers: int = 1,
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
     """Selective search over ``images`` (``(image_id, file_name)`` pairs), written as Detectron2's
     proposal file ``out_file``. Parts of ``CHUNK`` images are kept in ``<out_file>.parts/`` as they
     finish, so a stopped run continues where it was (``resume``); the parts are removed at the end.
-    Returns a summary (images, mean boxes per image, settings), also written to ``<out_file>.json``."""
+    Returns a summary (images, mean boxes per image, settings), also written to
+    ``<out_file>.json``."""
     if not images:
         raise AccelDetError("no images to run selective search on")
     parts_dir = out_file + ".parts"
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    settings = {"mode": mode, "min_size": min_size, "max_boxes": max_boxes, "num_images": len(images)}
+    settings = {
+        "mode": mode,
+        "min_size": min_size,
+        "max_boxes": max_boxes,
+        "num_images": len(images),
+    }
     settings_file = os.path.join(parts_dir, "settings.json")
     if os.path.isdir(parts_dir):
         try:
@@ -103,21 +126,35 @@ def make_proposals(images: Sequence[Tuple[str, str]], out_file: str, *, mode: st
     os.makedirs(parts_dir, exist_ok=True)
     atomic_write_json(settings, settings_file)
 
-    chunks = [list(range(start, min(start + CHUNK, len(images)))) for start in range(0, len(images), CHUNK)]
+    chunks = [
+        list(range(start, min(start + CHUNK, len(images))))
+        for start in range(0, len(images), CHUNK)
+    ]
     todo = [i for i, _ in enumerate(chunks) if not os.path.isfile(_part_path(parts_dir, i))]
     if len(todo) < len(chunks):
-        logger.info("resuming selective search: %d of %d parts already done", len(chunks) - len(todo), len(chunks))
+        logger.info(
+            "resuming selective search: %d of %d parts already done",
+            len(chunks) - len(todo),
+            len(chunks),
+        )
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(images), initial=sum(len(chunks[i]) for i in range(len(chunks)) if i not in todo),
-                   desc=f"selective search ({mode})")
+        bar = tqdm(
+            total=len(images),
+            initial=sum(len(chunks[i]) for i in range(len(chunks)) if i not in todo),
+            desc=f"selective search ({mode})",
+        )
     executor = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
         for i in todo:
             jobs = [(images[k][1], mode, min_size, max_boxes) for k in chunks[i]]
-            results = list(executor.map(_search_file, jobs)) if executor else [_search_file(j) for j in jobs]
+            results = (
+                list(executor.map(_search_file, jobs))
+                if executor
+                else [_search_file(j) for j in jobs]
+            )
             with atomic_path(_part_path(parts_dir, i)) as temporary:
                 with open(temporary, "wb") as f:
                     pickle.dump({"ids": [images[k][0] for k in chunks[i]], "boxes": results}, f)
@@ -138,8 +175,12 @@ def make_proposals(images: Sequence[Tuple[str, str]], out_file: str, *, mode: st
         boxes += part["boxes"]
     write_proposal_file(out_file, ids, boxes)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    summary = dict(settings, method="selective search (OpenCV ximgproc)",
-                   mean_boxes=float(np.mean([len(b) for b in boxes])), file=os.path.abspath(out_file))
+    summary = dict(
+        settings,
+        method="selective search (OpenCV ximgproc)",
+        mean_boxes=float(np.mean([len(b) for b in boxes])),
+        file=os.path.abspath(out_file),
+    )
     atomic_write_json(summary, out_file + ".json")
     return summary
 
@@ -148,9 +189,14 @@ def _part_path(parts_dir: str, index: int) -> str:
     return os.path.join(parts_dir, f"part{index:06d}.pkl")
 
 
-def write_proposal_file(path: str, ids: Sequence, boxes: Sequence[np.ndarray],
-                        logits: Optional[Sequence[np.ndarray]] = None) -> None:
-    """Write Detectron2's proposal pickle (``logits`` default: ``-rank``, keeping the given order)."""
+def write_proposal_file(
+    path: str,
+    ids: Sequence,
+    boxes: Sequence[np.ndarray],
+    logits: Optional[Sequence[np.ndarray]] = None,
+) -> None:
+    """Write Detectron2's proposal pickle (``logits`` default: ``-rank``, keeping the given
+    order)."""
     if len(ids) != len(boxes) or (logits is not None and len(logits) != len(ids)):
         raise AccelDetError("proposal ids, boxes and logits must have the same length")
     boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
@@ -182,7 +228,9 @@ def read_proposal_file(path: str) -> dict:
             if old in data and new not in data:
                 data[new] = data.pop(old)
     if not isinstance(data, dict) or not {"ids", "boxes"} <= set(data):
-        raise AccelDetError(f"{path} is not a Detectron2 proposal file (a dict with 'ids' and 'boxes')")
+        raise AccelDetError(
+            f"{path} is not a Detectron2 proposal file (a dict with 'ids' and 'boxes')"
+        )
     return data
 
 
@@ -198,12 +246,15 @@ def _check_covers(what_file: str, ids: Iterable, image_ids: Iterable, dataset_na
     if missing:
         what = f"data set {dataset_name!r}" if dataset_name else "the data set"
         raise AccelDetError(
-            f"{what_file} misses {len(missing)} of the {len(wanted)} images of {what} "
-            f"(first: {', '.join(missing[:3])}); make it with tools/make_proposals.py --dataset {dataset_name or 'NAME'}"
+            f"{what_file} misses {len(missing)} of the {len(wanted)} images of {what} (first: "
+            f"{', '.join(missing[:3])}); make it with tools/make_proposals.py --dataset "
+            f"{dataset_name or 'NAME'}"
         )
 
 
-def convert_mat(mat_file: str, out_file: str, image_ids: Optional[Sequence[str]] = None, dataset_name: str = "") -> dict:
+def convert_mat(
+    mat_file: str, out_file: str, image_ids: Optional[Sequence[str]] = None, dataset_name: str = ""
+) -> dict:
     """Convert a classic Fast R-CNN selective-search ``.mat`` (``boxes``: per image N×4
     ``[y1 x1 y2 x2]``, 1-based inclusive; ``images``: the ids) to Detectron2's proposal file.
 
@@ -218,11 +269,16 @@ def convert_mat(mat_file: str, out_file: str, image_ids: Optional[Sequence[str]]
     try:
         raw = loadmat(mat_file)
     except NotImplementedError:
-        raise AccelDetError(f"{mat_file} is a MATLAB v7.3 (HDF5) file; save it as -v7 or convert it with h5py") from None
+        raise AccelDetError(
+            f"{mat_file} is a MATLAB v7.3 (HDF5) file; save it as -v7 or convert it with h5py"
+        ) from None
     except Exception as error:
         raise AccelDetError(f"cannot read {mat_file}: {error}") from None
     if "boxes" not in raw:
-        raise AccelDetError(f"{mat_file} has no 'boxes' variable (keys: {', '.join(k for k in raw if not k.startswith('__'))})")
+        raise AccelDetError(
+            f"{mat_file} has no 'boxes' variable (keys: "
+            f"{', '.join(k for k in raw if not k.startswith('__'))})"
+        )
     cells = raw["boxes"].ravel()
     if "images" in raw:
         ids = [_mat_string(x) for x in raw["images"].ravel()]
@@ -240,7 +296,11 @@ def convert_mat(mat_file: str, out_file: str, image_ids: Optional[Sequence[str]]
         b[:, :2] -= 1.0
         boxes.append(b)
     write_proposal_file(out_file, ids, boxes)
-    return {"images": len(ids), "mean_boxes": float(np.mean([len(b) for b in boxes])), "source": os.path.abspath(mat_file)}
+    return {
+        "images": len(ids),
+        "mean_boxes": float(np.mean([len(b) for b in boxes])),
+        "source": os.path.abspath(mat_file),
+    }
 
 
 def _mat_string(value) -> str:
@@ -252,4 +312,7 @@ def _mat_string(value) -> str:
 def proposal_stats(path: str) -> Dict[str, float]:
     """Number of images and mean boxes per image of a proposal file."""
     data = read_proposal_file(path)
-    return {"images": len(data["ids"]), "mean_boxes": float(np.mean([len(b) for b in data["boxes"]]))}
+    return {
+        "images": len(data["ids"]),
+        "mean_boxes": float(np.mean([len(b) for b in data["boxes"]])),
+    }

@@ -1,4 +1,5 @@
-"""Detectron2's ``DefaultTrainer`` for accel-det models: VOC evaluation, checked inputs and weights."""
+"""Detectron2's ``DefaultTrainer`` for accel-det models: VOC evaluation, checked inputs and
+weights."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import os
 from collections import OrderedDict
 from typing import Mapping
 
-import numpy as np
-
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, json_safe
 from .backbone import load_plan
 from .checkpoint import REMOTE_PREFIXES, check_weights_fit
 from .datasets import check_dataset_layout, dataset_image_ids
@@ -33,8 +32,12 @@ class Trainer(DefaultTrainer):
         if evaluator_type == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
         if evaluator_type == "coco":
-            return COCOEvaluator(dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference"))
-        raise AccelDetError(f"no evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r})")
+            return COCOEvaluator(
+                dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+            )
+        raise AccelDetError(
+            f"no evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r})"
+        )
 
     def resume_or_load(self, resume=True):
         if not (resume and self.checkpointer.has_checkpoint()):
@@ -53,7 +56,11 @@ def check_inputs(cfg, train: bool = True) -> None:
     if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone":
         load_plan(cfg.MODEL.ACCEL.PLAN)
     weights = cfg.MODEL.WEIGHTS
-    if weights and not weights.startswith(REMOTE_PREFIXES) and not os.path.isfile(os.path.expanduser(weights)):
+    if (
+        weights
+        and not weights.startswith(REMOTE_PREFIXES)
+        and not os.path.isfile(os.path.expanduser(weights))
+    ):
         raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
     splits = [("TRAIN", cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN)] if train else []
     splits.append(("TEST", cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
@@ -63,8 +70,8 @@ def check_inputs(cfg, train: bool = True) -> None:
         if cfg.MODEL.LOAD_PROPOSALS:
             if len(proposal_files) != len(names):
                 raise AccelDetError(
-                    f"MODEL.LOAD_PROPOSALS is on, but DATASETS.PROPOSAL_FILES_{which} has {len(proposal_files)} "
-                    f"files for {len(names)} data sets in DATASETS.{which}"
+                    f"MODEL.LOAD_PROPOSALS is on, but DATASETS.PROPOSAL_FILES_{which} has "
+                    f"{len(proposal_files)} files for {len(names)} data sets in DATASETS.{which}"
                 )
             for name, path in zip(names, proposal_files):
                 check_proposal_file(path, dataset_image_ids(name), name)
@@ -79,14 +86,4 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
 
 def save_results(results: Mapping, path: str) -> None:
     """Write Detectron2's evaluation results as JSON (numbers made plain floats)."""
-    atomic_write_json(_plain(results), path)
-
-
-def _plain(value):
-    if isinstance(value, Mapping):
-        return OrderedDict((str(k), _plain(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
+    atomic_write_json(json_safe(results), path)

@@ -1,4 +1,5 @@
-"""VGG-16 builders, plain and accelerated from a plan, and torchvision weight loading.
+"""VGG-16: the one builder (plain, or accelerated from a plan), the one loader, the weight-fit
+check every tool uses, and torchvision's weights.
 
 The layout is torchvision's (``features`` / ``avgpool`` / ``classifier``), so its state dicts load
 as they are. ``width`` scales every layer's channels, for small demos and tests; 1.0 is VGG-16.
@@ -8,17 +9,38 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torchvision.models.vgg import VGG
 
 from ..errors import AccelDetError
-from ..solver.network import apply_plan, conv_names
+from ..nn.chain import apply_plan, conv_names
+from ..plan import Plan
 from ..utils.io import load_torch_file
+from .fit import first_mismatch, keys_under, shapes_of, unexpected_key
 
-VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_LAYERS = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 # torchvision's VGG preprocessing (VGG16_Weights.IMAGENET1K_V1): RGB in [0, 1], then these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +49,8 @@ CROP_SIZE = 224
 logger = logging.getLogger(__name__)
 
 TORCHVISION_WEIGHTS = "torchvision"  # a weights "path" that asks torchvision to download them
-FACTORIZED_ROLES = ("reduce", "expand", "vertical", "horizontal")  # child names of accel_det.layers.FactorizedConv2d
+# child names of accel_det.nn.FactorizedConv2d
+FACTORIZED_ROLES = ("reduce", "expand", "vertical", "horizontal")
 
 
 def vgg16_features(width: float = 1.0, in_channels: int = 3) -> nn.Sequential:
@@ -49,10 +72,17 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def vgg16(num_classes: int = 1000, width: float = 1.0, dropout: float = 0.5, init_weights: bool = True) -> VGG:
+def vgg16(
+    num_classes: int = 1000,
+    width: float = 1.0,
+    dropout: float = 0.5,
+    init_weights: bool = True,
+    plan: Optional[Mapping] = None,
+) -> VGG:
     """torchvision's VGG-16 (no batch norm), optionally narrower, initialised as torchvision does;
-    ``init_weights=False`` skips the (slow at width 1) initialisation when weights are loaded next."""
-    with torch.device("meta"):  # torchvision's constructor would allocate a full-size classifier first
+    with ``plan`` (the solver's plan) its conv layers take the plan's structures. Load weights
+    next (``init_weights=False`` skips the initialisation, slow at width 1)."""
+    with torch.device("meta"):  # torchvision's constructor would allocate a full-size classifier
         model = VGG(nn.Sequential(), num_classes=num_classes, init_weights=False, dropout=dropout)
     hidden = scaled(4096, width)
     model.features = vgg16_features(width)
@@ -68,11 +98,14 @@ def vgg16(num_classes: int = 1000, width: float = 1.0, dropout: float = 0.5, ini
     )
     if init_weights:
         init_vgg_weights(model)
+    if plan is not None:
+        model.features = apply_plan(model.features, plan)
     return model
 
 
 def init_vgg_weights(model: nn.Module) -> None:
-    """torchvision's VGG initialisation: He (fan-out) for convs, N(0, 0.01) for linear layers, zero biases."""
+    """torchvision's VGG initialisation: He (fan-out) for convs, N(0, 0.01) for linear layers,
+    zero biases."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -81,15 +114,6 @@ def init_vgg_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
             nn.init.constant_(module.bias, 0)
-
-
-def accelerated_vgg16(plan: Mapping, num_classes: int = 1000, width: float = 1.0, dropout: float = 0.5,
-                      init_weights: bool = True) -> VGG:
-    """VGG-16 whose conv layers take the structures of ``plan`` (the solver's plan dict or JSON);
-    load the weights from the state dict saved next to the plan."""
-    model = vgg16(num_classes=num_classes, width=width, dropout=dropout, init_weights=init_weights)
-    model.features = apply_plan(model.features, plan)
-    return model
 
 
 def load_vgg16_state_dict(source: str) -> Dict[str, torch.Tensor]:
@@ -101,66 +125,92 @@ def load_vgg16_state_dict(source: str) -> Dict[str, torch.Tensor]:
         try:
             return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
         except Exception as error:
-            raise AccelDetError(f"cannot download torchvision's VGG-16 weights ({error}); pass a local .pth file") from None
+            raise AccelDetError(
+                f"cannot download torchvision's VGG-16 weights ({error}); pass a local .pth file"
+            ) from None
     state = load_torch_file(os.path.expanduser(source), "VGG-16 weights")
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise AccelDetError(f"{source} does not hold a state dict of tensors")
     return dict(state)
 
 
-def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> nn.Module:
+def layer_of_key(features: nn.Module, key: str) -> Optional[str]:
+    """The conv name (``conv3_1``) a key ``<index>.…`` of a ``features`` chain belongs to."""
+    parts = key.split(".")
+    if len(parts) < 2 or not parts[0].isdigit() or not isinstance(features, nn.Sequential):
+        return None
+    try:
+        names = {index: name for name, index in conv_names(features).items()}
+    except AccelDetError:
+        return None
+    return names.get(int(parts[0]))
+
+
+def load_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights"
+) -> nn.Module:
     """``model.load_state_dict`` that names the first missing, unexpected or mismatching key and,
     for a key of ``features``, the VGG layer (conv1_1 … conv5_3) it belongs to."""
-    expected = model.state_dict()
-    for key, value in expected.items():
-        if key not in state_dict:
-            raise AccelDetError(
-                f"{source} does not fit the model{_layer_of(model, key)}: key {key} is missing "
-                f"(expected shape {tuple(value.shape)}){_present_under(state_dict, key)}"
+    expected, given = shapes_of(model.state_dict()), shapes_of(state_dict)
+    mismatch = first_mismatch(expected, given)
+    if mismatch is not None:
+        where = _layer_text(model, mismatch.key)
+        if mismatch.found is None:
+            found = keys_under(
+                given, ".".join(mismatch.key.split(".")[:2]) + ".", mismatch.key.split(".")[-1]
             )
-        if tuple(state_dict[key].shape) != tuple(value.shape):
-            raise AccelDetError(
-                f"{source} does not fit the model{_layer_of(model, key)}: {key} has shape {tuple(state_dict[key].shape)}, "
-                f"the model expects {tuple(value.shape)}"
+            present = (
+                f"; the weights have {', '.join(f'{k} {v}' for k, v in list(found.items())[:3])}"
+                if found
+                else ""
             )
-    extra = [key for key in state_dict if key not in expected]
-    if extra:
-        raise AccelDetError(f"{source} does not fit the model{_layer_of(model, extra[0])}: unexpected key {extra[0]}")
+            raise AccelDetError(
+                f"{source} does not fit the model{where}: key {mismatch.key} is missing "
+                f"(expected shape {mismatch.expected}){present}"
+            )
+        raise AccelDetError(
+            f"{source} does not fit the model{where}: {mismatch.key} has shape {mismatch.found}, "
+            f"the model expects {mismatch.expected}"
+        )
+    extra = unexpected_key(expected, given)
+    if extra is not None:
+        raise AccelDetError(
+            f"{source} does not fit the model{_layer_text(model, extra)}: unexpected key {extra}"
+        )
     model.load_state_dict(state_dict)
     return model
 
 
-def _layer_of(model: nn.Module, key: str) -> str:
-    """" at layer conv1_2" for a key ``features.<i>.…`` of a conv of ``model.features``, else ""."""
-    parts = key.split(".")
-    features = getattr(model, "features", None)
-    if len(parts) < 3 or parts[0] != "features" or not parts[1].isdigit() or not isinstance(features, nn.Sequential):
+def _layer_text(model: nn.Module, key: str) -> str:
+    """ " at layer conv1_2" for a key ``features.<i>.…`` of a conv of ``model.features``, else
+    ""."""
+    if not key.startswith("features."):
         return ""
-    try:
-        names = {index: name for name, index in conv_names(features).items()}
-    except AccelDetError:
-        return ""
-    name = names.get(int(parts[1]))
+    name = layer_of_key(getattr(model, "features", None), key[len("features.") :])
     return f" at layer {name}" if name else ""
 
 
-def _present_under(state_dict: Mapping[str, torch.Tensor], key: str) -> str:
-    """"; the weights have features.2.weight (…)" listing what the weights hold for the same module."""
-    parts = key.split(".")
-    if len(parts) < 3:
-        return ""
-    prefix = ".".join(parts[:2]) + "."
-    found = [f"{k} {tuple(v.shape)}" for k, v in state_dict.items() if k.startswith(prefix) and k.endswith((".weight", ".bias")) and k.endswith(parts[-1])]
-    return f"; the weights have {', '.join(found[:3])}" if found else ""
-
-
 def factorized_key(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """The first key of a factorized (accelerated) layer in ``state_dict``, or ``None`` for a plain VGG."""
+    """The first key of a factorized (accelerated) layer in ``state_dict``, or ``None`` for a plain
+    VGG."""
     for key in state_dict:
         if key.startswith("features.") and any(f".{role}." in key for role in FACTORIZED_ROLES):
             return key
+    return None
+
+
+def first_conv_filters(
+    state_dict: Mapping[str, torch.Tensor], prefix: str = "features."
+) -> Optional[int]:
+    """conv1_1's number of filters in a VGG state dict (plain or factorized), if it is there."""
+    for role in ("weight", "expand.weight", "horizontal.weight"):
+        weight = state_dict.get(f"{prefix}0.{role}")
+        if isinstance(weight, torch.Tensor) and weight.dim() == 4:
+            return int(weight.shape[0])
     return None
 
 
@@ -168,9 +218,12 @@ def infer_vgg16_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
     """``width`` and ``num_classes`` of the (possibly narrow, possibly accelerated) VGG-16 whose
     state dict this is; VGG-16's own values (1.0, 1000) when the keys do not tell."""
     config: Dict[str, object] = {"width": 1.0, "num_classes": 1000}
+    filters = first_conv_filters(state_dict)
     first = state_dict.get("classifier.0.weight")
     last = state_dict.get("classifier.6.weight")
-    if isinstance(first, torch.Tensor) and first.dim() == 2 and first.shape[1] % 49 == 0:
+    if filters is not None:
+        config["width"] = 1.0 if filters == 64 else filters / 64
+    elif isinstance(first, torch.Tensor) and first.dim() == 2 and first.shape[1] % 49 == 0:
         channels = first.shape[1] // 49
         config["width"] = 1.0 if channels == 512 else channels / 512
     if isinstance(last, torch.Tensor) and last.dim() == 2:
@@ -178,77 +231,70 @@ def infer_vgg16_config(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, obje
     return config
 
 
-def build_vgg16(weights: Optional[Union[str, Mapping]] = None, plan: Optional[Mapping] = None, **kwargs) -> VGG:
-    """One builder: plain VGG-16, or accelerated when ``plan`` is given; ``weights`` a path,
-    ``"torchvision"`` or a state dict. ``width`` and ``num_classes`` not given are read off the
-    weights (:func:`infer_vgg16_config`), so narrow test models load like the real one."""
-    state = None
-    if weights is not None:
-        state = load_vgg16_state_dict(weights) if isinstance(weights, str) else weights
-        for key, value in infer_vgg16_config(state).items():
-            kwargs.setdefault(key, value)
-        kwargs.setdefault("init_weights", False)
-    model = accelerated_vgg16(plan, **kwargs) if plan is not None else vgg16(**kwargs)
-    if state is not None:
-        load_checked(model, state, weights if isinstance(weights, str) else "state dict")
-    return model
+def load_vgg16(
+    weights: Union[str, Mapping[str, torch.Tensor]], plan: Optional[Union[str, Mapping]] = None
+) -> Tuple[VGG, Optional[Plan], Optional[str]]:
+    """The VGG-16, plain or accelerated, that ``weights`` (a file, ``"torchvision"`` or a state
+    dict) holds, with ``width`` and ``num_classes`` read off the weights.
+
+    An accelerated state dict needs its plan: ``plan`` (a JSON path or a plan dict), else the
+    ``.json`` next to the weights file (as ``tools/compress_backbone.py`` and
+    ``tools/finetune_imagenet.py`` write it). Returns the model, the plan and the plan's path
+    (``None`` for a plain VGG-16; the path is ``None`` for a plan given as a dict).
+    """
+    state = load_vgg16_state_dict(weights) if isinstance(weights, str) else dict(weights)
+    source = weights if isinstance(weights, str) else "state dict"
+    plan_dict, plan_path = None, None
+    if isinstance(plan, str):
+        plan_dict, plan_path = Plan.read(plan), plan
+    elif plan is not None:
+        plan_dict = Plan.from_dict(plan)
+    else:
+        key = factorized_key(state)
+        if key is not None:
+            if not isinstance(weights, str):
+                raise AccelDetError(
+                    f"the state dict holds an accelerated VGG-16 ({key}): pass its plan"
+                )
+            sibling = os.path.splitext(os.path.expanduser(weights))[0] + ".json"
+            if not os.path.isfile(sibling):
+                raise AccelDetError(
+                    f"{weights} holds an accelerated VGG-16 ({key}): pass its plan with --plan"
+                )
+            plan_dict, plan_path = Plan.read(sibling), sibling
+            logger.info("using the plan %s next to the weights", sibling)
+    config = infer_vgg16_config(state)
+    if plan_dict is None:
+        return (
+            load_checked(vgg16(**config, init_weights=False), state, f"weights {source}"),
+            None,
+            None,
+        )
+    try:
+        model = vgg16(**config, init_weights=False, plan=plan_dict)
+    except AccelDetError as error:
+        raise AccelDetError(
+            f"plan {plan_path or 'given'} does not match the weights {source}: {error}"
+        ) from None
+    load_checked(model, state, f"weights {source} (with plan {plan_path or 'given'})")
+    return model, plan_dict, plan_path
 
 
 def with_features(model: VGG, features: nn.Sequential) -> VGG:
-    """``model`` with its ``features`` replaced (e.g. by :func:`accel_det.solver.compress`'s result);
-    avgpool and the fc layers are kept as they are."""
+    """``model`` with its ``features`` replaced (e.g. by :func:`accel_det.solver.compress`'s
+    result); avgpool and the fc layers are kept as they are."""
     model.features = features
     return model
 
 
 def weights_file(source: str) -> Optional[str]:
-    """The local file behind a weights source (the torch hub cache for ``"torchvision"``), if any."""
+    """The local file behind a weights source (the torch hub cache for ``"torchvision"``), if
+    any."""
     if source == TORCHVISION_WEIGHTS:
         from torchvision.models import VGG16_Weights
 
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(VGG16_Weights.IMAGENET1K_V1.url))
+        name = os.path.basename(VGG16_Weights.IMAGENET1K_V1.url)
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
         return path if os.path.isfile(path) else None
     path = os.path.expanduser(source)
     return path if os.path.isfile(path) else None
-
-
-def read_plan(path: str, what: str = "plan") -> dict:
-    """A plan JSON (the solver's plan, or a record that extends it) with a clear error otherwise;
-    ``what`` names the file in the error."""
-    from ..utils.io import load_json
-
-    plan = load_json(path, what)
-    if not isinstance(plan, Mapping) or not isinstance(plan.get("layers"), Mapping):
-        raise AccelDetError(f"{path} is not a plan: it has no 'layers' entry")
-    return dict(plan)
-
-
-def load_vgg16(weights: str, plan: Optional[str] = None) -> "tuple[VGG, Optional[dict], Optional[str]]":
-    """The VGG-16, plain or accelerated, that ``weights`` (a file or ``"torchvision"``) holds.
-
-    An accelerated state dict needs its plan: ``plan`` (a JSON path), else the ``.json`` next to
-    the weights (as ``tools/compress_backbone.py`` and ``tools/finetune_imagenet.py`` write it).
-    Returns the model, the plan dict and the plan's path (both ``None`` for a plain VGG-16).
-    """
-    state = load_vgg16_state_dict(weights)
-    plan_dict = None
-    if plan is not None:
-        plan_dict = read_plan(plan)
-    else:
-        key = factorized_key(state)
-        if key is not None:
-            sibling = os.path.splitext(os.path.expanduser(weights))[0] + ".json"
-            if not os.path.isfile(sibling):
-                raise AccelDetError(f"{weights} holds an accelerated VGG-16 ({key}): pass its plan with --plan")
-            plan_dict = read_plan(sibling)
-            plan = sibling
-            logger.info("using the plan %s next to the weights", sibling)
-    config = infer_vgg16_config(state)
-    if plan_dict is None:
-        return load_checked(vgg16(**config, init_weights=False), state, f"weights {weights}"), None, None
-    try:
-        model = accelerated_vgg16(plan_dict, **config, init_weights=False)
-    except AccelDetError as error:
-        raise AccelDetError(f"plan {plan} does not match the weights {weights}: {error}") from None
-    load_checked(model, state, f"weights {weights} (with plan {plan})")
-    return model, plan_dict, plan

@@ -3,6 +3,7 @@
 Nothing here imports detectron2, so it serves any CNN written as a Conv2d / ReLU / MaxPool2d chain.
 """
 
+from ..nn.chain import apply_plan, conv_names
 from .channel import (
     DEFAULT_SCHEDULE,
     LowRankResponse,
@@ -12,8 +13,11 @@ from .channel import (
     relu_z_step,
 )
 from .complexity import ConvSpec, conv_macs, structure_macs, uniform_rank, whole_model_speedup
-from .network import apply_plan, conv_names, conv_specs
-from .pipeline import METHODS, CompressionResult, compress
+from .methods import METHODS, Method, get_method
+from .network import conv_specs
+from .options import SolverOptions, paper_schedule
+from .pipeline import CompressionResult, compress
+from .planning import make_plan, plan_from_structures
 from .ranks import select_ranks, spatial_ranks, uniform_ranks
 from .spatial import filter_reconstruction
 
@@ -23,14 +27,20 @@ __all__ = [
     "CompressionResult",
     "ConvSpec",
     "LowRankResponse",
+    "Method",
+    "SolverOptions",
     "apply_plan",
     "compress",
     "conv_macs",
     "conv_names",
     "conv_specs",
     "filter_reconstruction",
+    "get_method",
+    "make_plan",
     "nonlinear_reconstruction",
+    "paper_schedule",
     "pca_reconstruction",
+    "plan_from_structures",
     "reduced_rank_regression",
     "relu_z_step",
     "select_ranks",

@@ -66,7 +66,11 @@ def pca_reconstruction(y: torch.Tensor, rank: int) -> LowRankResponse:
 
 
 def reduced_rank_regression(
-    cross: torch.Tensor, scatter: torch.Tensor, rank: int, ridge: float = RIDGE, chol: Optional[torch.Tensor] = None
+    cross: torch.Tensor,
+    scatter: torch.Tensor,
+    rank: int,
+    ridge: float = RIDGE,
+    chol: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Eq. (8): min_M ‖Z − M Y‖_F s.t. rank M ≤ d', from ``cross`` = Z Yᵀ and ``scatter`` = Y Yᵀ.
 
@@ -85,7 +89,8 @@ def reduced_rank_regression(
 
 
 def scatter_cholesky(scatter: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
-    """Cholesky factor of Y Yᵀ + ridge·mean(diag)·I (float64), as :func:`reduced_rank_regression` uses it.
+    """Cholesky factor of Y Yᵀ + ridge·mean(diag)·I (float64), as :func:`reduced_rank_regression`
+    uses it.
 
     Y Yᵀ is singular by construction in the 3d step (ŷ passes through d'' < d channels) and when
     there are fewer samples than filters; rounding can leave it a little indefinite, so the ridge
@@ -98,7 +103,9 @@ def scatter_cholesky(scatter: torch.Tensor, ridge: float = RIDGE) -> torch.Tenso
         chol, info = torch.linalg.cholesky_ex(scatter + ridge * 10**attempt * scale * eye)
         if int(info) == 0:
             return chol
-    raise ArithmeticError("the response scatter matrix cannot be factorised: the responses are not finite")
+    raise ArithmeticError(
+        "the response scatter matrix cannot be factorised: the responses are not finite"
+    )
 
 
 def relu_z_step(target: torch.Tensor, y_prime: torch.Tensor, lam: float) -> torch.Tensor:
@@ -114,8 +121,11 @@ def relu_z_step(target: torch.Tensor, y_prime: torch.Tensor, lam: float) -> torc
     return torch.where(z1_wins, z1, y_prime)
 
 
-def balanced_factors(basis: torch.Tensor, coefficients: torch.Tensor, bias: torch.Tensor) -> LowRankResponse:
-    """Factor M = basis · coefficients as P Qᵀ with P = U S^½, Q = V S^½ from the SVD of M (§1.5)."""
+def balanced_factors(
+    basis: torch.Tensor, coefficients: torch.Tensor, bias: torch.Tensor
+) -> LowRankResponse:
+    """Factor M = basis · coefficients as P Qᵀ with P = U S^½, Q = V S^½ from the SVD of M
+    (§1.5)."""
     u, s, vh = torch.linalg.svd(coefficients, full_matrices=False)
     root = s.sqrt()
     return LowRankResponse(P=(basis @ u) * root, Q=vh.T * root, b=bias)
@@ -152,18 +162,28 @@ def nonlinear_reconstruction(
         return basis, coefficients, z_mean - basis @ (coefficients @ mean_hat)
 
     # Σ (z − z̄)(ŷ − mean ŷ)ᵀ = Σ z (ŷ − mean ŷ)ᵀ because the regressor is centred.
-    basis, coefficients, bias = solve((target.T @ centered).double(), target.mean(0, dtype=torch.float64))
+    basis, coefficients, bias = solve(
+        (target.T @ centered).double(), target.mean(0, dtype=torch.float64)
+    )
     if relu:
         rectified = target.clamp(min=0)
         for lam, iterations in schedule:
             for _ in range(int(iterations)):
-                cross, z_mean = _z_step_statistics(centered, rectified, basis, coefficients, bias + basis @ (coefficients @ mean_hat), lam)
+                cross, z_mean = _z_step_statistics(
+                    centered,
+                    rectified,
+                    basis,
+                    coefficients,
+                    bias + basis @ (coefficients @ mean_hat),
+                    lam,
+                )
                 basis, coefficients, bias = solve(cross, z_mean)
     return balanced_factors(basis, coefficients, bias)
 
 
 def _z_step_statistics(centered, rectified, basis, coefficients, offset, lam, chunk: int = 2048):
-    """Step (ii) for all samples, reduced on the fly to what step (i) needs: Σ z (ŷ − mean ŷ)ᵀ and z̄.
+    """Step (ii) for all samples, reduced on the fly to what step (i) needs: Σ z (ŷ − mean ŷ)ᵀ and
+    z̄.
 
     Row chunks keep the n × d temporaries of y' = M ŷ + b and z in cache and out of memory. This is
     :func:`relu_z_step` written into preallocated buffers (fresh multi-MB tensors cost page faults
@@ -179,8 +199,8 @@ def _z_step_statistics(centered, rectified, basis, coefficients, offset, lam, ch
     low_buffer = torch.empty(rows_max, down.shape[1], device=centered.device)
     part = torch.empty(d, d, device=centered.device)
     for start in range(0, n, chunk):
-        rows = centered[start:start + chunk]
-        target = rectified[start:start + chunk]
+        rows = centered[start : start + chunk]
+        target = rectified[start : start + chunk]
         m = rows.shape[0]
         y_prime, z1, a, w = (b[:m] for b in buffers)
         torch.addmm(offset, torch.mm(rows, down, out=low_buffer[:m]), up, out=y_prime)

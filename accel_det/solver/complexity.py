@@ -1,4 +1,5 @@
-"""Multiply-add counts of a conv layer and of its factorized structures (paper-method §1.4, §4.4, §5.2).
+"""Multiply-add counts of a conv layer and of its factorized structures (paper-method §1.4, §4.4,
+§5.2).
 
 Every count is per image: multiply-adds per output position times the output map size H'W'.
 The 1×1 layer of a channel decomposition is always counted, which is what reproduces the
@@ -11,8 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping, Optional, Tuple
 
-from ..layers import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, STRUCTURES
-
+from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, STRUCTURES
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,13 @@ class ConvSpec:
     @classmethod
     def from_dict(cls, data: Mapping) -> "ConvSpec":
         fields = ("kernel_size", "stride", "padding", "out_hw", "in_hw")
-        return cls(**{k: tuple(v) if k in fields and v is not None else v for k, v in data.items() if k in cls.__annotations__})
+        return cls(
+            **{
+                k: tuple(v) if k in fields and v is not None else v
+                for k, v in data.items()
+                if k in cls.__annotations__
+            }
+        )
 
 
 def conv_macs(spec: ConvSpec) -> int:
@@ -72,10 +78,15 @@ def spatial_macs(spec: ConvSpec, spatial_rank: int, out_channels: Optional[int] 
 
 def spatial_channel_macs(spec: ConvSpec, rank: int, spatial_rank: int) -> int:
     """k×1 (d'') → 1×k (d') → 1×1 (d): [d''·k·c + d'·k·d'' + d·d']·H'W' (§5.2)."""
-    return spatial_macs(spec, spatial_rank, out_channels=rank) + rank * spec.out_channels * spec.positions
+    return (
+        spatial_macs(spec, spatial_rank, out_channels=rank)
+        + rank * spec.out_channels * spec.positions
+    )
 
 
-def structure_macs(spec: ConvSpec, structure: str, rank: Optional[int] = None, spatial_rank: Optional[int] = None) -> int:
+def structure_macs(
+    spec: ConvSpec, structure: str, rank: Optional[int] = None, spatial_rank: Optional[int] = None
+) -> int:
     """Multiply-adds of ``spec`` in the given structure (one of :data:`STRUCTURES`)."""
     if structure == ORIGINAL:
         return conv_macs(spec)
@@ -90,7 +101,9 @@ def structure_macs(spec: ConvSpec, structure: str, rank: Optional[int] = None, s
 
 def uniform_rank(spec: ConvSpec, speedup: float) -> int:
     """Per-layer rank without rank selection: floor(d·k²c / (r·(k²c + d))) (Table 6 "no" rows)."""
-    rank = math.floor(conv_macs(spec) / (speedup * (spec.fan_in + spec.out_channels) * spec.positions) + 1e-9)
+    rank = math.floor(
+        conv_macs(spec) / (speedup * (spec.fan_in + spec.out_channels) * spec.positions) + 1e-9
+    )
     return max(1, min(spec.out_channels, rank))
 
 
@@ -108,5 +121,7 @@ def whole_model_speedup(specs: Iterable[ConvSpec], layers: Mapping[str, Mapping]
     for spec in specs:
         entry = layers.get(spec.name, {"structure": ORIGINAL})
         original += conv_macs(spec)
-        approximated += structure_macs(spec, entry["structure"], entry.get("rank"), entry.get("spatial_rank"))
+        approximated += structure_macs(
+            spec, entry["structure"], entry.get("rank"), entry.get("spatial_rank")
+        )
     return speedup_ratio(original, approximated)

@@ -10,7 +10,9 @@ from torch import nn
 from .channel import LowRankResponse
 
 
-def set_low_rank_weights(reduce: nn.Conv2d, expand: nn.Conv2d, source: nn.Conv2d, solution: LowRankResponse) -> None:
+def set_low_rank_weights(
+    reduce: nn.Conv2d, expand: nn.Conv2d, source: nn.Conv2d, solution: LowRankResponse
+) -> None:
     """W' = Qᵀ W with bias Qᵀ b₀ into ``reduce``, and the 1×1 layer P with bias b into ``expand``,
     so that expand(reduce(x)) = M (W x + b₀) + b (eq. 3)."""
     q = solution.Q.double()
@@ -41,7 +43,10 @@ def set_weights(conv: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tens
 
 
 def unpadded_conv(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
-    """A stride-1, unpadded conv holding ``weight`` and ``bias``, to evaluate responses on patches."""
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), bias=bias is not None)
+    """A stride-1, unpadded conv holding ``weight`` and ``bias``, to evaluate responses on
+    patches."""
+    conv = nn.Conv2d(
+        weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), bias=bias is not None
+    )
     set_weights(conv.to(weight.device), weight, bias)
     return conv

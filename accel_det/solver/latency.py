@@ -18,125 +18,61 @@ of VGG-16) are measured once and a later run on the same machine measures nothin
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import platform
-import statistics
-import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import AccelDetError
-from ..layers import CHANNEL, FactorizedConv2d
+from ..nn.factorized import CHANNEL, FactorizedConv2d
+from ..utils.io import atomic_write_json, load_json
+from ..utils.timing import device_name, num_threads, time_modules
 from .complexity import ConvSpec
 from .network import conv_specs
-from .ranks import _monotone
+from .ranks import monotone_costs
 
 logger = logging.getLogger(__name__)
 
 LATENCY_FORMAT = "accel-det-latency/1"
 
 
-def device_name(device) -> str:
-    """A readable, stable name of ``device``: the GPU's name, or the CPU model."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cpus)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cpus)"
-
-
 def cache_key(device, threads: int, batch: int, input_hw: Tuple[int, int]) -> str:
     """What a latency depends on besides the layer: device, torch version, threads, batch, input."""
-    return (f"{device_name(device)} | torch {torch.__version__} | threads {threads} | batch {batch} | "
-            f"input {input_hw[0]}x{input_hw[1]} | float32")
+    return (
+        f"{device_name(device)} | torch {torch.__version__} | threads {threads} | batch {batch} | "
+        f"input {input_hw[0]}x{input_hw[1]} | float32"
+    )
 
 
 def layer_signature(spec: ConvSpec) -> str:
     """The shape that decides a layer's latency (not its name: equal layers share a measurement)."""
     h, w = spec.in_hw or spec.out_hw
-    return (f"c{spec.in_channels}-d{spec.out_channels}-k{spec.kernel_size[0]}x{spec.kernel_size[1]}"
-            f"-s{spec.stride[0]}x{spec.stride[1]}-p{spec.padding[0]}x{spec.padding[1]}-in{h}x{w}")
+    return (
+        f"c{spec.in_channels}-d{spec.out_channels}-k{spec.kernel_size[0]}x{spec.kernel_size[1]}"
+        f"-s{spec.stride[0]}x{spec.stride[1]}-p{spec.padding[0]}x{spec.padding[1]}-in{h}x{w}"
+    )
 
 
 def rank_grid(out_channels: int, points: int = 12, multiple: int = 8) -> List[int]:
     """Ranks to time for a layer with d = ``out_channels`` filters: about ``points`` values from
-    d/16 to d, rounded to multiples of ``multiple`` (so the GPU-friendly ranks are measured), with d."""
+    d/16 to d, rounded to multiples of ``multiple`` (so the GPU-friendly ranks are measured), with
+    d."""
     d = int(out_channels)
     if d <= multiple:
-        return list(range(1, d + 1)) if d <= points else sorted({max(1, round(d * i / points)) for i in range(1, points + 1)})
+        return (
+            list(range(1, d + 1))
+            if d <= points
+            else sorted({max(1, round(d * i / points)) for i in range(1, points + 1)})
+        )
     low = max(1.0, d / 16)
     ranks = {d}
     for i in range(points):
         value = low + (d - low) * i / max(1, points - 1)
         ranks.add(min(d, max(multiple, multiple * round(value / multiple))))
     return sorted(ranks)
-
-
-@contextlib.contextmanager
-def num_threads(threads: Optional[int]) -> Iterator[int]:
-    """Run the block with ``torch.set_num_threads(threads)`` (None or 0: unchanged), then restore;
-    yields the thread count in effect."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
-def time_calls(calls: Mapping[str, Callable[[], object]], *, warmup: int, repeats: int,
-               device=None) -> Dict[str, List[float]]:
-    """Seconds of each zero-argument call in each of ``repeats`` timed rounds, after ``warmup``
-    untimed rounds; one call of each per round, in order (interleaved, so that a slow spell of a
-    shared machine touches every call alike). Runs under ``torch.inference_mode``.
-
-    The one timer of accel-det (latency tables here, :mod:`accel_det.benchmark` for whole models).
-    On a CUDA ``device`` each call is timed with CUDA events (the device is synchronised before
-    the call and after it); elsewhere with ``time.perf_counter``.
-    """
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
-    cuda = device is not None and torch.device(device).type == "cuda"
-    times: Dict[str, List[float]] = {name: [] for name in calls}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for call in calls.values():
-                call()
-        for _ in range(repeats):
-            for name, call in calls.items():
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    torch.cuda.synchronize(device)
-                    start.record()
-                    call()
-                    end.record()
-                    end.synchronize()
-                    times[name].append(start.elapsed_time(end) / 1e3)
-                else:
-                    begin = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - begin)
-    return times
-
-
-def time_modules(modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> Dict[str, float]:
-    """Median seconds of ``module(x)`` for each module (:func:`time_calls`: interleaved, after
-    ``warmup`` untimed rounds, CUDA events on a GPU)."""
-    calls = {name: (lambda m=module: m(x)) for name, module in modules.items()}
-    times = time_calls(calls, warmup=warmup, repeats=max(1, repeats), device=x.device)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @dataclass
@@ -154,8 +90,14 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, data: Mapping) -> "LatencyTable":
         if data.get("format") != LATENCY_FORMAT:
-            raise AccelDetError(f"not a latency table (format {data.get('format')!r}, expected {LATENCY_FORMAT})")
-        return cls(key=data["key"], layers={k: dict(v) for k, v in data["layers"].items()}, meta=dict(data.get("meta", {})))
+            raise AccelDetError(
+                f"not a latency table (format {data.get('format')!r}, expected {LATENCY_FORMAT})"
+            )
+        return cls(
+            key=data["key"],
+            layers={k: dict(v) for k, v in data["layers"].items()},
+            meta=dict(data.get("meta", {})),
+        )
 
     def original(self, name: str) -> float:
         return float(self._entry(name)["original"])
@@ -165,21 +107,25 @@ class LatencyTable:
         smallest one, and non-decreasing (each rank costs at most what any larger rank costs)."""
         entry = self._entry(name)
         d = int(entry["out_channels"])
-        return _monotone([_interpolate(entry["ranks"], entry["seconds"], r) for r in range(1, d + 1)])
+        return monotone_costs(
+            [_interpolate(entry["ranks"], entry["seconds"], r) for r in range(1, d + 1)]
+        )
 
     def latency(self, name: str, rank: Optional[int]) -> float:
         """Latency of layer ``name`` at ``rank`` (None: the original conv)."""
         return self.original(name) if rank is None else self.cost_table(name)[rank - 1]
 
     def budget(self, specs: Sequence[ConvSpec], speedup: float, skip) -> float:
-        """Seconds the approximated layers may take so that all conv layers run ``speedup``× faster."""
+        """Seconds the approximated layers may take so that all conv layers run ``speedup``×
+        faster."""
         skip = set(skip)
         total = sum(self.original(s.name) for s in specs)
         fixed = sum(self.original(s.name) for s in specs if s.name in skip)
         return total / speedup - fixed
 
     def predicted(self, specs: Sequence[ConvSpec], ranks: Mapping[str, int]) -> float:
-        """Sum of the per-layer latencies of a plan's ranks (layers missing from ``ranks``: original)."""
+        """Sum of the per-layer latencies of a plan's ranks (layers missing from ``ranks``:
+        original)."""
         return sum(self.latency(s.name, ranks.get(s.name)) for s in specs)
 
     def check_fits(self, specs: Sequence[ConvSpec]) -> None:
@@ -187,11 +133,14 @@ class LatencyTable:
         for spec in specs:
             entry = self.layers.get(spec.name)
             if entry is None:
-                raise AccelDetError(f"the latency table has no layer {spec.name}: measure it for this network")
+                raise AccelDetError(
+                    f"the latency table has no layer {spec.name}: measure it for this network"
+                )
             if int(entry["out_channels"]) != spec.out_channels:
                 raise AccelDetError(
-                    f"the latency table's {spec.name} has {entry['out_channels']} filters, the network {spec.out_channels}: "
-                    "measure it for this network, or use LatencyTable.rescaled() for a narrower copy"
+                    f"the latency table's {spec.name} has {entry['out_channels']} filters, the "
+                    f"network {spec.out_channels}: measure it for this network, or use "
+                    f"LatencyTable.rescaled() for a narrower copy"
                 )
 
     def rescaled(self, specs: Sequence[ConvSpec]) -> "LatencyTable":
@@ -227,11 +176,19 @@ def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
 
 def _layer_modules(spec: ConvSpec, grid: Sequence[int], device) -> Dict[str, nn.Module]:
     """The original conv and its ``channel`` structure at each grid rank, randomly initialised."""
-    conv = nn.Conv2d(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding)
+    conv = nn.Conv2d(
+        spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding
+    )
     modules = {"original": conv}
     for rank in grid:
         modules[str(rank)] = FactorizedConv2d(
-            spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, structure=CHANNEL, rank=rank
+            spec.in_channels,
+            spec.out_channels,
+            spec.kernel_size,
+            spec.stride,
+            spec.padding,
+            structure=CHANNEL,
+            rank=rank,
         )
     return {name: module.to(device).eval() for name, module in modules.items()}
 
@@ -258,8 +215,6 @@ def measure_latency_table(
     ``cache`` (a JSON file), layers already measured under the same key and grid are reused and
     only the missing ones are timed; the file is then rewritten atomically.
     """
-    from ..utils.io import atomic_write_json  # local: keeps the solver's import graph small
-
     device = torch.device(device)
     specs = conv_specs(features, tuple(input_hw))
     with num_threads(threads) as used:
@@ -274,33 +229,55 @@ def measure_latency_table(
             previous = entry = shapes.get(signature)
             if entry is None or any(r not in entry["ranks"] for r in grid):
                 entry = _measure_layer(spec, grid, device, batch, warmup, repeats)
-                if previous is not None and previous["ranks"]:  # keep earlier points, add the new ones
+                if (
+                    previous is not None and previous["ranks"]
+                ):  # keep earlier points, add the new ones
                     merged = dict(zip(previous["ranks"], previous["seconds"]))
                     merged.update(zip(entry["ranks"], entry["seconds"]))
-                    entry["ranks"], entry["seconds"] = sorted(merged), [merged[r] for r in sorted(merged)]
+                    entry["ranks"], entry["seconds"] = (
+                        sorted(merged),
+                        [merged[r] for r in sorted(merged)],
+                    )
                 shapes[signature] = entry
                 measured += 1
                 if progress:
-                    logger.info("latency %s (%s): original %.2f ms, %d ranks", spec.name, signature,
-                                entry["original"] * 1e3, len(entry["ranks"]))
+                    logger.info(
+                        "latency %s (%s): original %.2f ms, %d ranks",
+                        spec.name,
+                        signature,
+                        entry["original"] * 1e3,
+                        len(entry["ranks"]),
+                    )
             layers[spec.name] = {"signature": signature, "out_channels": spec.out_channels, **entry}
-    meta = {"device": device_name(device), "torch": torch.__version__, "threads": used, "batch": batch,
-            "input_hw": list(input_hw), "warmup": warmup, "repeats": repeats, "measured_layers": measured}
+    meta = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": used,
+        "batch": batch,
+        "input_hw": list(input_hw),
+        "warmup": warmup,
+        "repeats": repeats,
+        "measured_layers": measured,
+    }
     if cache and measured:
         atomic_write_json({"format": LATENCY_FORMAT + "-cache", "entries": stored}, cache)
     return LatencyTable(key=key, layers=layers, meta=meta)
 
 
-def _measure_layer(spec: ConvSpec, grid: Sequence[int], device, batch: int, warmup: int, repeats: int) -> dict:
+def _measure_layer(
+    spec: ConvSpec, grid: Sequence[int], device, batch: int, warmup: int, repeats: int
+) -> dict:
     in_hw = spec.in_hw or spec.out_hw
     x = torch.randn(batch, spec.in_channels, *in_hw, device=device)
     times = time_modules(_layer_modules(spec, grid, device), x, warmup, repeats)
-    return {"original": times["original"], "ranks": list(grid), "seconds": [times[str(r)] for r in grid]}
+    return {
+        "original": times["original"],
+        "ranks": list(grid),
+        "seconds": [times[str(r)] for r in grid],
+    }
 
 
 def _read_cache(path: str) -> Dict[str, dict]:
-    from ..utils.io import load_json
-
     if not os.path.exists(path):
         return {}
     data = load_json(path, "latency cache")
@@ -311,6 +288,4 @@ def _read_cache(path: str) -> Dict[str, dict]:
 
 def load_latency_table(path: str) -> LatencyTable:
     """A :class:`LatencyTable` saved with ``atomic_write_json(table.to_dict(), path)``."""
-    from ..utils.io import load_json
-
     return LatencyTable.from_dict(load_json(path, "latency table"))

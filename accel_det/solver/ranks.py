@@ -21,7 +21,8 @@ RANK_COSTS = ("with_1x1", "paper", "latency")
 
 
 def budget_macs(specs: Sequence[ConvSpec], speedup: float, skip: Iterable[str]) -> float:
-    """Multiply-adds the approximated layers may spend so that all conv layers run ``speedup``× faster."""
+    """Multiply-adds the approximated layers may spend so that all conv layers run ``speedup``×
+    faster."""
     skip = set(skip)
     total = sum(conv_macs(s) for s in specs)
     fixed = sum(conv_macs(s) for s in specs if s.name in skip)
@@ -35,7 +36,10 @@ def cost_per_rank(spec: ConvSpec, rank_cost: str = "with_1x1") -> float:
     if rank_cost == "paper":
         return float(conv_macs(spec)) / spec.out_channels
     if rank_cost == "latency":
-        raise AccelDetError("rank_cost='latency' takes its costs from a latency table (accel_det.solver.latency), not from multiply-adds")
+        raise AccelDetError(
+            "rank_cost='latency' takes its costs from a latency "
+            "table (accel_det.solver.latency), not from multiply-adds"
+        )
     raise AccelDetError(f"unknown rank cost {rank_cost!r}; expected one of {RANK_COSTS}")
 
 
@@ -82,7 +86,9 @@ def select_ranks(
     heapq.heapify(heap)
     while spent > budget:
         if not heap:
-            raise AccelDetError("the speedup is impossible: every layer is already at its minimum rank")
+            raise AccelDetError(
+                "the speedup is impossible: every layer is already at its minimum rank"
+            )
         _, _, name = heapq.heappop(heap)
         ranks[name] -= 1
         spent -= costs[name]
@@ -111,7 +117,8 @@ def select_ranks_by_table(
     *,
     round_to: int = 1,
 ) -> Dict[str, int]:
-    """The greedy of eqs. (13)–(14) with a cost per rank instead of a constant ΔC (beyond the paper).
+    """The greedy of eqs. (13)–(14) with a cost per rank instead of a constant ΔC (beyond the
+    paper).
 
     ``tables[l][i]`` is the cost of layer l at rank i + 1 (made non-decreasing here by taking, at
     each rank, the smallest cost of any rank at or above it). A layer may stop only at *allowed*
@@ -137,8 +144,12 @@ def select_ranks_by_table(
     allowed = {}
     for name in order:
         d = len(values[name])
-        cost[name] = np.array([0.0] + _monotone(_as_table(tables[name], d, name)))  # cost[name][r]: at rank r
-        allowed[name] = np.array(sorted({r for r in range(1, d + 1) if r % round_to == 0 and r >= min_rank} | {d}))
+        cost[name] = np.array(
+            [0.0] + monotone_costs(_as_table(tables[name], d, name))
+        )  # cost[name][r]: at rank r
+        allowed[name] = np.array(
+            sorted({r for r in range(1, d + 1) if r % round_to == 0 and r >= min_rank} | {d})
+        )
     ranks = {name: len(values[name]) for name in order}
     spent = sum(float(cost[name][ranks[name]]) for name in order)
 
@@ -171,9 +182,14 @@ def select_ranks_by_table(
     heapq.heapify(heap)
     while spent > budget:
         if not heap:
-            raise AccelDetError("the speedup is impossible: every layer is already at its minimum rank"
-                                + (f" (ranks rounded to multiples of {round_to}: try a smaller multiple)"
-                                   if round_to > 1 else ""))
+            raise AccelDetError(
+                "the speedup is impossible: every layer is already at its minimum rank"
+                + (
+                    f" (ranks rounded to multiples of {round_to}: try a smaller multiple)"
+                    if round_to > 1
+                    else ""
+                )
+            )
         _, _, name, low = heapq.heappop(heap)
         spent -= float(cost[name][ranks[name]] - cost[name][low])
         ranks[name] = low
@@ -190,7 +206,9 @@ def select_ranks_by_table(
             ups, extras = ups[spent + extras <= budget], extras[spent + extras <= budget]
             if not len(ups):
                 continue
-            gains = (energy[name][ups] - energy[name][low]) / np.where(energy[name][ups] > 0, energy[name][ups], 1.0)
+            gains = (energy[name][ups] - energy[name][low]) / np.where(
+                energy[name][ups] > 0, energy[name][ups], 1.0
+            )
             with np.errstate(divide="ignore"):
                 ratios = np.where(extras > 0, gains / np.where(extras > 0, extras, 1.0), np.inf)
             nearest, extra = int(ups[0]), float(extras[0])
@@ -199,7 +217,15 @@ def select_ranks_by_table(
             if near >= ratios[best] * (1 - 1e-9):
                 fitting.append((near, -order.index(name), name, nearest, extra))
             else:
-                fitting.append((float(ratios[best]), -order.index(name), name, int(ups[best]), float(extras[best])))
+                fitting.append(
+                    (
+                        float(ratios[best]),
+                        -order.index(name),
+                        name,
+                        int(ups[best]),
+                        float(extras[best]),
+                    )
+                )
         if not fitting:
             return ranks
         _, _, name, up, extra = max(fitting)
@@ -218,13 +244,15 @@ def _as_table(costs, d: int, name: str) -> List[float]:
         return [step * r for r in range(1, d + 1)]
     table = [float(c) for c in (costs.tolist() if isinstance(costs, torch.Tensor) else costs)]
     if len(table) != d:
-        raise AccelDetError(f"the cost table of {name} has {len(table)} entries, expected one per rank 1..{d}")
+        raise AccelDetError(
+            f"the cost table of {name} has {len(table)} entries, expected one per rank 1..{d}"
+        )
     if not all(math.isfinite(c) for c in table):
         raise AccelDetError(f"the cost table of {name} has non-finite entries")
     return table
 
 
-def _monotone(table: Sequence[float]) -> List[float]:
+def monotone_costs(table: Sequence[float]) -> List[float]:
     """Non-decreasing in the rank: cost(r) = min over r' ≥ r of the given cost(r')."""
     result = list(table)
     for i in range(len(result) - 2, -1, -1):
@@ -232,7 +260,9 @@ def _monotone(table: Sequence[float]) -> List[float]:
     return result
 
 
-def round_down_ranks(ranks: Mapping[str, int], multiple: int, full: Mapping[str, int]) -> Dict[str, int]:
+def round_down_ranks(
+    ranks: Mapping[str, int], multiple: int, full: Mapping[str, int]
+) -> Dict[str, int]:
     """Ranks rounded down to a multiple of ``multiple`` (at least ``multiple``, at most the full
     rank), for uniform ranks with ``round_ranks_to``; rounding down never exceeds a budget."""
     if multiple <= 1:
@@ -278,7 +308,8 @@ def spatial_ranks(
     *,
     round_to: int = 1,
 ) -> Dict[str, int]:
-    """d'' per layer so that the layers fit ``budget`` multiply-adds, each with the same spatial ratio.
+    """d'' per layer so that the layers fit ``budget`` multiply-adds, each with the same spatial
+    ratio.
 
     The k×k part of every layer (d' filters when ``ranks`` are given, else d) is made s times
     cheaper, d'' = floor(d̃·k²c / (s·(kh·c + kw·d̃))); the 1×1 layers of ``ranks`` cost
@@ -312,7 +343,9 @@ def spatial_ranks(
         for spec in specs:
             width = ranks.get(spec.name, spec.out_channels)
             dense = width * spec.fan_in * spec.positions
-            result[spec.name] = rounded(spec, math.floor(dense / (ratio * spatial_macs(spec, 1, width)) + 1e-9))
+            result[spec.name] = rounded(
+                spec, math.floor(dense / (ratio * spatial_macs(spec, 1, width)) + 1e-9)
+            )
         return result
 
     def cost_of(chosen: Mapping[str, int]) -> float:

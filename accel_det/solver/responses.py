@@ -17,12 +17,14 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
-from .distributed import gather_samples, sum_over_processes
+from ..utils.dist import gather_samples, sum_over_processes
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # images N×3×H×W, their global indices (N,)
 
 
-def sample_positions(seed: int, layer: int, image_index: int, out_hw: Tuple[int, int], count: int) -> torch.Tensor:
+def sample_positions(
+    seed: int, layer: int, image_index: int, out_hw: Tuple[int, int], count: int
+) -> torch.Tensor:
     """``count`` distinct flat positions in an ``out_hw`` map, fixed by (seed, layer, image)."""
     size = out_hw[0] * out_hw[1]
     rng = np.random.default_rng([seed, layer, image_index])
@@ -52,14 +54,18 @@ def iterate_batches(batches: Iterable, device: Optional[torch.device] = None) ->
 
 
 def gather_responses(output: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Rows ``output[n, :, position]`` for every image n and each of its positions: (Σ counts) × d."""
+    """Rows ``output[n, :, position]`` for every image n and each of its positions: (Σ counts) ×
+    d."""
     flat = output.flatten(2)
     rows = [flat[n][:, p.to(flat.device)].T for n, p in enumerate(positions)]
     return torch.cat(rows).float()
 
 
-def gather_patches(inputs: torch.Tensor, positions: Sequence[torch.Tensor], conv: nn.Module, out_hw) -> torch.Tensor:
-    """The k×k input patches (zero-padded like ``conv``) that produce the outputs at ``positions``."""
+def gather_patches(
+    inputs: torch.Tensor, positions: Sequence[torch.Tensor], conv: nn.Module, out_hw
+) -> torch.Tensor:
+    """The k×k input patches (zero-padded like ``conv``) that produce the outputs at
+    ``positions``."""
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     padded = F.pad(inputs, (pw, pw, ph, ph))
     image = torch.cat([torch.full_like(p, n) for n, p in enumerate(positions)]).to(inputs.device)
@@ -73,54 +79,12 @@ def gather_patches(inputs: torch.Tensor, positions: Sequence[torch.Tensor], conv
 
 
 def patch_responses(convs: Sequence[nn.Conv2d], patches: torch.Tensor) -> torch.Tensor:
-    """Responses at the centre of each patch of a chain of convs (their padding is already in the patch)."""
+    """Responses at the centre of each patch of a chain of convs (their padding is already in the
+    patch)."""
     x = patches
     for conv in convs:
         x = F.conv2d(x, conv.weight, conv.bias)
     return x.flatten(1).float()
-
-
-def collect_original_responses(
-    features: nn.Sequential,
-    batches: Iterable,
-    layers: Mapping[str, int],
-    samples_per_image: int,
-    seed: int,
-    device: Optional[torch.device] = None,
-    progress: bool = True,
-) -> Tuple[Dict[str, torch.Tensor], List[torch.Tensor]]:
-    """Pre-ReLU responses y of every conv in ``layers`` (name → index in ``features``), one pass.
-
-    Returns samples per layer (n × d, on the CPU; under torch.distributed those of all processes)
-    and a fingerprint per batch, so that later passes can check that the batches did not change.
-    """
-    last = max(layers.values())
-    by_index = {index: name for name, index in layers.items()}
-    layer_number = {name: number for number, name in enumerate(layers)}
-    samples: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
-    images_of: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
-    fingerprints = []
-    with torch.inference_mode():
-        for images, indices in tqdm(iterate_batches(batches, device), desc="original responses", disable=not progress, leave=False):
-            fingerprints.append(_fingerprint(images))
-            x = images
-            for index, module in enumerate(features):
-                if index > last:
-                    break
-                x = module(x)
-                name = by_index.get(index)
-                if name is not None:
-                    hw = (x.shape[2], x.shape[3])
-                    positions = [sample_positions(seed, layer_number[name], int(i), hw, samples_per_image) for i in indices]
-                    samples[name].append(gather_responses(x, positions).cpu())
-                    images_of[name].append(_row_images(indices, positions))
-    if sum_over_processes(len(fingerprints)) == 0:
-        raise AccelDetError("no image batches were given")
-    result = {}
-    for name, index in layers.items():
-        rows, images = _stack(samples[name], images_of[name], features[index].out_channels)
-        result[name] = _checked(name, gather_samples(rows, images)[0])
-    return result, fingerprints
 
 
 @dataclass
@@ -137,63 +101,155 @@ class LayerInputs:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
 
-def collect_regressor_responses(
-    features: nn.Sequential,
-    batches: Iterable,
-    name: str,
-    index: int,
-    layer_number: int,
-    regressor: Sequence[nn.Conv2d],
-    samples_per_image: int,
-    seed: int,
-    fingerprints: Sequence[torch.Tensor],
-    device: Optional[torch.device] = None,
-    progress: bool = True,
-    inputs: Optional[LayerInputs] = None,
-    memory: int = 0,
-) -> Tuple[torch.Tensor, Optional[LayerInputs]]:
-    """Responses ŷ = W̃ x̂ at the sampled positions, x̂ being the input of layer ``index`` in the
-    (partly approximated) ``features`` and W̃ the conv chain ``regressor``.
+class ResponseSampler:
+    """Responses of conv layers to one set of image batches, sampled at ``samples_per_image``
+    positions per image and layer fixed by (``seed``, layer, image index).
 
-    The pass starts from ``inputs`` of an earlier layer when given, else from the images. It also
-    returns this layer's inputs when they fit in ``memory`` bytes (besides ``inputs``), so that
-    passes cost one approximated layer each instead of the whole approximated front.
+    :meth:`original` makes the pass of the original network (and remembers a fingerprint of every
+    batch); :meth:`regressed` the later passes of the network approximated so far, checked against
+    those fingerprints. ``memory`` bounds (in bytes) the approximated activations kept between
+    passes. Under torch.distributed the samples of all processes are pooled, in image order.
     """
-    conv = features[index]
-    rows, images_of = [], []
-    budget = memory - (inputs.nbytes if inputs is not None else 0)
-    kept: Optional[LayerInputs] = LayerInputs(index, [], []) if budget > 0 else None
-    if inputs is not None:
-        start = inputs.index
-        stream = ((x.to(device), i) for x, i in zip(inputs.tensors, inputs.indices))
-    else:
-        start = 0
-        stream = iterate_batches(batches, device)
-    with torch.inference_mode():
-        for number, (x, indices) in enumerate(tqdm(stream, desc=f"{name} approximated inputs", disable=not progress, leave=False)):
-            if inputs is None and (number >= len(fingerprints) or not torch.allclose(_fingerprint(x), fingerprints[number], rtol=1e-5, atol=1e-6)):
-                raise AccelDetError("the batches changed between passes: give the same images in the same order every time (e.g. a DataLoader with shuffle=False and no random augmentation)")
-            for module in features[start:index]:  # starts with a conv: ``inputs`` are never changed in place
-                x = module(x)
-            out_hw = _out_hw(conv, x.shape[2:])
-            positions = [sample_positions(seed, layer_number, int(i), out_hw, samples_per_image) for i in indices]
-            rows.append(patch_responses(regressor, gather_patches(x, positions, conv, out_hw)).cpu())
-            images_of.append(_row_images(indices, positions))
-            if kept is not None:
-                kept.tensors.append(x.cpu())
-                kept.indices.append(indices)
-                if kept.nbytes > budget:
-                    kept = None
-    stacked, images = _stack(rows, images_of, regressor[-1].out_channels)
-    return _checked(name, gather_samples(stacked, images)[0]), kept
+
+    def __init__(
+        self,
+        batches: Iterable,
+        samples_per_image: int,
+        seed: int = 0,
+        device: Optional[torch.device] = None,
+        progress: bool = True,
+        memory: int = 0,
+    ):
+        self.batches = batches
+        self.samples_per_image = samples_per_image
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+        self.memory = memory
+        self.fingerprints: List[torch.Tensor] = []
+        self.layers: Mapping[str, int] = {}
+
+    @property
+    def num_images(self) -> int:
+        """Images of this process seen by the original pass."""
+        return sum(len(f) for f in self.fingerprints)
+
+    def original(
+        self, features: nn.Sequential, layers: Mapping[str, int]
+    ) -> Dict[str, torch.Tensor]:
+        """Pre-ReLU responses y of every conv in ``layers`` (name → index in ``features``), one
+        pass: samples per layer (n × d, on the CPU; under torch.distributed those of all
+        processes)."""
+        self.layers = dict(layers)
+        last = max(layers.values())
+        by_index = {index: name for name, index in layers.items()}
+        layer_number = {name: number for number, name in enumerate(layers)}
+        samples: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
+        images_of: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
+        self.fingerprints = []
+        stream = iterate_batches(self.batches, self.device)
+        with torch.inference_mode():
+            for images, indices in tqdm(
+                stream, desc="original responses", disable=not self.progress, leave=False
+            ):
+                self.fingerprints.append(_fingerprint(images))
+                x = images
+                for index, module in enumerate(features):
+                    if index > last:
+                        break
+                    x = module(x)
+                    name = by_index.get(index)
+                    if name is not None:
+                        hw = (x.shape[2], x.shape[3])
+                        positions = self.positions(layer_number[name], indices, hw)
+                        samples[name].append(gather_responses(x, positions).cpu())
+                        images_of[name].append(_row_images(indices, positions))
+        if sum_over_processes(len(self.fingerprints)) == 0:
+            raise AccelDetError("no image batches were given")
+        result = {}
+        for name, index in layers.items():
+            rows, images = _stack(samples[name], images_of[name], features[index].out_channels)
+            result[name] = _checked(name, gather_samples(rows, images)[0])
+        return result
+
+    def positions(self, layer_number: int, indices: torch.Tensor, out_hw) -> List[torch.Tensor]:
+        return [
+            sample_positions(self.seed, layer_number, int(i), out_hw, self.samples_per_image)
+            for i in indices
+        ]
+
+    def regressed(
+        self,
+        features: nn.Sequential,
+        name: str,
+        regressor: Sequence[nn.Conv2d],
+        inputs: Optional[LayerInputs] = None,
+    ) -> Tuple[torch.Tensor, Optional[LayerInputs]]:
+        """Responses ŷ = W̃ x̂ at the sampled positions of layer ``name``, x̂ being its input in the
+        (partly approximated) ``features`` and W̃ the conv chain ``regressor``.
+
+        The pass starts from ``inputs`` of an earlier layer when given, else from the images. It
+        also returns this layer's inputs when they fit in ``memory`` (besides ``inputs``), so
+        that passes cost one approximated layer each instead of the whole approximated front.
+        """
+        index = self.layers[name]
+        layer_number = list(self.layers).index(name)
+        conv = features[index]
+        rows, images_of = [], []
+        budget = self.memory - (inputs.nbytes if inputs is not None else 0)
+        kept: Optional[LayerInputs] = LayerInputs(index, [], []) if budget > 0 else None
+        if inputs is not None:
+            start = inputs.index
+            stream = ((x.to(self.device), i) for x, i in zip(inputs.tensors, inputs.indices))
+        else:
+            start = 0
+            stream = iterate_batches(self.batches, self.device)
+        with torch.inference_mode():
+            bar = tqdm(
+                stream, desc=f"{name} approximated inputs", disable=not self.progress, leave=False
+            )
+            for number, (x, indices) in enumerate(bar):
+                if inputs is None:
+                    self.check_unchanged(number, x)
+                for module in features[
+                    start:index
+                ]:  # starts with a conv: ``inputs`` are never changed in place
+                    x = module(x)
+                out_hw = _out_hw(conv, x.shape[2:])
+                positions = self.positions(layer_number, indices, out_hw)
+                rows.append(
+                    patch_responses(regressor, gather_patches(x, positions, conv, out_hw)).cpu()
+                )
+                images_of.append(_row_images(indices, positions))
+                if kept is not None:
+                    kept.tensors.append(x.cpu())
+                    kept.indices.append(indices)
+                    if kept.nbytes > budget:
+                        kept = None
+        stacked, images = _stack(rows, images_of, regressor[-1].out_channels)
+        return _checked(name, gather_samples(stacked, images)[0]), kept
+
+    def check_unchanged(self, number: int, images: torch.Tensor) -> None:
+        """Refuse a batch that differs from the original pass's batch ``number``."""
+        if number >= len(self.fingerprints) or not torch.allclose(
+            _fingerprint(images), self.fingerprints[number], rtol=1e-5, atol=1e-6
+        ):
+            raise AccelDetError(
+                "the batches changed between passes: give the same images in the same order every "
+                "time (e.g. a DataLoader with shuffle=False and no random augmentation)"
+            )
 
 
 def _row_images(indices: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
     """The image index of every sample row of a batch."""
-    return torch.repeat_interleave(indices.long(), torch.tensor([len(p) for p in positions], dtype=torch.long))
+    return torch.repeat_interleave(
+        indices.long(), torch.tensor([len(p) for p in positions], dtype=torch.long)
+    )
 
 
-def _stack(rows: List[torch.Tensor], images: List[torch.Tensor], width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _stack(
+    rows: List[torch.Tensor], images: List[torch.Tensor], width: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Concatenated rows and image indices; empty (0 × width) for a process that got no images."""
     if not rows:
         return torch.zeros(0, width), torch.zeros(0, dtype=torch.long)
@@ -212,5 +268,7 @@ def _fingerprint(images: torch.Tensor) -> torch.Tensor:
 
 def _checked(name: str, responses: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(responses).all():
-        raise AccelDetError(f"the responses of {name} contain NaN or Inf: check the weights and the images")
+        raise AccelDetError(
+            f"the responses of {name} contain NaN or Inf: check the weights and the images"
+        )
     return responses

@@ -1,4 +1,5 @@
-"""Jaderberg et al.'s scheme 2 spatial decomposition with "filter reconstruction", in closed form (§5)."""
+"""Jaderberg et al.'s scheme 2 spatial decomposition with "filter reconstruction", in closed form
+(§5)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,22 @@ from typing import Tuple
 import torch
 
 
-def filter_reconstruction(weight: torch.Tensor, spatial_rank: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def filter_reconstruction(
+    weight: torch.Tensor, spatial_rank: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Best rank-d'' split of a ``d × c × kh × kw`` kernel into ``vertical`` (d'' × c × kh × 1) and
     ``horizontal`` (d × d'' × 1 × kw) filters, minimising the filter error ‖W − W̃‖_F.
 
-    W̃[o, i, y, x] = Σ_t horizontal[o, t, x] · vertical[t, i, y], so W reshaped to the (c·kh) × (d·kw)
-    matrix A[(i, y), (o, x)] is approximated by a rank-d'' matrix, and the truncated SVD of A is the
-    optimum (Eckart–Young); Jaderberg et al. reached it by conjugate gradients.
+    W̃[o, i, y, x] = Σ_t horizontal[o, t, x] · vertical[t, i, y], so W reshaped to the
+    (c·kh) × (d·kw) matrix A[(i, y), (o, x)] is approximated by a rank-d'' matrix, and the truncated
+    SVD of A is the optimum (Eckart–Young); Jaderberg et al. reached it by conjugate gradients.
     """
     d, c, kh, kw = weight.shape
     matrix = weight.double().permute(1, 2, 0, 3).reshape(c * kh, d * kw)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     root = s[:spatial_rank].sqrt()
     vertical = (u[:, :spatial_rank] * root).T.reshape(spatial_rank, c, kh, 1)
-    horizontal = (vh[:spatial_rank].T * root).reshape(d, kw, spatial_rank).permute(0, 2, 1).unsqueeze(2)
+    horizontal = (
+        (vh[:spatial_rank].T * root).reshape(d, kw, spatial_rank).permute(0, 2, 1).unsqueeze(2)
+    )
     return vertical.to(weight.dtype).contiguous(), horizontal.to(weight.dtype).contiguous()
-
-
-def max_spatial_rank(weight_shape) -> int:
-    """Rank at which filter reconstruction is exact: min(c·kh, d·kw)."""
-    d, c, kh, kw = weight_shape
-    return min(c * kh, d * kw)

@@ -25,8 +25,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-def run_tool(main: Callable[[argparse.Namespace], Optional[int]], parser: argparse.ArgumentParser,
-             argv: Optional[Sequence[str]] = None) -> int:
+def run_tool(
+    main: Callable[[argparse.Namespace], Optional[int]],
+    parser: argparse.ArgumentParser,
+    argv: Optional[Sequence[str]] = None,
+) -> int:
     """Parse ``argv``, run ``main(args)``; an :class:`AccelDetError`, a missing file or a Ctrl-C
     becomes one line on stderr and exit code 2 (1 for Ctrl-C), unless ``--debug`` is given."""
     args = parser.parse_args(argv)

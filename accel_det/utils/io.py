@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -21,11 +23,15 @@ def atomic_path(path: str) -> Iterator[str]:
         raise AccelDetError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise AccelDetError(f"output folder {folder} is not writable")
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder
+    )
     os.close(handle)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+        os.chmod(
+            temporary, 0o666 & ~_umask()
+        )  # mkstemp makes it private; give it a normal file's mode
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -55,7 +61,8 @@ def atomic_write_json(obj: Any, path: str) -> None:
 
 
 def load_torch_file(path: str, what: str = "weights") -> Any:
-    """``torch.load(path, weights_only=True)`` with one clear error for a missing or corrupt file."""
+    """``torch.load(path, weights_only=True)`` with one clear error for a missing or corrupt
+    file."""
     if not os.path.isfile(path):
         raise AccelDetError(f"{what} file not found: {path}")
     try:
@@ -75,10 +82,16 @@ def load_json(path: str, what: str = "JSON") -> Any:
         raise AccelDetError(f"cannot read {what} file {path}: {error}") from None
 
 
+def load_json_object(path: str, what: str = "JSON") -> dict:
+    """:func:`load_json` of a file that must hold a JSON object."""
+    data = load_json(path, what)
+    if not isinstance(data, Mapping):
+        raise AccelDetError(f"{path} is not a {what}: it holds no JSON object")
+    return dict(data)
+
+
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes (recorded next to outputs to identify their source weights)."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -98,13 +111,17 @@ def check_writable_folder(folder: str, create: bool = True) -> str:
             try:
                 os.makedirs(folder, exist_ok=True)
             except OSError as error:
-                raise AccelDetError(f"cannot create output folder {folder}: {error.strerror or error}") from None
+                raise AccelDetError(
+                    f"cannot create output folder {folder}: {error.strerror or error}"
+                ) from None
         else:
             parent = os.path.dirname(folder)
             while not os.path.exists(parent):
                 parent = os.path.dirname(parent)
             if not os.path.isdir(parent):
-                raise AccelDetError(f"cannot create output folder {folder}: {parent} is not a folder")
+                raise AccelDetError(
+                    f"cannot create output folder {folder}: {parent} is not a folder"
+                )
             _probe(parent, f"cannot create output folder {folder}: {parent} is not writable")
             return folder
     _probe(folder, f"output folder {folder} is not writable")
@@ -124,3 +141,17 @@ def refuse_existing(paths, overwrite: bool) -> None:
     for path in paths:
         if os.path.exists(path) and not overwrite:
             raise AccelDetError(f"output {path} already exists; pass --overwrite to replace it")
+
+
+def json_safe(value):
+    """Plain JSON types from nested records: mappings with string keys, lists, numbers (numpy and
+    torch scalars and tensors made plain, NaN and infinities made null), strings."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy / torch
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

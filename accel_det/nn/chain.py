@@ -1,0 +1,97 @@
+"""The conv / ReLU / max-pool chains accel-det works on (torchvision's VGG ``features`` layout):
+VGG layer names, the check that a module is such a chain, and applying a plan to one."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Mapping
+
+from torch import nn
+
+from ..errors import AccelDetError
+from .factorized import ORIGINAL, FactorizedConv2d, build_layer
+
+CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, FactorizedConv2d)
+
+
+def conv_names(features: nn.Sequential) -> "OrderedDict[str, int]":
+    """Map VGG-style names (conv1_1 … conv5_3) to indices in ``features``; a max-pool starts a
+    new block."""
+    check_features(features)
+    names: "OrderedDict[str, int]" = OrderedDict()
+    block, within = 1, 0
+    for index, module in enumerate(features):
+        if isinstance(module, (nn.Conv2d, FactorizedConv2d)):
+            within += 1
+            names[f"conv{block}_{within}"] = index
+        elif isinstance(module, nn.MaxPool2d) and within:
+            block, within = block + 1, 0
+    return names
+
+
+def check_features(features: nn.Module) -> None:
+    """Raise :class:`AccelDetError` unless ``features`` is a Conv2d / ReLU / MaxPool2d
+    ``nn.Sequential``."""
+    if not isinstance(features, nn.Sequential):
+        raise AccelDetError(
+            "features must be an nn.Sequential of Conv2d/ReLU/MaxPool2d, "
+            f"got {type(features).__name__}"
+        )
+    for index, module in enumerate(features):
+        if not isinstance(module, CHAIN_MODULES):
+            raise AccelDetError(
+                f"features[{index}] is {type(module).__name__}; only Conv2d, ReLU and MaxPool2d "
+                "chains are supported"
+            )
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.dilation != (1, 1)):
+            raise AccelDetError(
+                f"features[{index}]: grouped or dilated convolutions are not supported"
+            )
+        if isinstance(module, nn.Conv2d) and isinstance(module.padding, str):
+            raise AccelDetError(
+                f"features[{index}]: padding={module.padding!r} is not supported; use integers"
+            )
+    if not any(isinstance(m, (nn.Conv2d, FactorizedConv2d)) for m in features):
+        raise AccelDetError("features contains no Conv2d layer")
+
+
+def first_conv(features: nn.Sequential) -> nn.Module:
+    """The first conv (plain or factorized) of a chain."""
+    return next(m for m in features if isinstance(m, (nn.Conv2d, FactorizedConv2d)))
+
+
+def apply_plan(features: nn.Sequential, plan: Mapping) -> nn.Sequential:
+    """A copy of ``features`` with each conv replaced by the structure its plan entry names.
+
+    Only the architecture comes from the plan; new factorized layers are freshly initialised, so
+    load their weights from a state dict. Raises :class:`AccelDetError` when the plan does not fit.
+    """
+    names = conv_names(features)
+    layers: Mapping[str, Mapping] = plan.get("layers", {})
+    unknown = sorted(set(layers) - set(names))
+    if unknown:
+        raise AccelDetError(f"plan names layers the network does not have: {', '.join(unknown)}")
+    new = copy.deepcopy(features)
+    for name, index in names.items():
+        entry = layers.get(name, {"structure": ORIGINAL})
+        conv = new[index]
+        check_entry_fits(name, conv, entry)
+        new[index] = build_layer(conv, entry)
+    return new
+
+
+def check_entry_fits(name: str, module: nn.Module, entry: Mapping) -> None:
+    """Raise unless the plan entry's channel counts are ``module``'s and its ranks are positive
+    integers."""
+    for key in ("in_channels", "out_channels"):
+        if key in entry and entry[key] != getattr(module, key):
+            raise AccelDetError(
+                f"plan layer {name}: {key}={entry[key]} but the network has {getattr(module, key)}"
+            )
+    for key in ("rank", "spatial_rank"):
+        value = entry.get(key)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise AccelDetError(
+                f"plan layer {name}: {key} must be a positive integer, got {value!r}"
+            )

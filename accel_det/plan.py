@@ -1,0 +1,110 @@
+"""The plan: the per-layer structure of an accelerated network (ranks d', d''; which layers are
+left as they are) and how it was obtained, as plain JSON that people can read, diff and edit.
+
+Every reader and writer of a plan goes through this module: :meth:`Plan.read` checks the format
+and the layer entries, :meth:`Plan.write` writes atomically, :func:`plan_fingerprint` names the
+architecture a plan builds. The solver makes plans (:mod:`accel_det.solver.planning`); tools
+extend them with records of their run (options, inputs, timings), which stay plans.
+
+A plan's top level holds ``format``, ``method``, ``speedup``, ``theoretical_speedup``,
+``original_macs``, ``approximated_macs`` and ``layers``: per conv layer (``conv1_1`` …) its shape
+(``in_channels``, ``out_channels``, ``kernel_size``, …), ``structure`` (one of
+:data:`accel_det.nn.STRUCTURES`), ``rank`` (d'), ``spatial_rank`` (d''), ``macs``, ``pca_energy``
+and ``error``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Mapping, Optional
+
+from .errors import AccelDetError
+from .nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, STRUCTURES
+from .utils.io import atomic_write_json, load_json
+
+PLAN_FORMAT = "accel-det-plan/1"
+
+# which ranks each structure needs
+NEEDS_RANK = (CHANNEL, SPATIAL_CHANNEL)
+NEEDS_SPATIAL_RANK = (SPATIAL, SPATIAL_CHANNEL)
+
+
+class Plan(dict):
+    """A plan dict (JSON-serialisable as it is) with its checks, reader, writer and fingerprint."""
+
+    @classmethod
+    def read(cls, path: str, what: str = "plan") -> "Plan":
+        """The plan in the JSON file ``path`` (``what`` names the file in errors), checked."""
+        return cls.from_dict(load_json(path, what), source=path)
+
+    @classmethod
+    def from_dict(cls, data, source: str = "the plan") -> "Plan":
+        """``data`` as a :class:`Plan`, after :func:`check_plan`."""
+        check_plan(data, source)
+        return cls(data)
+
+    @property
+    def layers(self) -> dict:
+        return self["layers"]
+
+    def write(self, path: str) -> None:
+        """Write the plan to ``path`` atomically (never a half-written file)."""
+        atomic_write_json(dict(self), path)
+
+    def fingerprint(self) -> str:
+        return plan_fingerprint(self)
+
+
+def check_plan(data, source: str = "the plan") -> None:
+    """Raise :class:`AccelDetError` unless ``data`` is a plan of this format whose layer entries
+    name known structures with the ranks they need."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("layers"), Mapping):
+        raise AccelDetError(f"{source} is not a plan: it has no 'layers' entry")
+    if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+        raise AccelDetError(
+            f"{source}: unsupported plan format {data.get('format')!r}, expected {PLAN_FORMAT}"
+        )
+    for name, entry in data["layers"].items():
+        if not isinstance(entry, Mapping):
+            raise AccelDetError(f"{source} has a malformed layer entry: {name} is not an object")
+        structure = entry.get("structure", ORIGINAL)
+        if structure not in STRUCTURES:
+            raise AccelDetError(
+                f"{source} has a malformed layer entry: {name} has structure {structure!r}, "
+                f"expected one of {', '.join(STRUCTURES)}"
+            )
+        for key, needed in (("rank", NEEDS_RANK), ("spatial_rank", NEEDS_SPATIAL_RANK)):
+            value = entry.get(key)
+            if value is None and structure in needed:
+                raise AccelDetError(
+                    f"{source} has a malformed layer entry: {name} is {structure} but has no {key}"
+                )
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise AccelDetError(
+                    f"{source} has a malformed layer entry: {name} has {key}={value!r}, "
+                    "expected a positive integer"
+                )
+
+
+def plan_fingerprint(plan: Optional[Mapping]) -> str:
+    """A short digest of a plan's architecture (structure, d', d'' and channels of each layer):
+    equal for plans that build the same network, whatever else they record. ``None`` or a plan
+    whose layers are all original gives the fingerprint of the original network."""
+    layers = (plan or {}).get("layers") or {}
+    key = []
+    for name in sorted(layers):
+        entry = layers[name]
+        structure = entry.get("structure", ORIGINAL)
+        if structure != ORIGINAL:
+            key.append(
+                [
+                    name,
+                    structure,
+                    entry.get("rank"),
+                    entry.get("spatial_rank"),
+                    entry.get("in_channels"),
+                    entry.get("out_channels"),
+                ]
+            )
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]

@@ -1,0 +1,119 @@
+"""The Detectron2 Fast R-CNN in the speed benchmark: detectors from the configs with random
+weights and a shared box head, random proposals, and the timed case."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ...errors import AccelDetError
+from ...utils.timing import measure_for
+from .macs import detector_fvcore_macs, detector_macs
+from .speed import ORIGINAL_NAME, Case, grid_rows
+
+
+def detector_inputs(case: Case, proposals: int = 300, seed: int = 0, device="cpu") -> List[dict]:
+    """``case.batch`` Detectron2 inputs: random images of ``case.hw`` (0-255) and ``proposals``
+    random precomputed boxes each (selective search itself is not timed)."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = case.hw
+    inputs = []
+    for _ in range(case.batch):
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
+        corner = torch.rand(proposals, 2, generator=g) * torch.tensor([w, h]) * 0.8
+        size = torch.rand(proposals, 2, generator=g) * torch.tensor([w, h]) * 0.5 + 4
+        boxes = torch.cat([corner, (corner + size).minimum(torch.tensor([w - 1.0, h - 1.0]))], 1)
+        instances = Instances((h, w))
+        instances.proposal_boxes = Boxes(boxes)
+        instances.objectness_logits = torch.zeros(proposals)
+        inputs.append(
+            {"image": image.to(device), "height": h, "width": w, "proposals": instances.to(device)}
+        )
+    return inputs
+
+
+def build_detectors(
+    plans: Mapping[str, Mapping],
+    plan_files: Mapping[str, str],
+    *,
+    width: float = 1.0,
+    opts: Sequence[str] = (),
+    device="cpu",
+    seed: int = 0,
+) -> Dict[str, nn.Module]:
+    """Fast R-CNN from ``configs/vgg16_voc.yaml`` and, per plan, from
+    ``configs/accel_vgg16_voc.yaml`` with ``MODEL.ACCEL.PLAN`` = its file; random weights (no
+    ``MODEL.WEIGHTS`` loaded), the box head shared: every accelerated model takes the original's
+    non-backbone weights. The classifier is set so that no box passes ``SCORE_THRESH_TEST``: NMS
+    work, which random weights would make arbitrary and different per model, is left out (a few ms
+    in a trained detector)."""
+    from detectron2.modeling import build_model
+
+    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
+
+    from ...detection.config import load_config
+
+    base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, "MODEL.WEIGHTS", "", *opts]
+    torch.manual_seed(seed)
+    original = build_model(load_config("vgg16_voc.yaml", base)).eval()
+    predictor = original.roi_heads.box_predictor
+    with torch.no_grad():
+        predictor.cls_score.weight.zero_()
+        predictor.cls_score.bias.zero_()
+        predictor.cls_score.bias[-1] = 10.0  # background
+    heads = {k: v for k, v in original.state_dict().items() if not k.startswith("backbone.")}
+    detectors = {ORIGINAL_NAME: original}
+    for name in plans:
+        model = build_model(
+            load_config("accel_vgg16_voc.yaml", base + ["MODEL.ACCEL.PLAN", plan_files[name]])
+        ).eval()
+        missing, unexpected = model.load_state_dict(heads, strict=False)
+        if unexpected or any(not k.startswith("backbone.") for k in missing):
+            raise AccelDetError(
+                f"the detectors of {name} and the original differ outside the backbone"
+            )
+        detectors[name] = model
+    return detectors
+
+
+def detector_case(
+    case: Case,
+    detectors: Mapping[str, nn.Module],
+    plans: Mapping[str, Mapping],
+    *,
+    threads: int,
+    seconds: float,
+    proposals: int = 300,
+    device="cpu",
+    check_fvcore: bool = True,
+    warmup: int = 1,
+    min_repeats: int = 2,
+    max_repeats: int = 10,
+    seed: int = 0,
+) -> List[dict]:
+    """One detector case: each detector (backbone in channels_last) called on the same inputs
+    (Detectron2's preprocessing, backbone, RoI pooling, fc6/fc7, predictions, post-processing)."""
+    inputs = detector_inputs(case, proposals, seed, device)
+    macs, conv, checked = {}, {}, {}
+    for name, model in detectors.items():
+        model.backbone.to(memory_format=torch.channels_last)
+        macs[name], conv[name] = detector_macs(model, inputs)
+        if check_fvcore:
+            checked[name] = detector_fvcore_macs(model, inputs[:1]) * case.batch
+    timed = measure_for(
+        {n: (lambda m=m: m(inputs)) for n, m in detectors.items()},
+        threads=threads,
+        seconds=seconds,
+        warmup=warmup,
+        min_repeats=min_repeats,
+        max_repeats=max_repeats,
+        device=device,
+    )
+    rows = grid_rows(case, timed, macs, conv, checked, plans, torch.float32)
+    for row in rows:
+        row["proposals"] = proposals
+    return rows

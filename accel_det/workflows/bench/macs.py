@@ -1,0 +1,63 @@
+"""Multiply-adds of whole models: ours (the count every theoretical speedup comes from) and
+fvcore's, for the cross-check."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+from torch import nn
+
+from ...nn.chain import conv_names
+from ...nn.factorized import FactorizedConv2d
+from ...solver.complexity import conv_macs, structure_macs
+from ...solver.network import conv_specs
+
+
+def features_macs(features: nn.Sequential, input_hw: Tuple[int, int], batch: int = 1) -> int:
+    """Multiply-adds of every conv of ``features`` (plain or factorized) for ``batch`` images of
+    ``input_hw``, by :mod:`accel_det.solver.complexity` (the theoretical speedup's count)."""
+    total = 0
+    layers = conv_names(features)
+    for spec in conv_specs(features, tuple(input_hw)):
+        module = features[layers[spec.name]]
+        if isinstance(module, FactorizedConv2d):
+            total += structure_macs(spec, module.structure, module.rank, module.spatial_rank)
+        else:
+            total += conv_macs(spec)
+    return total * batch
+
+
+def fvcore_macs(model: nn.Module, inputs) -> int:
+    """fvcore's count (one "flop" per multiply-add of convs and linear layers) for one call."""
+    import fvcore.nn
+
+    analysis = fvcore.nn.FlopCountAnalysis(model, inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return int(analysis.total())
+
+
+def detector_macs(model: nn.Module, inputs: Sequence[dict]) -> Tuple[int, int]:
+    """(all, conv) multiply-adds of one detector call: the backbone's convs by
+    :func:`features_macs` at the padded input size, plus RoIs × in × out of every linear layer of
+    the RoI heads (fc6, fc7, classifier, box regressor)."""
+    images = model.preprocess_image(inputs)
+    hw = tuple(images.tensor.shape[-2:])
+    conv = features_macs(model.backbone.features, hw, len(inputs))
+    rois = sum(len(x["proposals"]) for x in inputs)
+    linear = sum(
+        m.in_features * m.out_features
+        for m in model.roi_heads.modules()
+        if isinstance(m, nn.Linear)
+    )
+    return conv + rois * linear, conv
+
+
+def detector_fvcore_macs(model: nn.Module, inputs: Sequence[dict]) -> int:
+    """fvcore's count for one detector call (Detectron2's ``FlopCountAnalysis`` wrapper)."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(model, list(inputs))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return int(analysis.total())

@@ -1,0 +1,114 @@
+"""Plans the speed benchmark times: the paper's Table 6 ranks, the solver's plans from sampled
+eigenvalues (as solved and with ranks rounded), and what a reader needs of a plan."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ...errors import AccelDetError
+from ...nn.chain import conv_names
+from ...nn.factorized import CHANNEL
+from ...plan import plan_fingerprint
+from ...solver import SolverOptions, make_plan, plan_from_structures
+from ...solver.channel import covariance, eigen_descending
+from ...solver.network import conv_specs
+from ...solver.responses import ResponseSampler
+
+# Paper Table 6, VGG-16 at 4x with rank selection (asym., conv1_1 kept): d' of conv1_2 ... conv5_3.
+TABLE6_4X_RANKS = {
+    "conv1_2": 11,
+    "conv2_1": 25,
+    "conv2_2": 28,
+    "conv3_1": 52,
+    "conv3_2": 46,
+    "conv3_3": 56,
+    "conv4_1": 104,
+    "conv4_2": 92,
+    "conv4_3": 100,
+    "conv5_1": 232,
+    "conv5_2": 224,
+    "conv5_3": 214,
+}
+TABLE6_NAME = "asym (Table 6 ranks)"
+
+
+def table6_plan(features: nn.Sequential, input_hw: Tuple[int, int] = (224, 224)) -> dict:
+    """The paper's VGG-16 4x ranks (Table 6, asym., rank selection) as a ``channel`` plan."""
+    specs = conv_specs(features, input_hw)
+    if [s.out_channels for s in specs] != [
+        64,
+        64,
+        128,
+        128,
+        256,
+        256,
+        256,
+        512,
+        512,
+        512,
+        512,
+        512,
+        512,
+    ]:
+        raise AccelDetError("the Table 6 ranks are for full-width VGG-16 (width 1)")
+    layers = {name: {"structure": CHANNEL, "rank": rank} for name, rank in TABLE6_4X_RANKS.items()}
+    return plan_from_structures(
+        specs, layers, method="asym", source="paper Table 6, 4x, rank selection", skip=["conv1_1"]
+    )
+
+
+def sampled_eigenvalues(
+    features: nn.Sequential, images: torch.Tensor, *, samples_per_image: int, seed: int = 0
+) -> Dict[str, torch.Tensor]:
+    """Per conv layer, the eigenvalues (largest first) of the covariance of its responses sampled
+    at random positions of ``images`` (what rank selection reads, eqs. 13-14)."""
+    names = conv_names(features)
+    batches = [images[i : i + 8] for i in range(0, len(images), 8)]
+    truth = ResponseSampler(batches, samples_per_image, seed, progress=False).original(
+        features, names
+    )
+    return {name: eigen_descending(covariance(truth[name])[1])[0] for name in names}
+
+
+def solver_plans(
+    features: nn.Sequential,
+    eigenvalues: Mapping[str, torch.Tensor],
+    input_hw: Tuple[int, int],
+    *,
+    speedup: float = 4.0,
+    methods: Sequence[str] = ("asym", "asym3d"),
+    round_to: int = 16,
+    skip: Sequence[str] = ("conv1_1",),
+) -> Dict[str, dict]:
+    """The plans ``compress`` would follow (rank selection by multiply-adds) for each method, as
+    solved and with d' and d'' rounded to ``round_to`` (the solver's ``round_ranks_to``)."""
+    specs = conv_specs(features, input_hw)
+    plans = {}
+    for method in methods:
+        for multiple in (1, round_to) if round_to > 1 else (1,):
+            options = SolverOptions(
+                speedup=speedup, method=method, skip=tuple(skip), round_ranks_to=multiple
+            )
+            plans[method if multiple == 1 else f"{method}, ranks x{multiple}"] = make_plan(
+                specs, eigenvalues, options
+            )
+    return plans
+
+
+def plan_summary(plan: Mapping) -> dict:
+    """What a reader needs of a plan: method, theoretical speedup, d' and d'' per layer."""
+    layers = plan["layers"]
+    return {
+        "method": plan.get("method"),
+        "theoretical_speedup": plan.get("theoretical_speedup"),
+        "fingerprint": plan_fingerprint(plan),
+        "ranks": {n: e.get("rank") for n, e in layers.items() if e.get("rank")},
+        "spatial_ranks": {
+            n: e.get("spatial_rank") for n, e in layers.items() if e.get("spatial_rank")
+        },
+        **({"source": plan["source"]} if isinstance(plan.get("source"), str) else {}),
+        **({"file": plan["file"]} if plan.get("file") else {}),
+    }

@@ -1,0 +1,49 @@
+"""Settings of the demo (``tools/demo.py``); the model and training recipe live in its configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+from ...data.synthetic.voc import DEFAULT_CLASSES
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    """Settings of the demo; the model and training recipe live in the two config files."""
+
+    output: str = "output/demo"
+    config: str = "demo/vgg16_synthetic.yaml"
+    accel_config: str = "demo/accel_vgg16_synthetic.yaml"
+    speedups: Sequence[float] = (2.0, 3.0, 4.0)
+    method: str = "asym3d"
+    data_root: Optional[str] = None  # default $DETECTRON2_DATASETS/synthetic_voc
+    num_trainval: int = 800
+    num_test: int = 200
+    classes: Sequence[str] = (
+        DEFAULT_CLASSES  # synthetic shapes; MODEL.ROI_HEADS.NUM_CLASSES follows
+    )
+    max_objects: int = 3  # per image
+    min_object: float = 0.3  # object size as a fraction of the image height
+    max_object: float = 0.65
+    proposal_min_size: int = 8  # pixels; the images are small
+    pretrain_iterations: int = 1000  # crop-classifier iterations (batches of 32 crops, 64×64)
+    pretrain_lr: float = 0.05
+    compress_images: int = 128  # training images the solver samples responses from
+    samples_per_image: int = 20
+    threads: int = 1  # torch threads for training and evaluation
+    latency_threads: int = 1  # the paper's CPU timings are single-thread
+    latency_warmup: int = 5
+    latency_repeats: int = 30
+    full_width_repeats: int = 5  # also time the plans' structures on a full-width VGG-16 (0: skip)
+    workers: int = 2  # processes for data generation and selective search
+    seed: int = 0
+    opts: Sequence[str] = ()  # config overrides for every stage
+    finetune_opts: Sequence[str] = ()  # config overrides for the fine-tuning stages
+    force: bool = False
+    progress: bool = True
+
+    def record(self) -> dict:
+        return {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+        }

@@ -1,0 +1,416 @@
+"""The main job (``make demo``): AP50 against speedup for Fast R-CNN with an accelerated VGG-16.
+
+:func:`run_demo` runs the stages in order; each one reuses its finished result when run again
+with the same settings (``force`` redoes everything):
+
+1. :meth:`DemoRun.make_data`: a synthetic VOC-format data set (not PASCAL VOC) at
+   ``$DETECTRON2_DATASETS/synthetic_voc`` and selective-search proposals for it;
+2. :meth:`DemoRun.pretrain`: a stand-in for ImageNet pre-training, the narrow VGG-16's conv
+   layers trained as a classifier of object and background crops (:mod:`.pretrain`), converted
+   like ImageNet weights;
+3. :meth:`DemoRun.train`: the baseline Fast R-CNN from those weights
+   (``configs/demo/vgg16_synthetic.yaml``), its batch norms (if any) folded;
+4. :meth:`DemoRun.accelerate`: for each speedup, the baseline's backbone compressed with the
+   paper's solver on training images preprocessed as the detector's input, evaluated, then
+   fine-tuned briefly (``configs/demo/accel_vgg16_synthetic.yaml``) and evaluated again;
+5. :meth:`DemoRun.measure`: latency of backbone and whole detector;
+6. :func:`.report.write_demo_report`: ``report.md``, ``mAP_vs_speedup.png``, ``results.json``.
+
+The same code path as ``tools/train_net.py`` (configs, registered backbones, ``Trainer``,
+``PascalVOCDetectionEvaluator``); the demo only differs through config keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from ...data.synthetic.voc import make_synthetic_voc
+from ...detection.config import load_config
+from ...detection.convert import vgg16_to_detectron2
+from ...detection.datasets import datasets_root, register_synthetic_voc
+from ...detection.proposals import check_proposal_file, make_proposals
+from ...detection.trainer import Trainer, by_dataset, check_inputs, save_results
+from ...errors import AccelDetError
+from ...utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_safe
+from ..report import eval_ap50
+from .cache import cached_record, file_digest, stage_key
+from .detector import compress_backbone, detector_batches, load_model
+from .latency import measure_detectors
+from .options import DemoOptions
+from .pretrain import pretrain_on_crops
+from .report import write_demo_report
+
+logger = logging.getLogger("accel_det.demo")
+
+
+def run_demo(options: DemoOptions) -> dict:
+    """Run every stage; returns the summary also written to ``<output>/results.json``."""
+    start = time.perf_counter()
+    run = DemoRun(options)
+    with run.timed("data"):
+        run.make_data()
+    with run.timed("pretrain"):
+        pretrained = run.pretrain()
+    with run.timed("baseline"):
+        baseline = run.train(pretrained)
+    records = [baseline]
+    for speedup in options.speedups:
+        with run.timed(f"{options.method}_{speedup:g}x"):
+            records.append(run.accelerate(speedup, baseline))
+    with run.timed("latency"):
+        run.measure(records)
+    run.timings["total"] = time.perf_counter() - start
+    return write_demo_report(run.out, records, options, run.base_cfg, run.timings, run.data_dir)
+
+
+class DemoRun:
+    """One run of the demo: its output folder, configs and data, and the stages."""
+
+    def __init__(self, options: DemoOptions):
+        self.out = os.path.abspath(options.output)
+        os.makedirs(self.out, exist_ok=True)
+        setup_logger(self.out, name="detectron2", abbrev_name="d2")
+        setup_logger(self.out, name="accel_det")
+        torch.set_num_threads(options.threads)
+        class_opts = ["MODEL.ROI_HEADS.NUM_CLASSES", str(len(options.classes))]
+        self.options = dataclasses.replace(options, opts=class_opts + list(options.opts))
+        self.base_cfg = load_config(self.options.config, list(self.options.opts))
+        self.data_dir = os.path.abspath(
+            options.data_root or os.path.join(datasets_root(), "synthetic_voc")
+        )
+        self.data_opts: List[str] = []
+        self.configs: Dict[str, object] = {}  # name -> the config of each final model
+        self.timings: Dict[str, float] = {}
+        self._batches: Optional[list] = None
+        self.accel_cfg = None  # the fine-tuning config, before the keys of one speedup
+
+    def timed(self, name: str):
+        """A context that adds the block's wall time to ``timings[name]``."""
+        run = self
+
+        class Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                run.timings[name] = time.perf_counter() - self.start
+
+        return Timer()
+
+    # ------------------------------------------------------------------ 1. data and proposals
+    def make_data(self) -> None:
+        """The synthetic VOC-format set and its selective-search proposals (Detectron2's files)."""
+        o = self.options
+        make_synthetic_voc(
+            self.data_dir,
+            num_trainval=o.num_trainval,
+            num_test=o.num_test,
+            image_size=int(self.base_cfg.INPUT.MIN_SIZE_TEST),
+            classes=o.classes,
+            max_objects=o.max_objects,
+            min_object=o.min_object,
+            max_object=o.max_object,
+            seed=o.seed,
+            workers=o.workers,
+            progress=o.progress,
+        )
+        register_synthetic_voc(self.data_dir, replace=True)
+        files = {}
+        for split in ("trainval", "test"):
+            path = os.path.join(self.data_dir, "proposals", f"selective_search_{split}.pkl")
+            name = f"synthetic_voc_{split}"
+            images = [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(name)]
+            if o.force or not proposals_ok(path, [i for i, _ in images], name):
+                logger.info("selective search over %s (%d images)", name, len(images))
+                make_proposals(
+                    images,
+                    path,
+                    min_size=o.proposal_min_size,
+                    workers=o.workers,
+                    progress=o.progress,
+                )
+            files[split] = path
+        self.data_opts = [
+            "DATASETS.TRAIN",
+            "('synthetic_voc_trainval',)",
+            "DATASETS.TEST",
+            "('synthetic_voc_test',)",
+            "DATASETS.PROPOSAL_FILES_TRAIN",
+            f"('{files['trainval']}',)",
+            "DATASETS.PROPOSAL_FILES_TEST",
+            f"('{files['test']}',)",
+            "SEED",
+            str(o.seed),
+        ]
+
+    # ------------------------------------------------------------------ 2. pre-training
+    def pretrain(self) -> dict:
+        """Train the crop classifier (:func:`pretrain_on_crops`) on ``synthetic_voc_trainval`` and
+        write its conv weights as a Detectron2 checkpoint (backbone only), as ImageNet weights
+        are."""
+        cfg, o = self.base_cfg, self.options
+        out = os.path.join(self.out, "pretrain")
+        os.makedirs(out, exist_ok=True)
+        weights = os.path.join(out, "vgg16_crops_d2.pth")
+        record_path = os.path.join(out, "result.json")
+        records = DatasetCatalog.get("synthetic_voc_trainval")
+        key = stage_key(
+            cfg.MODEL.VGG.WIDTH,
+            list(cfg.MODEL.PIXEL_MEAN),
+            list(cfg.MODEL.PIXEL_STD),
+            cfg.INPUT.FORMAT,
+            o.pretrain_iterations,
+            o.pretrain_lr,
+            o.seed,
+            len(records),
+            records[0]["file_name"],
+            file_digest(records[0]["file_name"]),
+        )
+        cached = cached_record(record_path, key, o.force)
+        if cached is not None and os.path.isfile(weights):
+            logger.info(
+                "pre-training: reusing %s (held-out crop accuracy %.3f)",
+                weights,
+                cached["held_out_accuracy"],
+            )
+            return cached
+        seed_all_rng(o.seed)
+        result = pretrain_on_crops(
+            records,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            width=cfg.MODEL.VGG.WIDTH,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+            input_format=cfg.INPUT.FORMAT,
+            iterations=o.pretrain_iterations,
+            lr=o.pretrain_lr,
+            seed=o.seed,
+            progress=o.progress,
+        )
+        atomic_torch_save(
+            result["state_dict"], os.path.join(out, "vgg16_crops.pth")
+        )  # torchvision layout
+        converted, info = vgg16_to_detectron2(result["state_dict"])
+        atomic_torch_save(
+            {
+                "model": converted,
+                "__author__": "accel-det demo (crop pre-training)",
+                "matching_heuristics": False,
+            },
+            weights,
+        )
+        record = {
+            "weights": weights,
+            "held_out_accuracy": result["held_out_accuracy"],
+            "seconds": result["seconds"],
+            "iterations": result["iterations"],
+            "final_loss": result["final_loss"],
+            "key": key,
+            **info,
+        }
+        atomic_write_json(record, record_path)
+        return record
+
+    # ------------------------------------------------------------------ 3. the baseline
+    def train(self, pretrained: dict) -> dict:
+        """The baseline Fast R-CNN, trained from the pre-trained backbone, norms folded."""
+        opts = (
+            list(self.options.opts)
+            + self.data_opts
+            + [
+                "OUTPUT_DIR",
+                os.path.join(self.out, "baseline"),
+                "MODEL.WEIGHTS",
+                pretrained["weights"],
+            ]
+        )
+        cfg = load_config(self.options.config, opts)
+        baseline = self.train_stage(
+            cfg, "baseline", {"theoretical_speedup": 1.0, "baseline": True, "pretrain": pretrained}
+        )
+        if cfg.MODEL.VGG.NORM:
+            baseline = self.fold_baseline(baseline, cfg)
+        logger.info("baseline AP50 %.1f", baseline["ap50"])
+        return baseline
+
+    def train_stage(self, cfg, name: str, extra: dict) -> dict:
+        """Train (Detectron2's ``Trainer``) and evaluate one config; reuse a finished identical
+        run."""
+        self.configs[name] = cfg
+        out = cfg.OUTPUT_DIR
+        os.makedirs(out, exist_ok=True)
+        weights = os.path.join(out, "model_final.pth")
+        key = stage_key(cfg.dump(), extra.get("plan"), file_digest(cfg.MODEL.WEIGHTS))
+        record_path = os.path.join(out, "result.json")
+        record = cached_record(record_path, key, self.options.force)
+        if record is not None and os.path.isfile(weights):
+            logger.info("%s: reusing the finished run in %s (AP50 %.1f)", name, out, record["ap50"])
+            return record
+        cfg.freeze()
+        check_inputs(cfg, train=True)
+        atomic_write_text(cfg.dump(), os.path.join(out, "config.yaml"))
+        seed_all_rng(self.options.seed)
+        start = time.perf_counter()
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
+        save_results(by_dataset(cfg, results), os.path.join(out, "eval_results.json"))
+        record = {
+            "name": name,
+            **extra,
+            "ap50": eval_ap50(results),
+            "eval": json_safe(results),
+            "weights": weights,
+            "config": os.path.join(out, "config.yaml"),
+            "output_dir": out,
+            "train_seconds": time.perf_counter() - start,
+            "iterations": cfg.SOLVER.MAX_ITER,
+            "key": key,
+        }
+        del trainer
+        atomic_write_json(record, record_path)
+        return record
+
+    def fold_baseline(self, record: dict, cfg) -> dict:
+        """Fold the baseline's batch norms into its convs (``VGG16Backbone.fold_norms``): a plain
+        VGG-16 detector, the one compressed and timed; evaluated again to show nothing changed."""
+        out = record["output_dir"]
+        path = os.path.join(out, "result_folded.json")
+        key = stage_key(record["key"], "folded")
+        weights = os.path.join(out, "model_folded.pth")
+        plain = cfg.clone()
+        plain.defrost()
+        plain.MODEL.VGG.NORM = ""
+        plain.MODEL.WEIGHTS = weights
+        plain.freeze()
+        self.configs[record["name"]] = plain
+        cached = cached_record(path, key, self.options.force)
+        if cached is not None:
+            return cached
+        model = load_model(cfg, record["weights"])
+        model.backbone.fold_norms()
+        atomic_torch_save(
+            {"model": model.state_dict(), "__author__": "accel-det demo (batch norms folded)"},
+            weights,
+        )
+        config = os.path.join(out, "config_folded.yaml")
+        atomic_write_text(plain.dump(), config)
+        results = Trainer.test(plain, load_model(plain, weights))
+        save_results(by_dataset(plain, results), os.path.join(out, "eval_results_folded.json"))
+        folded = dict(
+            record,
+            weights=weights,
+            config=config,
+            ap50=eval_ap50(results),
+            ap50_with_norms=record["ap50"],
+            weights_with_norms=record["weights"],
+            eval=json_safe(results),
+            key=key,
+        )
+        logger.info(
+            "baseline with batch norms folded into the convs: AP50 %.2f (with norms %.2f)",
+            folded["ap50"],
+            record["ap50"],
+        )
+        atomic_write_json(folded, path)
+        return folded
+
+    # ------------------------------------------------------------------ 4. compress + fine-tune
+    def accelerate(self, speedup: float, baseline: dict) -> dict:
+        """The baseline's backbone compressed ``speedup``× (reused when done), then fine-tuned."""
+        o = self.options
+        stage = f"{o.method}_{speedup:g}x"
+        stage_dir = os.path.join(self.out, stage)
+        os.makedirs(stage_dir, exist_ok=True)
+        plan_path = os.path.join(stage_dir, "plan.json")
+        weights_path = os.path.join(stage_dir, "compressed.pth")
+        if self.accel_cfg is None:
+            self.accel_cfg = load_config(o.accel_config, list(o.opts) + self.data_opts)
+        accel_cfg = self.accel_cfg.clone()
+        accel_cfg.merge_from_list(
+            ["MODEL.ACCEL.PLAN", plan_path, "MODEL.WEIGHTS", weights_path, "OUTPUT_DIR", stage_dir]
+        )
+        cfg = self.configs[baseline["name"]]
+        key = stage_key(
+            cfg.dump(),
+            file_digest(baseline["weights"]),
+            speedup,
+            o.method,
+            o.compress_images,
+            o.samples_per_image,
+            o.seed,
+        )
+        compressed = cached_record(os.path.join(stage_dir, "compressed.json"), key, o.force)
+        if compressed is None:
+            model = load_model(cfg, baseline["weights"])
+            batches = self.batches(cfg, model)
+            compressed = compress_backbone(
+                model, batches, speedup, o, plan_path, weights_path, accel_cfg, baseline["weights"]
+            )
+            compressed["key"] = key
+            atomic_write_json(compressed, os.path.join(stage_dir, "compressed.json"))
+        if o.finetune_opts:
+            accel_cfg.merge_from_list(list(o.finetune_opts))
+        record = self.train_stage(
+            accel_cfg,
+            stage,
+            {
+                "theoretical_speedup": compressed["theoretical_speedup"],
+                "ap50_before_ft": compressed["ap50"],
+                "plan": plan_path,
+                "compress_seconds": compressed["seconds"],
+            },
+        )
+        logger.info(
+            "%s: theoretical speedup %.2fx, AP50 %.1f before fine-tuning, %.1f after",
+            stage,
+            record["theoretical_speedup"],
+            record["ap50_before_ft"],
+            record["ap50"],
+        )
+        return record
+
+    def batches(self, cfg, model) -> list:
+        """The solver's training images (the same for every speedup: made once)."""
+        if self._batches is None:
+            o = self.options
+            self._batches = detector_batches(
+                cfg, model, "synthetic_voc_trainval", o.compress_images, o.seed
+            )
+        return self._batches
+
+    # ------------------------------------------------------------------ 5. latency
+    def measure(self, records: List[dict]) -> None:
+        """Backbone and detector latency of every final model, written into its record."""
+        models = {}
+        for record in records:
+            cfg = self.configs[record["name"]].clone()
+            cfg.defrost()
+            cfg.MODEL.DEVICE = "cpu"
+            cfg.freeze()
+            models[record["name"]] = (cfg, load_model(cfg, record["weights"]), record.get("plan"))
+        latency = measure_detectors(models, self.options)
+        for record in records:
+            record["latency"] = latency[record["name"]]
+            atomic_write_json(record, os.path.join(record["output_dir"], "result.json"))
+
+
+def proposals_ok(path: str, ids, name: str) -> bool:
+    """Whether ``path`` is a proposal file covering every image of data set ``name``."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        check_proposal_file(path, ids, name)
+        return True
+    except AccelDetError:
+        return False

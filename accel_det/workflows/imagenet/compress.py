@@ -1,0 +1,414 @@
+"""Compress a VGG-16 from image files: the library side of ``tools/compress_backbone.py``.
+
+Reads the weights, draws the images with the seed, runs :func:`accel_det.solver.compress` with a
+per-layer checkpoint, and writes ``OUT.pth`` (the whole accelerated VGG-16), ``OUT.json`` (the
+plan extended with how it was obtained) and ``OUT.png`` (per-layer ranks and errors).
+
+Under torch.distributed (``torchrun``, or :func:`accel_det.utils.launch.launch`)
+every process reads only its interleaved shard of the drawn images, the solver pools the sampled
+responses of all processes, and all end with the model a single process makes (within float
+tolerance); process 0 alone writes the outputs and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field, fields
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ... import __version__
+from ...data.images import sample_images
+from ...data.transforms import crop_transform, normalize, preprocessing_record
+from ...errors import AccelDetError
+from ...models.vgg import (
+    CROP_SIZE,
+    RESIZE_SIZE,
+    TORCHVISION_WEIGHTS,
+    factorized_key,
+    infer_vgg16_config,
+    load_vgg16,
+    load_vgg16_state_dict,
+    weights_file,
+    with_features,
+)
+from ...nn.chain import conv_names
+from ...solver import SolverOptions, compress, conv_specs
+from ...utils.dist import agreed_errors, barrier, init_distributed
+from ...utils.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    check_writable_folder,
+    load_json,
+    refuse_existing,
+    sha256_file,
+)
+from ..plots import plan_table, plot_plan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressOptions:
+    """Everything ``tools/compress_backbone.py`` accepts: the solver's options (defaults: the
+    paper's §6 protocol) and where the weights, images and outputs are."""
+
+    weights: str
+    images: str
+    output: str
+    solver: SolverOptions = field(default_factory=lambda: SolverOptions(speedup=4.0))
+    num_images: int = 3000
+    resume: bool = False
+    overwrite: bool = False
+    batch_size: int = 32
+    workers: int = 4
+    device: str = "auto"
+    resize: int = RESIZE_SIZE
+    crop: int = CROP_SIZE
+    progress: bool = True
+    plot: bool = True
+    deterministic: bool = (
+        False  # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG (for GPUs)
+    )
+    stop_after: Optional[str] = (
+        None  # test hook: behave like a Ctrl-C after this layer is checkpointed
+    )
+
+    def record(self) -> dict:
+        """The options as JSON: the tool's and the solver's in one object."""
+        tool = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("solver", "progress", "stop_after")
+        }
+        return {**tool, **self.solver.record()}
+
+
+@dataclass
+class OutputPaths:
+    weights: str
+    record: str
+    plot: str
+    checkpoint: str
+
+    @classmethod
+    def from_prefix(cls, output: str) -> "OutputPaths":
+        prefix = os.path.expanduser(output)
+        for extension in (".pth", ".json"):
+            if prefix.endswith(extension):
+                prefix = prefix[: -len(extension)]
+        if not os.path.basename(prefix):
+            raise AccelDetError(
+                f"--output {output} names a folder; give a file prefix such as "
+                f"{os.path.join(output, 'vgg16_4x')}"
+            )
+        return cls(prefix + ".pth", prefix + ".json", prefix + ".png", prefix + ".checkpoint.pth")
+
+    @property
+    def checkpoint_info(self) -> str:
+        """What the checkpoint was made from (weights, images, preprocessing), checked on
+        --resume."""
+        return self.checkpoint[: -len(".pth")] + ".json"
+
+    def finals(self, plot: bool = True) -> List[str]:
+        return [self.weights, self.record] + ([self.plot] if plot else [])
+
+    def partials(self) -> List[str]:
+        return [self.checkpoint, self.checkpoint_info]
+
+
+def check_outputs(paths: OutputPaths, options: CompressOptions) -> None:
+    """Refuse before any work: an unwritable folder, existing outputs, a checkpoint left
+    unresumed."""
+    check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)), create=False)
+    refuse_existing(
+        paths.finals(options.plot),
+        options.overwrite or options.resume and os.path.exists(paths.checkpoint),
+    )
+    if os.path.exists(paths.checkpoint) and not options.resume and not options.overwrite:
+        raise AccelDetError(
+            f"{paths.checkpoint} holds an interrupted run: pass "
+            f"--resume to continue it or --overwrite to start over"
+        )
+    if options.resume and not os.path.exists(paths.checkpoint):
+        logger.warning(
+            "--resume: no checkpoint %s yet, starting from the first layer", paths.checkpoint
+        )
+
+
+def check_resume_info(paths: OutputPaths, info: dict, resume: bool, write: bool = True) -> None:
+    """On --resume, refuse a checkpoint made from other weights, images or preprocessing; otherwise
+    remove a stale checkpoint and record ``info``, before the solver writes its first checkpoint (so
+    a run killed at any point leaves a checkpoint whose inputs are known). ``write``: this process
+    writes (process 0 of a group)."""
+    if resume and os.path.exists(paths.checkpoint):
+        if not os.path.exists(paths.checkpoint_info):
+            raise AccelDetError(
+                f"checkpoint {paths.checkpoint} has no record of its inputs "
+                f"({paths.checkpoint_info}); start over with --overwrite"
+            )
+        saved = load_json(paths.checkpoint_info, "checkpoint record")
+        for key, value in info.items():
+            if saved.get(key) != value:
+                raise AccelDetError(
+                    f"checkpoint {paths.checkpoint} was made with another {key.replace('_', ' ')} "
+                    f"({saved.get(key)!r}, this run: {value!r}); start over without --resume or "
+                    f"use the same inputs"
+                )
+        return
+    if not write:
+        return
+    for path in paths.partials():
+        if os.path.exists(path):
+            os.remove(path)  # --overwrite: a stale checkpoint must not be resumed later
+    atomic_write_json(info, paths.checkpoint_info)
+
+
+def compress_vgg16(
+    options: CompressOptions, argv: Optional[Sequence[str]] = None
+) -> Tuple[torch.nn.Module, dict]:
+    """Run the whole compression; returns the accelerated VGG-16 (on the CPU) and the JSON record
+    written to ``OUT.json``.
+
+    Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) it joins the process group
+    (NCCL on GPUs, gloo on the CPU; left initialised for the caller to destroy) and every process
+    must call it with the same options."""
+    started = time.perf_counter()
+    if options.deterministic:
+        use_deterministic_algorithms()
+    with agreed_errors():  # every process fails alike, reported once, before the first collective
+        group = init_distributed(options.device)
+        device = group.device
+        paths = OutputPaths.from_prefix(options.output)
+        check_outputs(paths, options)
+        model, source = _load_source(options)
+        if options.stop_after is not None and options.stop_after not in conv_names(model.features):
+            raise AccelDetError(f"--stop-after {options.stop_after}: no such layer")
+        check_enough_samples(model, options)
+    progress = options.progress and group.is_main
+    if device.type == "cuda":  # the same responses on every run, so --resume ends bit-identical
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    seed = options.solver.seed
+    sample = sample_images(
+        options.images,
+        options.num_images,
+        seed,
+        crop_transform(options.resize, options.crop),
+        workers=options.workers,
+        progress=progress,
+        shard=(group.rank, group.world_size),
+    )
+    logger.info(
+        "%d images drawn with seed %d from %d found in %s (%d unreadable skipped)%s",
+        len(sample.files),
+        seed,
+        sample.found,
+        options.images,
+        len(sample.skipped),
+        f", read in {group.world_size} interleaved shards" if group.distributed else "",
+    )
+
+    image_record = sample.record()
+    info = {
+        "weights_sha256": source["sha256"] or options.weights,
+        "images_sha256": image_record["files_sha256"],
+        "preprocessing": [options.resize, options.crop],
+        # also in the solver's checkpoint check, but refused here before the first pass over the
+        # images
+        "schedule": [list(step) for step in options.solver.schedule],
+        "rank_cost": options.solver.rank_cost,
+        "round_ranks_to": options.solver.round_ranks_to,
+        "skip": list(options.solver.skip),
+    }
+    with agreed_errors():
+        if group.is_main:
+            check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)))
+        check_resume_info(paths, info, options.resume, write=group.is_main)
+    barrier()  # a stale checkpoint is gone before any process looks for one
+
+    def on_layer_done(name: str, entry: dict) -> None:
+        if options.stop_after == name:
+            raise KeyboardInterrupt(f"stopped after {name} (--stop-after)")
+
+    try:
+        result = compress(
+            model.features,
+            sample.batches(options.batch_size, normalize),
+            options.solver,
+            device=device,
+            progress=progress,
+            input_hw=(options.crop, options.crop),
+            checkpoint=paths.checkpoint,
+            resume=options.resume,
+            on_layer_done=on_layer_done,
+        )
+    except BaseException:
+        if (
+            group.is_main
+            and not os.path.exists(paths.checkpoint)
+            and os.path.exists(paths.checkpoint_info)
+        ):
+            os.remove(paths.checkpoint_info)  # nothing to resume: leave no trace
+        raise
+    accelerated = with_features(model, result.model.cpu())
+    record = _record(
+        options, argv, result.plan, source, image_record, paths, device, group.world_size, started
+    )
+    if group.is_main:
+        _write_outputs(accelerated, record, paths, options.plot)
+    barrier()  # the outputs are complete when any process returns
+    return accelerated, record
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic GPU kernels for the rest of this process: cuBLAS with a fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set; it must be set before cuBLAS starts) and
+    ``torch.use_deterministic_algorithms`` (an op without a deterministic kernel warns). cuDNN is
+    made deterministic by :func:`compress_vgg16` on GPUs in any case."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _load_source(options: CompressOptions):
+    """The plain VGG-16 to compress and where it came from (path, sha256, architecture)."""
+    state = load_vgg16_state_dict(options.weights)
+    key = factorized_key(state)
+    if key is not None:
+        raise AccelDetError(
+            f"{options.weights} is already an accelerated VGG-16 ({key}); compress a plain VGG-16"
+        )
+    model, _, _ = load_vgg16(state)
+    broken = next(
+        (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
+    )
+    if broken is not None:
+        raise AccelDetError(f"weights {options.weights}: {broken} holds NaN or Inf values")
+    source_file = weights_file(options.weights)
+    config = infer_vgg16_config(state)
+    source = {
+        "path": options.weights
+        if options.weights == TORCHVISION_WEIGHTS
+        else os.path.abspath(source_file),
+        "sha256": sha256_file(source_file) if source_file else None,
+        **config,
+    }
+    logger.info(
+        "weights %s: VGG-16, width %g, %d classes, sha256 %s",
+        options.weights,
+        config["width"],
+        config["num_classes"],
+        (source["sha256"] or "?")[:12],
+    )
+    return model, source
+
+
+def _record(options, argv, plan, source, image_record, paths, device, world_size, started) -> dict:
+    """``OUT.json``: the solver's plan extended with how it was obtained."""
+    record = dict(plan)
+    record.update(
+        options=options.record(),
+        command=list(argv) if argv is not None else None,
+        preprocessing=preprocessing_record(options.resize, options.crop),
+        source_weights=source,
+        images=image_record,
+        outputs={
+            "weights": os.path.abspath(paths.weights),
+            "plot": os.path.abspath(paths.plot) if options.plot else None,
+        },
+        device=str(device),
+        world_size=world_size,
+        total_seconds=round(time.perf_counter() - started, 2),
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+        versions={
+            "accel_det": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    )
+    record["layers"] = record.pop(
+        "layers"
+    )  # the long per-layer part last, for people reading the file
+    return record
+
+
+def _write_outputs(accelerated, record: dict, paths: OutputPaths, plot: bool) -> None:
+    """Write OUT.pth, OUT.json, OUT.png (each atomically), then drop the checkpoint."""
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in accelerated.state_dict().items()}
+    atomic_torch_save(state_dict, paths.weights)
+    atomic_write_json(record, paths.record)
+    if plot:
+        plot_plan(record, paths.plot)
+    for path in paths.partials():
+        if os.path.exists(path):
+            os.remove(path)
+    print(plan_table(record), flush=True)
+    logger.info(
+        "wrote %s, %s%s (theoretical speedup %.2fx)",
+        paths.weights,
+        paths.record,
+        f", {paths.plot}" if plot else "",
+        record["theoretical_speedup"],
+    )
+
+
+def check_enough_samples(model, options: CompressOptions) -> None:
+    """Refuse fewer sampled responses than a compressed layer has filters: its response covariance
+    would be singular (the reduced-rank regression then fails or is meaningless)."""
+    per_image = options.solver.samples_per_image
+    for spec in conv_specs(model.features, (options.crop, options.crop)):
+        if spec.name in options.solver.skip:
+            continue
+        samples = options.num_images * min(per_image, spec.out_hw[0] * spec.out_hw[1])
+        if samples < spec.out_channels:
+            raise AccelDetError(
+                f"{options.num_images} images x {per_image} samples give {samples} responses of "
+                f"{spec.name}, fewer than its {spec.out_channels} filters: use more --num-images "
+                f"or --samples-per-image"
+            )
+
+
+def compress_in_group(options: CompressOptions, argv: Optional[Sequence[str]] = None) -> int:
+    """What each process of a (possibly one-process) group runs for ``tools/compress_backbone.py``:
+    the compression with quiet logs and no progress bars on processes other than 0, then the
+    process group destroyed. Returns 0 (errors are raised)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from ...utils.dist import shutdown
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger().setLevel(
+            logging.WARNING
+        )  # process 0 tells the story; warnings from all
+    try:
+        with logging_redirect_tqdm():
+            compress_vgg16(options, argv=argv)
+    finally:
+        shutdown()
+    return 0
+
+
+def compress_process(
+    options: CompressOptions,
+    argv: Optional[Sequence[str]],
+    verbose: bool = False,
+    debug: bool = False,
+) -> int:
+    """The body of one process started by ``tools/compress_backbone.py --num-gpus N``
+    (:func:`accel_det.utils.launch.launch`): logging, :func:`compress_in_group`, and
+    errors as one line and an exit code, as the tool itself does."""
+    import argparse
+
+    from ...utils.cli import run_main, setup_logging
+
+    setup_logging(verbose)
+    if options.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(
+            max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1")))
+        )
+    return run_main(lambda _: compress_in_group(options, argv), argparse.Namespace(debug=debug))

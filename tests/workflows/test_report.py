@@ -1,0 +1,88 @@
+"""The mAP-vs-speedup report (accel_det.report) and latency measurement (accel_det.benchmark)."""
+
+import json
+
+import pytest
+import torch
+
+from accel_det.errors import AccelDetError
+from accel_det.utils.timing import measure_latency, measure_many, num_threads
+from accel_det.workflows.report import (
+    load_records,
+    markdown_table,
+    plot_map_vs_speedup,
+    report_rows,
+    write_report,
+)
+
+RECORDS = [
+    {
+        "name": "asym3d_4x",
+        "theoretical_speedup": 4.02,
+        "ap50": 60.0,
+        "ap50_before_ft": 41.0,
+        "latency": {"backbone": {"median_ms": 5.0}, "detector": {"median_ms": 12.0}},
+    },
+    {
+        "name": "baseline",
+        "baseline": True,
+        "theoretical_speedup": 1.0,
+        "ap50": 62.5,
+        "latency": {"backbone": {"median_ms": 15.0}, "detector": {"median_ms": 24.0}},
+    },
+]
+
+
+def test_rows_table_and_plot(tmp_path):
+    rows = report_rows(RECORDS)
+    assert [r["name"] for r in rows] == ["baseline", "asym3d_4x"]
+    accel = rows[1]
+    assert accel["backbone_speedup"] == pytest.approx(3.0) and accel[
+        "detector_speedup"
+    ] == pytest.approx(2.0)
+    assert accel["delta_ap50"] == pytest.approx(-2.5)
+    table = markdown_table(rows)
+    assert "| baseline | 1.00× | 1.00× | 1.00× | 15.0 | 24.0 | – | 62.5 | – |" in table
+    assert "| asym3d_4x | 4.02× | 3.00× | 2.00× | 5.0 | 12.0 | 41.0 | 60.0 | -2.5 |" in table
+    png = tmp_path / "plot.png"
+    plot_map_vs_speedup(rows, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    write_report(
+        str(tmp_path / "r.md"), rows, title="T", notes=["synthetic data"], sections=["## more"]
+    )
+    text = (tmp_path / "r.md").read_text()
+    assert text.startswith("# T") and "- synthetic data" in text and "## more" in text
+
+
+def test_records_need_one_baseline(tmp_path):
+    with pytest.raises(AccelDetError, match="exactly one baseline"):
+        report_rows([RECORDS[0]])
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RECORDS[1]))
+    assert load_records([str(path)])[0]["name"] == "baseline"
+    with pytest.raises(AccelDetError, match="cannot read result record"):
+        load_records([str(tmp_path / "missing.json")])
+
+
+def test_latency_is_measured_interleaved_at_the_given_thread_count():
+    before = torch.get_num_threads()
+    calls = []
+    result = measure_many(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        warmup=2,
+        repeats=3,
+        threads=1,
+    )
+    assert calls == ["a", "b"] * 5  # warm-up rounds, then timed rounds, one call of each per round
+    assert (
+        result["a"]["repeats"] == 3
+        and result["a"]["threads"] == 1
+        and result["a"]["median_ms"] >= 0
+    )
+    assert torch.get_num_threads() == before
+    single = measure_latency(
+        lambda: torch.inference_mode() and torch.ones(3).sum(), warmup=0, repeats=2
+    )
+    assert single["min_ms"] <= single["median_ms"] <= single["p90_ms"]
+    with num_threads(1):
+        assert torch.get_num_threads() == 1
