@@ -21,7 +21,7 @@ $(STAMP): setup.py tools/install_detectron2.py
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_PINS)
 	$(PY) tools/install_detectron2.py
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,deploy]'
 	@touch $@
 
 test: venv

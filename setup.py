@@ -52,5 +52,15 @@ setup(
         "Pillow",
         "psutil",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest", "ruff==0.17.6"],
+        # tools/export_model.py, tools/evaluate_exported.py, accel_det.deploy: torch's ONNX
+        # exporter (onnxscript), ONNX Runtime and OpenVINO on the CPU
+        "deploy": [
+            "onnx==1.23.2",
+            "onnxscript==0.7.2",
+            "onnxruntime==1.32.0",
+            "openvino==2026.4.1",
+        ],
+    },
 )

@@ -10,7 +10,8 @@ A plan's top level holds ``format``, ``method``, ``speedup``, ``theoretical_spee
 ``original_macs``, ``approximated_macs`` and ``layers``: per conv layer (``conv1_1`` …) its shape
 (``in_channels``, ``out_channels``, ``kernel_size``, …), ``structure`` (one of
 :data:`accel_det.nn.STRUCTURES`), ``rank`` (d'), ``spatial_rank`` (d''), ``macs``, ``pca_energy``
-and ``error``.
+and ``error``; fc layers (``fc6``, ``fc7``) have ``in_features``, ``out_features`` and ``rois``
+instead of the conv shape, and the structure ``original`` or ``channel``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Mapping, Optional
 
 from .errors import AccelDetError
 from .nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, STRUCTURES
+from .nn.linear import LINEAR_STRUCTURES, is_linear_entry
 from .utils.io import atomic_write_json, load_json
 
 PLAN_FORMAT = "accel-det-plan/1"
@@ -69,10 +71,11 @@ def check_plan(data, source: str = "the plan") -> None:
         if not isinstance(entry, Mapping):
             raise AccelDetError(f"{source} has a malformed layer entry: {name} is not an object")
         structure = entry.get("structure", ORIGINAL)
-        if structure not in STRUCTURES:
+        allowed = LINEAR_STRUCTURES if is_linear_entry(entry) else STRUCTURES
+        if structure not in allowed:
             raise AccelDetError(
                 f"{source} has a malformed layer entry: {name} has structure {structure!r}, "
-                f"expected one of {', '.join(STRUCTURES)}"
+                f"expected one of {', '.join(allowed)}"
             )
         for key, needed in (("rank", NEEDS_RANK), ("spatial_rank", NEEDS_SPATIAL_RANK)):
             value = entry.get(key)
@@ -103,8 +106,18 @@ def plan_fingerprint(plan: Optional[Mapping]) -> str:
                     structure,
                     entry.get("rank"),
                     entry.get("spatial_rank"),
-                    entry.get("in_channels"),
-                    entry.get("out_channels"),
+                    entry.get("in_channels", entry.get("in_features")),
+                    entry.get("out_channels", entry.get("out_features")),
                 ]
             )
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+
+
+def conv_entries(plan: Mapping) -> dict:
+    """The plan's conv layer entries (name → entry), in order."""
+    return {n: e for n, e in plan["layers"].items() if not is_linear_entry(e)}
+
+
+def linear_entries(plan: Mapping) -> dict:
+    """The plan's fc layer entries (name → entry), in order."""
+    return {n: e for n, e in plan["layers"].items() if is_linear_entry(e)}

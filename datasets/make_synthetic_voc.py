@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Write the synthetic VOC-format data set (not PASCAL VOC: shapes on clutter; see
 datasets/README.md).
 

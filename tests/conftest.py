@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from accel_det.utils.timing import num_threads
@@ -9,3 +11,11 @@ def one_thread():
     (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
     with num_threads(1):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """accel-det's cache (images checked before training) in a temporary folder, for the tests and
+    the tools they start, instead of ~/.cache/accel_det."""
+    os.environ["ACCEL_DET_CACHE_DIR"] = str(tmp_path_factory.mktemp("accel_det_cache"))
+    yield

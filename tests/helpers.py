@@ -40,3 +40,37 @@ def image_batches(count=3, size=24, seed=0):
     """``count`` batches of 4 random images."""
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(4, 3, size, size, generator=g) for _ in range(count)]
+
+
+def hand_macs(layer, rank=None, spatial_rank=None) -> int:
+    """Multiply-adds of one conv layer, counted here from the README's formulas (stride 1 as in
+    VGG-16), for checking the code's counts: ``layer`` has ``in_channels`` c, ``out_channels`` d,
+    ``kernel_size`` (kh, kw) and ``out_hw``. Original d·kh·kw·c; rank d' (channel) d'(kh·kw·c + d);
+    spatial rank d'' (spatial) d''·kh·c + d·kw·d''; both (3d) d''·kh·c + d'·kw·d'' + d·d'; per
+    output position. A rank d' = d has no 1×1 layer (folded)."""
+    c, d = layer["in_channels"], layer["out_channels"]
+    (kh, kw), (h, w) = layer["kernel_size"], layer["out_hw"]
+    if rank == d:
+        rank = None
+    if rank and spatial_rank:
+        per_position = spatial_rank * kh * c + rank * kw * spatial_rank + d * rank
+    elif rank:
+        per_position = rank * (kh * kw * c + d)
+    elif spatial_rank:
+        per_position = spatial_rank * kh * c + d * kw * spatial_rank
+    else:
+        per_position = d * kh * kw * c
+    return per_position * h * w
+
+
+def hand_speedup(layers, ranks, spatial_ranks=None) -> float:
+    """Whole-model theoretical speedup counted by :func:`hand_macs`: ``layers`` are shapes (plan
+    entries or ConvSpec-like dicts) of all conv layers, ``ranks`` / ``spatial_ranks`` map names to
+    d' / d'' (layers in neither stay original)."""
+    spatial_ranks = spatial_ranks or {}
+    original = sum(hand_macs(layer) for layer in layers)
+    approximated = sum(
+        hand_macs(layer, ranks.get(layer["name"]), spatial_ranks.get(layer["name"]))
+        for layer in layers
+    )
+    return original / approximated

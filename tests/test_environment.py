@@ -1,4 +1,5 @@
-"""Checks of the installed environment (``make venv``): torch, torchvision, detectron2."""
+"""Checks of the installed environment (``make venv``): torch, torchvision, detectron2, the
+deploy runtimes."""
 
 import importlib
 import importlib.util
@@ -37,6 +38,12 @@ def test_torch_and_torchvision_nms_on_cpu():
     ["detectron2.engine", "detectron2.modeling", "detectron2.evaluation", "detectron2.data"],
 )
 def test_detectron2_imports(module):
+    importlib.import_module(module)
+
+
+@pytest.mark.parametrize("module", ["onnx", "onnxscript", "onnxruntime", "openvino"])
+def test_deploy_runtimes_import(module):
+    """The deploy extra (setup.py), which make venv installs: export and runtimes."""
     importlib.import_module(module)
 
 
@@ -86,3 +93,25 @@ def test_detectron2_faster_rcnn_forward_on_cpu():
     assert instances.image_size == (64, 80)
     assert instances.pred_boxes.tensor.shape[1] == 4
     assert len(instances) == len(instances.scores) == len(instances.pred_classes)
+
+
+def test_the_tools_start_from_a_fresh_shell():
+    """``tools/X.py`` as the README writes it, without an activated venv: a python3 shebang (a
+    fresh machine may have no ``python``), executable, and tools/bootstrap.py finds .venv."""
+    import os
+    import stat
+    import subprocess
+
+    from tests.helpers import REPO
+
+    scripts = sorted((REPO / "tools").glob("*.py")) + [REPO / "datasets" / "make_synthetic_voc.py"]
+    for script in scripts:
+        if script.name == "bootstrap.py":
+            continue
+        assert script.read_text().startswith("#!/usr/bin/env python3\n"), script
+        assert script.stat().st_mode & stat.S_IXUSR, f"{script} is not executable"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")}
+    result = subprocess.run(
+        ["tools/report.py", "--help"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: report.py"), result.stderr

@@ -6,30 +6,42 @@ location is still there, byte for byte. Besides the error line stderr holds only
 The accel-det tools without Detectron2 run in this process through ``run_tool`` (what their
 command line calls; log records go to pytest's log capture, not to stderr); the Detectron2 tools
 run as real processes, with ``DETECTRON2_DATASETS`` pointing at a tiny synthetic VOC set.
+Write failures are injected: a file that runs out of room after a few bytes (``fail_write``:
+the file's name and ENOSPC or EFBIG, see tests/write_fault.py) or a real file size limit
+(``fsize_kb``: the process runs under ``ulimit -f``).
 ``python tests/test_errors.py`` prints the README's "Errors" table from the cases below.
 """
 
+import errno
+import fnmatch
+import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import pytest
 import torch
 
-from accel_det.errors import AccelDetError
+# ``python tests/test_errors.py`` (the README's table) runs it as a script: the checkout first
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from accel_det.errors import AccelDetError  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
-
-sys.path.insert(0, str(REPO))
-
 from tests.workflows.test_imagenet_tools import COMPRESS, SMALL, THREADS, run_in_process, work  # noqa: E402,F401
+from tests.write_fault import failing_writes  # noqa: E402
 
 # Lines of the environment, not of the tools: torch warns on import when nvcc exists but no GPU.
-ENVIRONMENT_NOISE = re.compile(r"^[WI]\d{4} .*cpp_extension\.py:\d+\] No CUDA runtime is found")
+# So does torch.fx when Detectron2's model first runs.
+ENVIRONMENT_NOISE = re.compile(
+    r"^[WI]\d{4} .*(cpp_extension\.py:\d+\] No CUDA runtime is found"
+    r"|_symbolic_trace\.py:\d+\] is_fx_tracing will return true)"
+)
 # accel_det.utils.cli's log format ([12:00:00 accel_det.x] WARNING ...)
 LOG_RECORD = re.compile(r"^\[\d\d:\d\d:\d\d [\w.]+\] (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -50,8 +62,12 @@ class Case:
     env: Callable[[dict], dict] = lambda p: {}
     xfail: Optional[str] = None
     code: int = 2
-    # new files allowed in an earlier output's folder (none so far)
+    # files (fnmatch patterns) that may come or go in an earlier output's folder
     allowed_new: Sequence[str] = ()
+    # files that must not exist afterwards (what a pickle that runs code would have made)
+    absent: Callable[[dict], Sequence[Path]] = lambda p: []
+    fail_write: Optional[Tuple[str, int]] = None  # writes to this file name fail with this errno
+    fsize_kb: Optional[int] = None  # a real process under ulimit -f (file size limit, KiB)
 
 
 def compress(p, output="prev", *extra, overwrite=True):
@@ -91,14 +107,83 @@ def d2(p, config="demo/vgg16_synthetic", *opts, eval_only=True):
 
 # tools/train_net.py checks its inputs before Detectron2's default_setup writes config.yaml, log.txt
 D2_SETUP = ()
+# what a Detectron2 run that started writes, and the earlier run's results it removes
+D2_RUN = ("config.yaml", "log.txt", "metrics.json", "events.out.tfevents.*", "eval_results.json")
+# a tiny detector: 1 training iteration takes seconds
+D2_TINY = (
+    "MODEL.VGG.WIDTH",
+    "0.0625",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "86",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "86",
+    "SOLVER.MAX_ITER",
+    "1",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.STEPS",
+    "()",
+)
+# the VOC evaluator divides by zero for a class without test boxes (2 test images) and warns
+D2_QUIET = {"PYTHONWARNINGS": "ignore::RuntimeWarning"}
+# OUT.checkpoint.* of a compression whose outputs could not be written: kept for --resume
+KEPT_CHECKPOINT = ("full.checkpoint.pth", "full.checkpoint.json")
+
+
+# the allow-list unpickler's refusal of os.system (posix.system on Linux)
+UNPICKLE_REFUSED = f": it names the global {os.system.__module__}.system, which is not plain data"
+
+
+def export(p, *args, overwrite=True):
+    output = ["--output", p["out"] / "exported.onnx"] + (["--overwrite"] if overwrite else [])
+    if "--config-file" in args:  # KEY VALUE overrides come last
+        return [*output, *args, "MODEL.DEVICE", "cpu"]
+    return [*output, "--input-size", "32", "32", *args]
+
+
+def exported(p):
+    return [p["out"] / "exported.onnx"]
+
+
+def evaluate(p, model):
+    return [
+        "--config-file",
+        "demo/vgg16_synthetic",
+        "--model",
+        model,
+        "--output",
+        p["d2out"] / "eval_results.json",
+        "MODEL.DEVICE",
+        "cpu",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "DATASETS.PROPOSAL_FILES_TEST",
+        f"('{p['proposals_test']}',)",
+    ]
 
 
 def prev(p):
     return [p["out"] / "prev.pth", p["out"] / "prev.json"]
 
 
+def stopped(p):
+    return [p["out"] / "stopped.checkpoint.pth", p["out"] / "stopped.checkpoint.json"]
+
+
 def d2_prev(p):
     return [p["d2out"] / "model_final.pth", p["d2out"] / "eval_results.json"]
+
+
+def full(p):
+    return [p["out"] / "full.pth", p["out"] / "full.json"]
 
 
 CASES = [
@@ -185,6 +270,14 @@ CASES = [
         prev,
     ),
     Case(
+        "image-list-missing-images",
+        "--image-list naming images the folder does not have",
+        "compress_backbone",
+        lambda p: compress(p, "prev", "--image-list", p["image_list"]),
+        "1 of the 2 images listed in ",
+        prev,
+    ),
+    Case(
         "too-few-samples",
         "fewer sampled responses than filters",
         "compress_backbone",
@@ -201,12 +294,30 @@ CASES = [
         prev,
     ),
     Case(
-        "checkpoint-other-inputs",
-        "--resume with a checkpoint of other inputs",
+        "checkpoint-other-options",
+        "--resume with a checkpoint of other options (another seed)",
         "compress_backbone",
         lambda p: compress(p, "stopped", "--resume", "--seed", "1", overwrite=False),
-        "was made with another images sha256",
-        lambda p: [p["out"] / "stopped.checkpoint.pth", p["out"] / "stopped.checkpoint.json"],
+        "was made with seed=0 (this run: 1); start over with --overwrite instead of --resume",
+        stopped,
+    ),
+    Case(
+        "checkpoint-other-images",
+        "--resume with a checkpoint of other images (same file names, other bytes)",
+        "compress_backbone",
+        lambda p: compress(p, "stopped", "--resume", "--images", p["same_names"], overwrite=False),
+        "was made from other images (sha256 of the names, sizes and bytes of the files used)",
+        stopped,
+    ),
+    Case(
+        "checkpoint-other-weights",
+        "--resume with a checkpoint of other weights (same architecture)",
+        "compress_backbone",
+        lambda p: compress(
+            p, "stopped", "--resume", "--weights", p["other_weights"], overwrite=False
+        ),
+        "was made from other weights (sha256 of the file)",
+        stopped,
     ),
     Case(
         "output-unwritable",
@@ -214,6 +325,45 @@ CASES = [
         "compress_backbone",
         lambda p: compress(p, "x", "--output", p["unwritable"] / "new" / "o"),
         "is not writable",
+    ),
+    Case(
+        "outputs-with-checkpoint",
+        "outputs exist beside the checkpoint of a run stopped while writing them",
+        "compress_backbone",
+        lambda p: compress(p, "unfinished", overwrite=False),
+        "holds an interrupted run: pass --resume to finish it",
+        lambda p: [p["out"] / f"unfinished{e}" for e in (".pth", ".checkpoint.pth")],
+    ),
+    Case(
+        "disk-full-weights",
+        "disk full while writing OUT.pth",
+        "compress_backbone",
+        lambda p: compress(p, "full"),
+        "full.pth: no space left on device; the solved layers stay in ",
+        full,
+        allowed_new=KEPT_CHECKPOINT,
+        fail_write=("full.pth", errno.ENOSPC),
+    ),
+    Case(
+        "disk-full-record",
+        "disk full while writing OUT.json (OUT.pth done)",
+        "compress_backbone",
+        lambda p: compress(p, "full"),
+        "full.json: no space left on device",
+        full,
+        allowed_new=KEPT_CHECKPOINT,
+        fail_write=("full.json", errno.ENOSPC),
+    ),
+    Case(
+        "file-size-limit",
+        "file size limit (ulimit -f) while writing OUT.pth",
+        "compress_backbone",
+        lambda p: compress(p, "full"),
+        "full.pth: file too large",
+        full,
+        allowed_new=KEPT_CHECKPOINT,
+        fsize_kb=1000,  # the checkpoint (280 KB), OUT.json and OUT.png fit, OUT.pth (7.8 MB) not
+        process=True,
     ),
     # ----------------------------------------------------------------- tools/eval_imagenet.py
     Case(
@@ -305,6 +455,40 @@ CASES = [
         "already exists; pass --overwrite",
         lambda p: [p["out"] / "d2.pth"],
     ),
+    Case(
+        "convert-disk-full",
+        "disk full while writing the checkpoint",
+        "convert_vgg16",
+        lambda p: ["--source", p["weights"], "--output", p["out"] / "d2.pth", "--overwrite"],
+        "d2.pth: no space left on device",
+        lambda p: [p["out"] / "d2.pth"],
+        fail_write=("d2.pth", errno.ENOSPC),
+    ),
+    Case(
+        "convert-record-too-large",
+        "file size limit while writing its JSON record",
+        "convert_vgg16",
+        lambda p: ["--source", p["weights"], "--output", p["out"] / "d2.pth", "--overwrite"],
+        "d2.pth.json: file too large",
+        lambda p: [p["out"] / "d2.pth"],
+        fail_write=("d2.pth.json", errno.EFBIG),
+    ),
+    Case(
+        "convert-mixed-pair",
+        "OUT.pth that is not the one OUT.json was written with",
+        "convert_vgg16",
+        lambda p: [
+            "--source",
+            p["out"] / "mixed.pth",
+            "--plan",
+            p["out"] / "mixed.json",
+            "--output",
+            p["out"] / "d2.pth",
+            "--overwrite",
+        ],
+        "mixed.pth are not the weights ",
+        lambda p: [p["out"] / "d2.pth"],
+    ),
     # -------------------------------------------------------------- tools/train_net.py (Detectron2)
     Case(
         "d2-weights-missing",
@@ -364,6 +548,135 @@ CASES = [
         process=True,
         allowed_new=D2_SETUP,
     ),
+    Case(
+        "d2-proposals-pickle-code",
+        "proposal file that would run code when unpickled (--eval-only)",
+        "train_net",
+        lambda p: d2(
+            p,
+            "demo/vgg16_synthetic",
+            "DATASETS.PROPOSAL_FILES_TEST",
+            f"('{p['evil_proposals']}',)",
+        ),
+        UNPICKLE_REFUSED,
+        d2_prev,
+        process=True,
+        allowed_new=D2_SETUP,
+        absent=lambda p: [p["pwned_proposals"]],
+    ),
+    Case(
+        "d2-train-proposals-pickle-code",
+        "training proposal file that would run code when unpickled",
+        "train_net",
+        lambda p: d2(
+            p,
+            "demo/vgg16_synthetic",
+            "DATASETS.PROPOSAL_FILES_TRAIN",
+            f"('{p['evil_proposals']}',)",
+            eval_only=False,
+        ),
+        UNPICKLE_REFUSED,
+        d2_prev,
+        process=True,
+        allowed_new=D2_SETUP,
+        absent=lambda p: [p["pwned_proposals"]],
+    ),
+    Case(
+        "d2-weights-pickle-code",
+        ".pkl MODEL.WEIGHTS that would run code when unpickled",
+        "train_net",
+        lambda p: d2(p, "demo/vgg16_synthetic", "MODEL.WEIGHTS", p["evil_pkl"]),
+        UNPICKLE_REFUSED,
+        d2_prev,
+        process=True,
+        allowed_new=D2_SETUP,
+        absent=lambda p: [p["pwned_pkl"]],
+    ),
+    Case(
+        "d2-resume-other-model",
+        "--resume with the last checkpoint of another model (OUTPUT_DIR of another plan)",
+        "train_net",
+        lambda p: [
+            "--resume",
+            *d2(p, "demo/vgg16_synthetic", *D2_TINY, "OUTPUT_DIR", p["d2resume"], eval_only=False),
+        ],
+        "model_0000009.pth do not fit the model at backbone layer conv1_1",
+        lambda p: [p["d2resume"] / "model_0000009.pth", p["d2resume"] / "last_checkpoint"],
+        process=True,
+        allowed_new=D2_RUN,
+    ),
+    Case(
+        "d2-results-disk-full",
+        "disk full while writing eval_results.json",
+        "train_net",
+        lambda p: d2(p, "demo/vgg16_synthetic", *D2_TINY, "OUTPUT_DIR", p["d2full"]),
+        "eval_results.json: no space left on device",
+        lambda p: [p["d2full"] / "model_final.pth"],
+        process=True,
+        allowed_new=D2_RUN,
+        fail_write=("eval_results.json", errno.ENOSPC),
+        env=lambda p: D2_QUIET,
+    ),
+    Case(
+        "d2-checkpoint-too-large",
+        "file size limit while writing model_final.pth",
+        "train_net",
+        lambda p: d2(
+            p, "demo/vgg16_synthetic", *D2_TINY, "OUTPUT_DIR", p["d2full"], eval_only=False
+        ),
+        "model_final.pth: file too large",
+        lambda p: [p["d2full"] / "model_final.pth", p["d2full"] / "last_checkpoint"],
+        process=True,
+        allowed_new=D2_RUN,
+        fsize_kb=300,  # log.txt, metrics and config fit, the checkpoint (0.9 MB) not
+        env=lambda p: D2_QUIET,  # Detectron2 evaluates after a failed last iteration too
+    ),
+    Case(
+        "d2-truncated-train-image",
+        "a truncated JPEG in the training set",
+        "train_net",
+        lambda p: d2(p, "demo/vgg16_synthetic", "SOLVER.MAX_ITER", "2", eval_only=False),
+        "000001.jpg of data set 'synthetic_voc_trainval' cannot be used: it does not decode "
+        "(image file is truncated",
+        d2_prev,
+        process=True,
+        env=lambda p: {"DETECTRON2_DATASETS": str(p["broken"]["truncated"])},
+    ),
+    Case(
+        "d2-unreadable-test-image",
+        "an unreadable image in the test set (--eval-only)",
+        "train_net",
+        lambda p: d2(p, "demo/vgg16_synthetic"),
+        "000004.jpg of data set 'synthetic_voc_test' cannot be used: it does not decode",
+        d2_prev,
+        process=True,
+        env=lambda p: {"DETECTRON2_DATASETS": str(p["broken"]["unreadable"])},
+    ),
+    Case(
+        "d2-test-xml-without-pose",
+        "a test annotation without a field the VOC evaluator reads (`<pose>`)",
+        "train_net",
+        lambda p: d2(p, "demo/vgg16_synthetic"),
+        "000005.xml: object 1 has no <pose>, which PascalVOCDetectionEvaluator reads",
+        d2_prev,
+        process=True,
+        env=lambda p: {"DETECTRON2_DATASETS": str(p["broken"]["no_pose"])},
+    ),
+    Case(
+        "d2-proposals-other-dataset",
+        "a proposal file made for another data set whose ids match",
+        "train_net",
+        lambda p: d2(
+            p,
+            "demo/vgg16_synthetic",
+            "DATASETS.PROPOSAL_FILES_TEST",
+            f"('{p['proposals_other']}',)",
+        ),
+        "was made for other images than those of data set 'synthetic_voc_test' (it records data "
+        "set 'other_voc_test'",
+        d2_prev,
+        process=True,
+    ),
     # ----------------------------------------------------------------- tools/make_proposals.py
     Case(
         "proposals-mat-missing-images",
@@ -390,13 +703,89 @@ CASES = [
         lambda p: [p["out"] / "props.pkl"],
         process=True,
     ),
+    # ----------------------------------------------------------------- tools/export_model.py
+    Case(
+        "export-plan-missing",
+        "accelerated weights with a missing plan",
+        "export_model",
+        lambda p: export(p, "--weights", f"{p['reference']}.pth", "--plan", p["root"] / "no.json"),
+        "plan file not found: ",
+        exported,
+    ),
+    Case(
+        "export-plan-mismatch",
+        "plan that does not fit the weights",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--plan", f"{p['reference']}.json"),
+        "does not fit the model at layer conv1_2",
+        exported,
+    ),
+    Case(
+        "export-unknown-format",
+        "unknown format",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--format", "tflite"),
+        "unknown export format 'tflite': choose onnx or openvino",
+        exported,
+    ),
+    Case(
+        "export-output-exists",
+        "exported model exists (no --overwrite)",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], overwrite=False),
+        "exported.onnx already exists; pass --overwrite",
+        exported,
+    ),
+    Case(
+        "export-check-fails",
+        "exported model differs from PyTorch (--tolerance 1e-12)",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--tolerance", "1e-12"),
+        "above the tolerance 1e-12: nothing written to ",
+        exported,
+    ),
+    Case(
+        "export-d2-plan-missing",
+        "detector: MODEL.ACCEL.PLAN file missing",
+        "export_model",
+        lambda p: export(
+            p,
+            "--config-file",
+            "demo/accel_vgg16_synthetic",
+            "MODEL.ACCEL.PLAN",
+            p["root"] / "noplan.json",
+        ),
+        "plan (MODEL.ACCEL.PLAN) file not found: ",
+        exported,
+        process=True,
+    ),
+    # ----------------------------------------------------------------- tools/evaluate_exported.py
+    Case(
+        "evaluate-model-missing",
+        "exported model file missing",
+        "evaluate_exported",
+        lambda p: evaluate(p, p["root"] / "nope.onnx"),
+        "exported model file not found: ",
+        d2_prev,
+        process=True,
+    ),
+    Case(
+        "evaluate-not-a-detector",
+        "exported model that is not a detector",
+        "evaluate_exported",
+        lambda p: evaluate(p, p["identity_onnx"]),
+        "is not an exported detector: it takes x and returns y",
+        d2_prev,
+        process=True,
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def paths(work, tmp_path_factory):  # noqa: F811
     """Bad inputs, earlier outputs, a tiny synthetic VOC set and its proposal files."""
-    from accel_det.data import make_image_folder
+    from accel_det.data import list_images, make_image_folder
+    from accel_det.models.vgg import vgg16
 
     root = tmp_path_factory.mktemp("errors")
     p = {
@@ -407,6 +796,8 @@ def paths(work, tmp_path_factory):  # noqa: F811
         "out": root / "out",
         "ft": root / "ft",
         "d2out": root / "d2out",
+        "d2full": root / "d2full",
+        "d2resume": root / "d2resume",
         "empty": root / "empty",
         "flat": root / "flat",
         "unreadable": root / "unreadable",
@@ -415,10 +806,17 @@ def paths(work, tmp_path_factory):  # noqa: F811
         "nan": root / "nan.pth",
         "evil": root / "evil.pth",
     }
-    for folder in ("out", "ft", "d2out", "empty"):
+    for folder in ("out", "ft", "d2out", "d2full", "d2resume", "empty"):
         p[folder].mkdir()
     make_image_folder(str(p["flat"]), num_classes=2, images_per_class=1, size=32, layout="flat")
     make_image_folder(str(p["unreadable"]), num_classes=2, images_per_class=1, size=72)
+    p["same_names"] = root / "same_names"  # the images' file names, other bytes
+    make_image_folder(str(p["same_names"]), num_classes=10, images_per_class=2, size=72, seed=1)
+    p["image_list"] = root / "image_list.txt"
+    p["image_list"].write_text(f"{list_images(str(p['images']))[0]}\nclass_00/nope\n")
+    p["other_weights"] = root / "other_weights.pth"
+    torch.manual_seed(1)
+    torch.save(vgg16(num_classes=10, width=0.125).state_dict(), p["other_weights"])
     for i in range(18):
         (p["unreadable"] / f"broken{i:02d}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     p["garbage"].write_bytes(b"not a checkpoint")
@@ -430,22 +828,46 @@ def paths(work, tmp_path_factory):  # noqa: F811
     torch.save(state, p["nan"])
     p["pwned"] = root / "pwned"
     torch.save({"features.0.weight": _Evil(str(p["pwned"]))}, p["evil"])
+    # pickles whose loading would run a command: a proposal file and Detectron2-style .pkl weights
+    for name, data in (
+        ("proposals", lambda e: {"ids": ["000004", "000005"], "boxes": e}),
+        ("pkl", lambda e: {"model": {"backbone.features.0.weight": e}, "__author__": "x"}),
+    ):
+        p[f"pwned_{name}"] = root / f"pwned_{name}"
+        p[f"evil_{name}"] = root / f"evil_{name}.pkl"
+        with open(p[f"evil_{name}"], "wb") as f:
+            pickle.dump(data(_Evil(str(p[f"pwned_{name}"]))), f)
     # earlier outputs that must survive
-    shutil.copy(f"{work['out']}.pth", p["out"] / "prev.pth")
-    shutil.copy(f"{work['out']}.json", p["out"] / "prev.json")
+    for prefix in ("prev", "full", "unfinished", "mixed"):
+        shutil.copy(f"{work['out']}.pth", p["out"] / f"{prefix}.pth")
+        shutil.copy(f"{work['out']}.json", p["out"] / f"{prefix}.json")
+    mixed = torch.load(p["out"] / "mixed.pth", weights_only=True)  # weights of another run
+    mixed["classifier.6.bias"] += 1
+    torch.save(mixed, p["out"] / "mixed.pth")
     for name, data in (
         ("eval.json", b'{"earlier": true}\n'),
         ("d2.pth", b"earlier checkpoint"),
         ("props.pkl", b"earlier proposals"),
+        ("exported.onnx", b"earlier export"),
     ):
         (p["out"] / name).write_bytes(data)
     (p["ft"] / "model_final.pth").write_bytes(b"earlier fine-tuning")
     (p["d2out"] / "model_final.pth").write_bytes(b"earlier detector")
     (p["d2out"] / "eval_results.json").write_bytes(b'{"bbox": {"AP50": 1.0}}\n')
+    for folder in ("d2full", "d2resume"):
+        (p[folder] / "model_final.pth").write_bytes(b"earlier detector")
+        (p[folder] / "eval_results.json").write_bytes(b'{"bbox": {"AP50": 1.0}}\n')
+    (p["d2full"] / "last_checkpoint").write_text("model_final.pth")
+    # the last checkpoint of a detector of another width (conv1_1 with 8 filters, not D2_TINY's 4)
+    other = {"backbone.features.0.weight": torch.zeros(8, 3, 3, 3)}
+    torch.save({"model": other, "iteration": 9}, p["d2resume"] / "model_0000009.pth")
+    (p["d2resume"] / "last_checkpoint").write_text("model_0000009.pth")
     code = run_tool_quietly(
         "compress_backbone", compress(p, "stopped", "--stop-after", "conv1_2", overwrite=False)
     )
     assert code == 1 and (p["out"] / "stopped.checkpoint.pth").exists()
+    for suffix in (".checkpoint.pth", ".checkpoint.json"):  # stopped while writing its outputs
+        shutil.copy(p["out"] / f"stopped{suffix}", p["out"] / f"unfinished{suffix}")
     # unwritable: a read-only folder, or for root a kernel folder
     if os.geteuid() != 0:
         p["unwritable"] = root / "readonly"
@@ -453,6 +875,7 @@ def paths(work, tmp_path_factory):  # noqa: F811
     else:
         p["unwritable"] = Path("/sys/kernel")
     _synthetic_voc(p)
+    p["identity_onnx"] = _identity_onnx(root / "identity.onnx")
     yield p
     if os.geteuid() != 0:
         p["unwritable"].chmod(0o700)
@@ -474,30 +897,56 @@ def _synthetic_voc(p):
 
     pytest.importorskip("detectron2")
     from accel_det.data.synthetic.voc import make_synthetic_voc
-    from accel_det.detection.proposals import write_proposal_file
+    from accel_det.detection.proposals import dataset_record, write_proposal_file
 
     p["datasets"] = p["root"] / "datasets"
-    make_synthetic_voc(
-        str(p["datasets"] / "synthetic_voc"),
-        num_trainval=3,
-        num_test=2,
-        image_size=64,
-        progress=False,
-    )
+    voc = p["datasets"] / "synthetic_voc"
+    tiny = dict(num_trainval=3, num_test=2, image_size=64, progress=False)
+    make_synthetic_voc(str(voc), **tiny)
+    other = p["root"] / "other_voc"  # the same ids, other images
+    make_synthetic_voc(str(other), **tiny, seed=5)
     box = np.array([[0, 0, 20, 20]], dtype=np.float32)
-    for name, ids in (
-        ("trainval", ["000001", "000002", "000003"]),
-        ("test", ["000004", "000005"]),
-        ("partial", ["000004"]),
+    for name, ids, folder, dataset in (
+        ("trainval", ["000001", "000002", "000003"], voc, "synthetic_voc_trainval"),
+        ("test", ["000004", "000005"], voc, "synthetic_voc_test"),
+        ("partial", ["000004"], voc, "synthetic_voc_test"),
+        ("other", ["000004", "000005"], other, "other_voc_test"),
     ):
         p[f"proposals_{name}"] = p["root"] / f"{name}.pkl"
-        write_proposal_file(str(p[f"proposals_{name}"]), ids, [box] * len(ids))
+        images = [(i, str(folder / "JPEGImages" / f"{i}.jpg")) for i in ids]
+        record = dataset_record(dataset, images)
+        write_proposal_file(str(p[f"proposals_{name}"]), ids, [box] * len(ids), dataset=record)
+    # broken copies of the set, one defect each
+    p["broken"] = {}
+    for defect in ("truncated", "unreadable", "no_pose"):
+        p["broken"][defect] = p["root"] / f"broken_{defect}"
+        shutil.copytree(voc, p["broken"][defect] / "synthetic_voc")
+    image = p["broken"]["truncated"] / "synthetic_voc" / "JPEGImages" / "000001.jpg"
+    image.write_bytes(image.read_bytes()[:-200])
+    (p["broken"]["unreadable"] / "synthetic_voc" / "JPEGImages" / "000004.jpg").write_bytes(b"?")
+    anno = p["broken"]["no_pose"] / "synthetic_voc" / "Annotations" / "000005.xml"
+    anno.write_text(re.sub(r"\s*<pose>[^<]*</pose>", "", anno.read_text()))
     images = np.empty((1,), dtype=object)
     images[0] = "000004"
     boxes = np.empty((1,), dtype=object)
     boxes[0] = np.array([[1, 1, 10, 10]], dtype=np.float64)
     p["partial_mat"] = p["root"] / "partial.mat"
     scipy.io.savemat(str(p["partial_mat"]), {"images": images, "boxes": boxes})
+
+
+def _identity_onnx(path):
+    """An ONNX model that is not a detector (y = x)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "id", value[:1], value[1:]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
 
 
 def run_tool_quietly(tool, argv):
@@ -508,10 +957,16 @@ def run_tool_quietly(tool, argv):
     return run_tool(module.main, module.build_parser(), [str(a) for a in argv])
 
 
-def run_process(tool, argv, env):
+def run_process(tool, argv, env, fail_write=None, fsize_kb=None):
     env = dict(os.environ, PYTHONPATH=str(REPO), **THREADS, **env)
+    command = [sys.executable, str(REPO / "tools" / f"{tool}.py"), *map(str, argv)]
+    if fail_write:
+        name, code = fail_write
+        command[1:1] = [str(REPO / "tests" / "write_fault.py"), name, str(code)]
+    if fsize_kb:
+        command = ["bash", "-c", f'ulimit -f {fsize_kb}; exec "$@"', "-", *command]
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / f"{tool}.py"), *map(str, argv)],
+        command,
         capture_output=True,
         text=True,
         env=env,
@@ -537,14 +992,17 @@ def _marks(case):
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=_marks(c)) for c in CASES])
-def test_bad_input(case, paths, capsys, caplog):
+def test_bad_input(case, paths, capsys, caplog, monkeypatch):
     earlier = {path: path.read_bytes() for path in case.earlier(paths)}
     listing = {path: sorted(os.listdir(path)) for path in {e.parent for e in earlier}}
     if case.process:
         env = {"DETECTRON2_DATASETS": str(paths["datasets"]), **case.env(paths)}
-        code, stderr = run_process(case.tool, case.argv(paths), env)
+        code, stderr = run_process(case.tool, case.argv(paths), env, case.fail_write, case.fsize_kb)
     else:
+        if case.fail_write:
+            failing_writes(monkeypatch, *case.fail_write)
         code, stderr = run_in_process(case.tool, case.argv(paths), capsys)
+        monkeypatch.undo()
     lines = error_lines(stderr, [] if case.process else caplog.messages)
     assert code == case.code, stderr
     assert "Traceback" not in stderr, stderr
@@ -553,9 +1011,13 @@ def test_bad_input(case, paths, capsys, caplog):
     for path, data in earlier.items():
         assert path.exists() and path.read_bytes() == data, f"{path} was changed"
     for folder, names in listing.items():  # nothing left behind either (no temporary files)
-        assert sorted(set(os.listdir(folder)) - set(case.allowed_new)) == sorted(
-            set(names) - set(case.allowed_new)
-        ), folder
+        assert _kept(os.listdir(folder), case) == _kept(names, case), folder
+    for path in case.absent(paths):
+        assert not path.exists(), f"{path} exists: the input ran code"
+
+
+def _kept(names, case):
+    return sorted(n for n in names if not any(fnmatch.fnmatch(n, a) for a in case.allowed_new))
 
 
 def test_debug_shows_the_traceback(paths):
@@ -581,6 +1043,58 @@ def test_weights_that_would_run_code_are_refused_unrun(paths, capsys):
     assert code == 2 and "Weights only load failed" in err and not paths["pwned"].exists()
 
 
+def test_resume_writes_the_outputs_a_failed_write_left_undone(paths, capsys, monkeypatch):
+    """OUT.json cannot be written: neither output is replaced, the checkpoint stays, the next run
+    is pointed to --resume, and --resume writes the pair (the same model as an uninterrupted
+    run)."""
+    from accel_det.utils.io import sha256_file
+
+    out = paths["out"]
+    failing_writes(monkeypatch, "again.json", errno.ENOSPC)
+    code, err = run_in_process("compress_backbone", compress(paths, "again"), capsys)
+    monkeypatch.undo()
+    assert code == 2 and "again.json: no space left on device" in err and "--resume" in err, err
+    assert (out / "again.checkpoint.pth").exists() and not (out / "again.pth").exists()
+    code, err = run_in_process(
+        "compress_backbone", compress(paths, "again", overwrite=False), capsys
+    )
+    assert code == 2 and "pass --resume to continue it" in err, err
+    argv = compress(paths, "again", "--resume", overwrite=False)
+    code, err = run_in_process("compress_backbone", argv, capsys)
+    assert code == 0, err
+    record = json.loads((out / "again.json").read_text())
+    assert record["outputs"]["weights_sha256"] == sha256_file(str(out / "again.pth"))
+    assert not (out / "again.checkpoint.pth").exists()
+    resumed = torch.load(out / "again.pth", weights_only=True)
+    reference = torch.load(f"{paths['reference']}.pth", weights_only=True)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_finetune_never_leaves_half_a_pair_and_resume_writes_it(paths, capsys, monkeypatch):
+    """model_final.json cannot be written: neither model_final file is there afterwards (no
+    weights without their record), the checkpoint is, and --resume writes the pair."""
+    from accel_det.utils.io import sha256_file
+
+    out = paths["root"] / "ft_full"
+    argv = ["--weights", paths["weights"], "--train", paths["images"], "--output", out]
+    argv += ["--max-iters", "2", "--batch-size", "8", "--log-period", "1", *SMALL]
+    failing_writes(monkeypatch, "model_final.json", errno.ENOSPC)
+    code, err = run_in_process("finetune_imagenet", argv, capsys)
+    monkeypatch.undo()
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == f"error: cannot write {out / 'model_final.json'}: no space left on device"
+    assert sorted(n for n in os.listdir(out) if n.startswith(".") or "final" in n) == []
+    assert (out / "last_checkpoint.pth").exists()
+    code, err = run_in_process("finetune_imagenet", argv, capsys)
+    assert code == 2 and "or --resume to continue it" in err, err
+    code, err = run_in_process("finetune_imagenet", [*argv, "--resume"], capsys)
+    assert code == 0, err
+    record = json.loads((out / "model_final.json").read_text())
+    assert record["outputs"]["weights_sha256"] == sha256_file(str(out / "model_final.pth"))
+
+
 def test_matrix_covers_every_tool():
     assert {c.tool for c in CASES} == {
         "compress_backbone",
@@ -589,6 +1103,8 @@ def test_matrix_covers_every_tool():
         "train_net",
         "make_proposals",
         "convert_vgg16",
+        "export_model",
+        "evaluate_exported",
     }
     assert len(CASES) >= 12 and len({c.id for c in CASES}) == len(CASES)
 

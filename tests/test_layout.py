@@ -18,6 +18,7 @@ LAYERS = [
     {"solver"},
     {"models", "data"},
     {"detection"},
+    {"deploy"},
     {"workflows"},
 ]
 RANK = {area: level for level, areas in enumerate(LAYERS) for area in areas}

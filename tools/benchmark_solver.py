@@ -32,7 +32,7 @@ from accel_det.utils.io import atomic_write_json, check_writable_folder, json_sa
 from accel_det.workflows.bench import quality as bench
 from accel_det.workflows.bench import quality_report, selection, smallnet
 
-SECTIONS = ("sweep", "speed", "latency")
+SECTIONS = ("sweep", "rounding", "speed", "latency")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         config.speedups = tuple(args.speedups)
     if args.methods:
         config.methods = tuple(args.methods)
-    sections = set(args.sections or (("sweep", "speed") if args.quick else SECTIONS))
+    sections = set(args.sections or (("sweep", "rounding", "speed") if args.quick else SECTIONS))
     folder = check_writable_folder(args.output)
     if args.retrain:
         cached = os.path.join(folder, smallnet.net_cache_name(config))
@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     )
 
     prepared = net = None
-    if sections & {"sweep", "latency"}:
+    if sections & {"sweep", "rounding", "latency"}:
         prepared = bench.prepare(config, cache_folder=folder)
         net = prepared["net"]
         how = (
@@ -171,6 +171,13 @@ def main(args: argparse.Namespace) -> int:
             f"{torch.get_num_threads()} thread(s)\n{command}",
         )
         record["png"] = png
+
+    if "rounding" in sections:
+        print("\nranks rounded to multiples (rank selection, same multiply-add budget; thin "
+              "layers get a smaller power of two)")  # fmt: skip
+        rounding = bench.rounding_sweep(config, prepared, on_record=_print_record)
+        record["rounding"] = rounding
+        print(quality_report.rounding_table(rounding, config.speedups))
 
     if "speed" in sections:
         print("\nspeed figures")
@@ -221,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
         record["latency_selection"] = comparison
 
     record["seconds"] = time.perf_counter() - started
-    default = {"sweep", "speed"} if args.quick else set(SECTIONS)
+    default = {"sweep", "rounding", "speed"} if args.quick else set(SECTIONS)
     name = (
         "benchmark_solver"
         if sections == default

@@ -3,7 +3,7 @@
 * ``accel_det`` is imported from this checkout (its root goes first on ``sys.path``), so a tool
   runs the code next to it even where another copy is installed.
 * A tool started by a Python without the project's packages (``tools/train_net.py ...`` on a
-  fresh machine, where ``#!/usr/bin/env python`` is the system Python) is started again with
+  fresh machine, where ``#!/usr/bin/env python3`` is the system Python) is started again with
   ``.venv/bin/python`` when ``make venv`` has made it; otherwise it says so in one line.
 """
 

@@ -9,7 +9,8 @@ asymmetric (3d), rank selection).
 writes ``output/vgg16_4x.pth`` (state dict of the whole accelerated VGG-16),
 ``output/vgg16_4x.json`` (the plan, extended with how it was obtained) and ``output/vgg16_4x.png``
 (per-layer ranks and errors), and prints a per-layer table. ``--images`` may be any folder of
-JPEG/PNG images, e.g. VOC's ``JPEGImages`` (target-domain compression). Every finished layer is
+JPEG/PNG images, e.g. VOC's ``JPEGImages`` with ``--image-list .../ImageSets/Main/trainval.txt``
+(target-domain compression on the training split only). Every finished layer is
 checkpointed to ``OUT.checkpoint.pth``; ``--resume`` continues an interrupted run and ends
 bit-identical to an uninterrupted one.
 
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--image-list",
+        metavar="FILE",
+        help="draw only from the images FILE lists, one per line: a path relative to --images, "
+        "with or without extension (a VOC id list such as ImageSets/Main/trainval.txt works)",
+    )
+    parser.add_argument(
         "--output", required=True, help="output prefix OUT: writes OUT.pth, OUT.json, OUT.png"
     )
     parser.add_argument(
@@ -106,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--crop", type=int, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})"
     )
+    parser.add_argument(
+        "--fc",
+        action="store_true",
+        help="also factor the classifier's fc6/fc7 by the same solver, one budget with the convs "
+        "(--speedup is then of the whole network; beyond the paper)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write OUT.png")
     parser.add_argument(
         "--deterministic",
@@ -130,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
         output=args.output,
         solver=solver_options(args),
         num_images=args.num_images,
+        image_list=args.image_list,
         resume=args.resume,
         overwrite=args.overwrite,
         batch_size=args.batch_size,
@@ -139,6 +153,7 @@ def main(args: argparse.Namespace) -> int:
         crop=args.crop,
         progress=not args.no_progress,
         plot=not args.no_plot,
+        fc=args.fc,
         deterministic=args.deterministic,
         stop_after=args.stop_after,
     )

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Convert VGG-16 weights to a Detectron2 checkpoint for the VGG-16 / accelerated VGG-16 backbones.
 
     # ImageNet VGG-16 from torchvision (downloads vgg16-397923af.pth) or a local copy of it:
@@ -54,13 +54,15 @@ def main(args) -> int:
         vgg16_to_detectron2,
     )
     from accel_det.errors import AccelDetError
-    from accel_det.models.vgg import load_vgg16_state_dict
+    from accel_det.models.vgg import check_record_weights, load_vgg16_state_dict
     from accel_det.plan import Plan
-    from accel_det.utils.io import atomic_torch_save, atomic_write_json, refuse_existing
+    from accel_det.utils.io import atomic_save_pair, refuse_existing
 
     refuse_existing([args.output, args.output + ".json"], args.overwrite)
     plan = Plan.read(args.plan) if args.plan else None
     state = load_vgg16_state_dict(args.source)
+    if plan is not None:
+        check_record_weights(args.source, plan, args.plan)
     try:
         converted, info = vgg16_to_detectron2(state, plan)
     except AccelDetError as error:
@@ -77,15 +79,12 @@ def main(args) -> int:
         **info,
         "config": config_lines(info, args.plan),
     }
-    atomic_torch_save(
-        {
-            "model": converted,
-            "__author__": "accel-det tools/convert_vgg16.py",
-            "matching_heuristics": False,
-        },
-        args.output,
-    )
-    atomic_write_json(meta, args.output + ".json")
+    checkpoint = {
+        "model": converted,
+        "__author__": "accel-det tools/convert_vgg16.py",
+        "matching_heuristics": False,
+    }
+    atomic_save_pair(checkpoint, args.output, meta, args.output + ".json")
     print(
         f"wrote {args.output} ({len(converted)} tensors: "
         f"backbone{' + fc6/fc7' if info['box_head'] else ''})"

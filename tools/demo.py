@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """The main job (``make demo``): Fast R-CNN AP50 against speedup, on synthetic data, on the CPU.
 
 Generates the synthetic VOC-format set (not PASCAL VOC), makes selective-search proposals, trains
@@ -13,6 +13,7 @@ Finished stages are reused on a second run (``--force`` redoes them).
 """
 
 import argparse
+import os
 import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
@@ -39,7 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=list(d.speedups),
-        help="theoretical speedups (default: 2 3 4)",
+        help="theoretical speedups of the conv layers (the paper's rows; default: 2 3 4)",
+    )
+    parser.add_argument(
+        "--detector-speedups",
+        type=float,
+        nargs="*",
+        default=list(d.detector_speedups),
+        help="theoretical speedups of the whole detector, conv + fc6/fc7 (default: 2 3 4)",
+    )
+    parser.add_argument(
+        "--fc-rank-fractions",
+        type=float,
+        nargs="*",
+        default=list(d.fc_rank_fractions),
+        help="fc6 and fc7 ranks of the truncated-SVD rows, as fractions of FC_DIM (default: Fast "
+        "R-CNN's 0.25 0.0625; none: no such rows)",
     )
     parser.add_argument("--method", default=d.method, help=f"solver method (default: {d.method})")
     parser.add_argument(
@@ -109,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
+    from accel_det.utils.io import sweep_temporaries
     from accel_det.workflows.demo import DemoOptions, run_demo
+
+    for folder, _, _ in os.walk(args.output):  # the temporaries of a killed run
+        sweep_temporaries(folder)
 
     opts = list(args.opts)
     finetune = list(args.finetune_opts)
@@ -121,6 +141,8 @@ def main(args) -> int:
         config=args.config,
         accel_config=args.accel_config,
         speedups=tuple(args.speedups),
+        detector_speedups=tuple(args.detector_speedups),
+        fc_rank_fractions=tuple(args.fc_rank_fractions),
         method=args.method,
         data_root=args.data_root,
         num_trainval=args.num_trainval,

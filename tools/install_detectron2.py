@@ -10,8 +10,10 @@ Strategy (``--source auto``, the default):
 a. If ``import detectron2`` already works (checked in a subprocess) and the installation
    passes the checks of step d, there is nothing to do.
 b. If github.com answers (``git ls-remote`` with a short timeout), install from the
-   official source, as detectron2's INSTALL.md says:
-   ``pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'``
+   official source, as detectron2's INSTALL.md says, at the pinned commit ``OFFICIAL_COMMIT``
+   (a59f056, April 2024: the one the fallback wheel is built from), which is also the commit
+   recorded: ``pip install --no-build-isolation
+   'git+https://github.com/facebookresearch/detectron2.git@<OFFICIAL_COMMIT>'``
    (this compiles detectron2's C++ extension ``_C``).
 c. Otherwise fall back to the PyPI wheel ``sal-detectron2==0.7.2`` (upstream detectron2
    at commit a59f056, April 2024, with harmless edits). The downloaded wheel must match a
@@ -36,7 +38,10 @@ d. Verify in a subprocess: ``import detectron2.engine, detectron2.modeling,
    package in site-packages. The source used is written to ``<sys.prefix>/detectron2-source.json``
    (for a virtual env: ``.venv/detectron2-source.json``).
 
-Only the standard library is used; pip runs as ``sys.executable -m pip``.
+Only the standard library is used; pip runs as ``sys.executable -m pip``. Every subprocess runs
+in a private empty folder, and the checks in isolated mode (``python -I``), so that no file of
+the caller's working folder or of the shared temporary folder (a planted ``json.py``) is
+imported instead of the real module.
 Exit status: 0 on success, 1 on failure (with a one-line error).
 """
 
@@ -63,7 +68,9 @@ from pathlib import Path
 LOG = logging.getLogger("install_detectron2")
 
 OFFICIAL_GIT_URL = "https://github.com/facebookresearch/detectron2.git"
-OFFICIAL_PIP_SPEC = f"git+{OFFICIAL_GIT_URL}"
+# upstream a59f056 (2024-04-17), the commit the fallback wheel sal-detectron2 0.7.2 is built from
+OFFICIAL_COMMIT = "a59f05630a8f205756064244bf5beb8661f96180"
+OFFICIAL_PIP_SPEC = f"git+{OFFICIAL_GIT_URL}@{OFFICIAL_COMMIT}"
 
 FALLBACK_DIST = "sal-detectron2"
 FALLBACK_VERSION = "0.7.2"
@@ -101,22 +108,27 @@ class InstallError(Exception):
 # --------------------------------------------------------------------------- helpers
 
 
-def _neutral_cwd() -> str:
-    """A directory to run checks in, so that the caller's cwd (e.g. the repository root
-    with its own ``tools/``) does not end up on ``sys.path``."""
-    return tempfile.gettempdir()
-
-
 def _run(cmd: list[str], *, timeout: float | None = None, capture: bool = False, **kw):
+    """``subprocess.run`` in a private empty folder: ``python -c`` and ``python -m`` put their
+    working folder first on ``sys.path``, and neither the caller's (the repository root with its
+    own ``tools/``) nor a shared one (``/tmp``, where anyone can plant a ``json.py``) may be it."""
     LOG.debug("running: %s", " ".join(cmd))
-    return subprocess.run(
-        cmd,
-        timeout=timeout,
-        text=True,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.STDOUT if capture else None,
-        **kw,
-    )
+    with tempfile.TemporaryDirectory(prefix="install_detectron2-") as cwd:
+        return subprocess.run(
+            cmd,
+            timeout=timeout,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.STDOUT if capture else None,
+            cwd=cwd,
+            **kw,
+        )
+
+
+def _python_check(*args: str) -> list[str]:
+    """A command line of this interpreter in isolated mode (``-I``: no working folder on
+    ``sys.path``, no ``PYTHON*`` variables, no user site-packages)."""
+    return [sys.executable, "-I", *args]
 
 
 def _pip(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess:
@@ -211,12 +223,7 @@ def check_installation(modules: list[str] = REQUIRED_MODULES) -> dict:
     Returns a dict with keys ok (bool), errors (list of str), version, dist_version,
     location, has_C.
     """
-    proc = _run(
-        [sys.executable, "-c", _CHECK_SCRIPT, json.dumps(modules)],
-        capture=True,
-        cwd=_neutral_cwd(),
-        timeout=600,
-    )
+    proc = _run(_python_check("-c", _CHECK_SCRIPT, json.dumps(modules)), capture=True, timeout=600)
     for line in (proc.stdout or "").splitlines():
         if line.startswith("@@RESULT@@"):
             return json.loads(line[len("@@RESULT@@") :])
@@ -225,12 +232,7 @@ def check_installation(modules: list[str] = REQUIRED_MODULES) -> dict:
 
 
 def detectron2_importable() -> bool:
-    proc = _run(
-        [sys.executable, "-c", "import detectron2"],
-        capture=True,
-        cwd=_neutral_cwd(),
-        timeout=600,
-    )
+    proc = _run(_python_check("-c", "import detectron2"), capture=True, timeout=600)
     return proc.returncode == 0
 
 
@@ -265,21 +267,15 @@ def official_source_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def install_official() -> dict:
+    """Build and install detectron2 at the pinned ``OFFICIAL_COMMIT``; the record names it."""
     _pip("install", *OFFICIAL_PREREQUISITES)
     _pip("install", "--no-build-isolation", OFFICIAL_PIP_SPEC)
-    commit = None
-    try:
-        out = subprocess.run(
-            ["git", "ls-remote", OFFICIAL_GIT_URL, "HEAD"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-        ).stdout.split()
-        commit = out[0] if out else None
-    except Exception:  # noqa: BLE001 - informative only
-        pass
-    return {"source": "official", "url": OFFICIAL_PIP_SPEC, "commit": commit, "sha256": None}
+    return {
+        "source": "official",
+        "url": OFFICIAL_PIP_SPEC,
+        "commit": OFFICIAL_COMMIT,
+        "sha256": None,
+    }
 
 
 # --------------------------------------------------------------------------- fallback wheel
@@ -310,7 +306,10 @@ def download_fallback_wheel(dest: Path) -> Path:
     return wheels[0]
 
 
-def verify_sha256(path: Path, expected: str = FALLBACK_SHA256) -> str:
+def verify_sha256(path: Path, expected: str | None = None) -> str:
+    """The sha256 of ``path``, which must be ``expected`` (default: the pinned
+    ``FALLBACK_SHA256``; tests give another, users cannot)."""
+    expected = expected or FALLBACK_SHA256
     actual = _sha256(path)
     if actual != expected:
         raise InstallError(
@@ -486,7 +485,13 @@ def repack_wheel(src: Path, out_dir: Path, sha256: str) -> tuple[Path, dict]:
     return wheel_path, summary
 
 
-def install_fallback_wheel(local_wheel: Path | None = None, keep_dir: Path | None = None) -> dict:
+def install_fallback_wheel(
+    local_wheel: Path | None = None,
+    keep_dir: Path | None = None,
+    expected_sha256: str | None = None,
+) -> dict:
+    """Download (or take ``local_wheel``), verify (``expected_sha256``, default the pinned one),
+    repack and install the fallback wheel; returns what :func:`write_record` records."""
     with tempfile.TemporaryDirectory(prefix="detectron2-wheel-") as tmp:
         tmpdir = Path(tmp)
         if local_wheel is not None:
@@ -494,7 +499,7 @@ def install_fallback_wheel(local_wheel: Path | None = None, keep_dir: Path | Non
             LOG.info("using local wheel %s", src)
         else:
             src = download_fallback_wheel(tmpdir / "download")
-        sha = verify_sha256(src)
+        sha = verify_sha256(src, expected_sha256)
         out_dir = tmpdir / "repacked"
         out_dir.mkdir()
         wheel, summary = repack_wheel(src, out_dir, sha)

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Precomputed proposals for Fast R-CNN, as Detectron2's proposal file (DATASETS.PROPOSAL_FILES_*).
 
 Selective search (OpenCV contrib, fast mode, in parallel, resumable) over a registered data set:
@@ -11,7 +11,9 @@ or the classic Fast R-CNN selective-search ``.mat`` file (data/selective_search_
     tools/make_proposals.py --from-mat voc_2007_test.mat --dataset accel_voc_2007_test \
         --output datasets/proposals/selective_search_voc_2007_test.pkl
 
-With ``--dataset`` the result is checked to cover every image of the data set.
+With ``--dataset`` the result is checked to cover every image of the data set, and it records
+the data set's name and, per image id, the file's name and size, so that ``tools/train_net.py``
+refuses it for another data set whose ids happen to match.
 """
 
 import argparse
@@ -65,16 +67,34 @@ def main(args) -> int:
     from detectron2.data import DatasetCatalog
 
     import accel_det.detection  # noqa: F401  (registers the data sets)
-    from accel_det.detection.datasets import check_dataset_layout, dataset_image_ids
-    from accel_det.detection.proposals import check_proposal_file, convert_mat, make_proposals
+    from accel_det.detection.datasets import (
+        check_dataset_layout,
+        dataset_image_ids,
+        dataset_images,
+    )
+    from accel_det.detection.proposals import (
+        check_proposal_file,
+        convert_mat,
+        dataset_record,
+        make_proposals,
+    )
+    from accel_det.utils.io import sweep_temporaries
+
+    for folder in (os.path.dirname(os.path.abspath(args.output)), args.output + ".parts"):
+        sweep_temporaries(folder)  # what a killed run left
 
     if args.from_mat:
-        ids = None
+        ids = record = None
         if args.dataset:
             check_dataset_layout(args.dataset)
             ids = dataset_image_ids(args.dataset)
+            record = dataset_record(args.dataset, dataset_images(args.dataset))
         summary = convert_mat(
-            args.from_mat, args.output, image_ids=ids, dataset_name=args.dataset or ""
+            args.from_mat,
+            args.output,
+            image_ids=ids,
+            dataset_name=args.dataset or "",
+            dataset=record,
         )
     else:
         if not args.dataset:
@@ -89,9 +109,15 @@ def main(args) -> int:
             max_boxes=args.max_boxes,
             workers=args.workers,
             resume=not args.no_resume,
+            dataset_name=args.dataset,
         )
     if args.dataset:
-        check_proposal_file(args.output, dataset_image_ids(args.dataset), args.dataset)
+        check_proposal_file(
+            args.output,
+            dataset_image_ids(args.dataset),
+            args.dataset,
+            dataset_images(args.dataset),
+        )
     print(json.dumps(summary))
     return 0
 

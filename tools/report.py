@@ -12,6 +12,9 @@ runs by their plans' architecture (time the runs' plans with ``benchmark_speed.p
         --plan output/vgg16_4x_ft/model_final.json --cases backbone:600x1000:1 detector:600x1000:1
     python tools/report.py output/vgg16_voc output/accel_vgg16_voc_3x output/accel_vgg16_voc \\
         --speed output/benchmark_speed/benchmark_speed.json --output output/report
+
+A folder without ``eval_results.json`` is refused: ``tools/train_net.py`` removes the file of an
+earlier run when a run starts, so a rerun that crashed is not reported with the earlier numbers.
 """
 
 from __future__ import annotations

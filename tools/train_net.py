@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Train and evaluate Fast R-CNN / Faster R-CNN with a plain or accelerated VGG-16 (Detectron2).
 
     tools/train_net.py --config accel_vgg16_voc.yaml                        # train, then evaluate
@@ -9,7 +9,8 @@
 Detectron2's usual command line (``default_argument_parser``: ``--resume``, ``--eval-only``,
 ``--num-gpus``, ``KEY VALUE`` overrides). A bare config name is looked up in ``configs/``, and
 ``--config`` is accepted for ``--config-file``. Evaluation results go to
-``OUTPUT_DIR/eval_results.json`` as well as to the log.
+``OUTPUT_DIR/eval_results.json`` as well as to the log (an earlier run's is removed when a run
+starts). Checkpoints are written atomically; ``--resume`` checks that the last one fits the model.
 """
 
 import logging
@@ -24,8 +25,17 @@ from detectron2.utils import comm  # noqa: E402
 import accel_det.detection  # noqa: E402,F401  (registers the backbones, box head and data sets)
 from accel_det.detection.checkpoint import load_detector_weights  # noqa: E402
 from accel_det.detection.config import load_config, resolve_config_file  # noqa: E402
-from accel_det.detection.trainer import Trainer, by_dataset, check_inputs, save_results  # noqa: E402
+from accel_det.detection.trainer import (  # noqa: E402
+    RESULTS_FILE,
+    Trainer,
+    by_dataset,
+    check_inputs,
+    save_results,
+    start_run,
+)
 from accel_det.errors import AccelDetError  # noqa: E402
+from accel_det.utils.cli import ignore_file_size_signal  # noqa: E402
+from accel_det.utils.io import write_failure  # noqa: E402
 
 logger = logging.getLogger("accel_det.train_net")
 
@@ -43,6 +53,8 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    if comm.is_main_process():  # default_setup has replaced config.yaml: the old results go too
+        start_run(cfg.OUTPUT_DIR)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_detector_weights(model, cfg.MODEL.WEIGHTS, save_dir=cfg.OUTPUT_DIR, resume=args.resume)
@@ -54,7 +66,7 @@ def main(args):
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)
     if comm.is_main_process() and results:
-        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
         save_results(by_dataset(cfg, results), path)
         logger.info("evaluation results written to %s", path)
     return results
@@ -65,6 +77,7 @@ def run(main_function=main, argv=None) -> int:
     parser = default_argument_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    ignore_file_size_signal()
     try:
         if args.num_gpus * args.num_machines > 1:
             # launch spawns processes: check here as well, so that bad input is one line, not a
@@ -83,6 +96,12 @@ def run(main_function=main, argv=None) -> int:
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # out of room in a write Detectron2 makes itself (its logs)
+        failure = write_failure(error.filename, error)
+        if failure is None or args.debug:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
         return 2
     return 0
 

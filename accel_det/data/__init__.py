@@ -4,16 +4,14 @@ folders."""
 
 from .images import (
     IMAGE_EXTENSIONS,
-    ImageBatches,
-    ImageSample,
     LabeledImages,
     collate_skipping,
     has_class_folders,
     labeled_images,
     list_images,
     read_class_list,
-    sample_images,
 )
+from .sample import ImageBatches, ImageSample, sample_images
 from .synthetic import make_image_folder
 from .transforms import (
     crop_transform,

@@ -1,4 +1,5 @@
-"""Image folders: listing, seeded sampling, reading with unreadable images skipped, labelled sets.
+"""Image folders: listing, reading with unreadable images skipped, labelled sets (the solver's
+seeded sample is in :mod:`accel_det.data.sample`).
 
 Two layouts are understood everywhere:
 
@@ -14,20 +15,15 @@ For compression no labels are needed: every image below ``DIR`` counts, whatever
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..errors import AccelDetError
-from ..utils.dist import all_gather_objects
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +73,13 @@ def read_rgb(path: str) -> Image.Image:
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def try_read(path: str, transform: Optional[Callable] = None):
-    """``transform(read_rgb(path))``, or ``None`` with a warning when the file cannot be read."""
+def try_read(path, transform: Optional[Callable] = None, name: Optional[str] = None):
+    """``transform(read_rgb(path))``, or ``None`` with a warning when the file cannot be read;
+    ``path`` may be a file object, ``name`` what the warning calls it."""
     try:
         image = read_rgb(path)
     except UNREADABLE as error:
-        logger.warning("skipping unreadable image %s (%s)", path, _first_line(error))
+        logger.warning("skipping unreadable image %s (%s)", name or path, _first_line(error))
         return None
     return transform(image) if transform is not None else image
 
@@ -90,199 +87,6 @@ def try_read(path: str, transform: Optional[Callable] = None):
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def files_digest(files: Sequence[str]) -> str:
-    """sha256 of a list of relative paths (one per line), to record which images were used."""
-    digest = hashlib.sha256()
-    for name in files:
-        digest.update(name.encode("utf-8") + b"\n")
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- the solver's sample
-
-
-@dataclass
-class ImageSample:
-    """Images drawn for the solver, preprocessed once and kept as uint8 (3×crop×crop each)."""
-
-    root: str
-    files: List[str]  # relative paths, in drawing order; image i of the batches is files[i]
-    images: torch.Tensor  # N×3×H×W uint8
-    found: int  # image files found below root
-    skipped: List[str] = field(
-        default_factory=list
-    )  # unreadable files that were drawn and replaced
-    # A shard (sample_images(shard=...)): the global index of each image held, into ``files``;
-    # None: this process holds all images, in order.
-    indices: Optional[torch.Tensor] = None
-
-    def batches(
-        self, batch_size: int, normalize: Callable[[torch.Tensor], torch.Tensor]
-    ) -> "ImageBatches":
-        return ImageBatches(self.images, batch_size, normalize, self.indices)
-
-    def record(self) -> dict:
-        return {
-            "folder": os.path.abspath(self.root),
-            "found": self.found,
-            "used": len(self.files),
-            "skipped_unreadable": len(self.skipped),
-            "skipped_files": self.skipped[:100],
-            "files_sha256": files_digest(self.files),
-        }
-
-
-class ImageBatches:
-    """Re-iterable batches ``{"images": N×3×H×W float, "indices": (N,)}`` over a uint8 tensor; the
-    same images in the same order on every pass, as :func:`accel_det.solver.compress` requires.
-    ``indices``: the global index of each image (default 0 … N-1)."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        batch_size: int,
-        normalize: Callable[[torch.Tensor], torch.Tensor],
-        indices: Optional[torch.Tensor] = None,
-    ):
-        if batch_size < 1:
-            raise AccelDetError(f"batch size must be positive, got {batch_size}")
-        self.images, self.batch_size, self.normalize = images, batch_size, normalize
-        self.indices = (
-            torch.arange(len(images))
-            if indices is None
-            else torch.as_tensor(indices, dtype=torch.long)
-        )
-
-    def __len__(self) -> int:
-        return (len(self.images) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[dict]:
-        for start in range(0, len(self.images), self.batch_size):
-            stop = min(start + self.batch_size, len(self.images))
-            yield {
-                "images": self.normalize(self.images[start:stop]),
-                "indices": self.indices[start:stop],
-            }
-
-
-class _Files(Dataset):
-    def __init__(self, root: str, files: Sequence[str], transform: Callable):
-        self.root, self.files, self.transform = root, list(files), transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int):
-        return index, try_read(os.path.join(self.root, self.files[index]), self.transform)
-
-
-def _keep_all(batch):
-    return batch
-
-
-def sample_images(
-    root: str,
-    num_images: int,
-    seed: int,
-    transform: Callable[[Image.Image], torch.Tensor],
-    *,
-    workers: int = 0,
-    progress: bool = True,
-    shard: Optional[Tuple[int, int]] = None,
-) -> ImageSample:
-    """Draw ``num_images`` readable images below ``root`` with ``seed`` and preprocess them with
-    ``transform`` (to uint8). The draw is the first readable images of a seeded permutation of all
-    files, so an unreadable file is skipped (warning, counted) and replaced by the next one.
-
-    ``shard=(rank, world_size)``, under torch.distributed: this process reads only every
-    ``world_size``-th drawn file (from ``rank``); the processes tell each other which files were
-    readable, so all agree on the draw a single process makes (``files``, ``skipped``), and the
-    sample holds this process's images with their global ``indices``. Collective: every process
-    of the group calls it."""
-    rank, world_size = shard or (0, 1)
-    if num_images < 1:
-        raise AccelDetError(f"the number of images must be positive, got {num_images}")
-    files = list_images(root)
-    if not files:
-        raise AccelDetError(f"no images (JPEG/PNG/...) found in {root}")
-    if len(files) < num_images:
-        raise AccelDetError(
-            f"found {len(files)} images in {root}, fewer than the {num_images} asked for"
-        )
-    order = np.random.default_rng(seed).permutation(len(files))
-    kept: Dict[int, torch.Tensor] = {}  # read here (all of them in a single process)
-    readable: set = set()  # read by any process
-    skipped: List[str] = []
-    position = 0
-    bar = tqdm(total=num_images, desc="reading images", unit="img", disable=not progress)
-    while len(readable) < num_images:
-        wanted = num_images - len(readable)
-        if position >= len(order):
-            raise AccelDetError(
-                f"found {len(files)} images in {root} but only {len(readable)} are readable "
-                f"({len(skipped)} unreadable), fewer than the {num_images} asked for"
-            )
-        chosen = [int(i) for i in order[position : position + wanted]]
-        position += len(chosen)
-        mine = chosen[rank::world_size]
-        loader = DataLoader(
-            _Files(root, [files[i] for i in mine], transform),
-            batch_size=16,
-            num_workers=workers,
-            collate_fn=_keep_all,
-        )
-        unreadable = []
-        for batch in loader:
-            for local, tensor in batch:
-                if tensor is None:
-                    unreadable.append(mine[local])
-                else:
-                    kept[mine[local]] = tensor
-                    if world_size == 1:
-                        bar.update(1)
-        unreadable = set(_everyone(unreadable, world_size))
-        readable.update(i for i in chosen if i not in unreadable)
-        if world_size > 1:
-            bar.update(len(readable) - bar.n)  # all processes' images, once per round
-        skipped += [
-            files[i] for i in chosen if i in unreadable
-        ]  # in drawing order, whoever read them
-    bar.close()
-    if skipped:
-        logger.warning(
-            "skipped %d unreadable image(s) of the %d drawn; drew replacements",
-            len(skipped),
-            len(readable) + len(skipped),
-        )
-    used = [int(i) for i in order[:position] if int(i) in readable]
-    shapes = set(_everyone(sorted({tuple(t.shape) for t in kept.values()}), world_size))
-    if len(shapes) != 1:
-        raise AccelDetError(
-            f"the preprocessed images have different shapes {sorted(shapes)}: use a crop"
-        )
-    held = [number for number, i in enumerate(used) if i in kept]
-    images = (
-        torch.stack([kept[used[n]] for n in held])
-        if held
-        else torch.zeros((0, *shapes.pop()), dtype=torch.uint8)
-    )
-    return ImageSample(
-        root=root,
-        files=[files[i] for i in used],
-        images=images,
-        found=len(files),
-        skipped=skipped,
-        indices=torch.tensor(held, dtype=torch.long) if world_size > 1 else None,
-    )
-
-
-def _everyone(items: list, world_size: int) -> list:
-    """The concatenated ``items`` of every process (collective; ``items`` itself alone)."""
-    if world_size == 1:
-        return list(items)
-    return [item for part in all_gather_objects(list(items)) for item in part]
 
 
 # --------------------------------------------------------------------------- labelled images

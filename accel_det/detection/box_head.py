@@ -1,6 +1,9 @@
-"""VGG-16's fc6 / fc7 as a Detectron2 box head (Fast R-CNN's head on 7×7 RoI-pooled conv5_3)."""
+"""VGG-16's fc6 / fc7 as a Detectron2 box head (Fast R-CNN's head on 7×7 RoI-pooled conv5_3),
+plain or factorized as the plan ``MODEL.ACCEL.PLAN`` says."""
 
 from __future__ import annotations
+
+from typing import Mapping, Optional
 
 import fvcore.nn.weight_init as weight_init
 from detectron2.config import configurable
@@ -8,6 +11,10 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_BOX_HEAD_REGISTRY
 from torch import nn
 
+from ..errors import AccelDetError
+from ..nn.chain import apply_plan_to_linear
+from ..plan import linear_entries
+from .backbone import load_plan
 from .registry import register_once
 
 
@@ -17,11 +24,20 @@ class VGG16BoxHead(nn.Sequential):
     With ``MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION: 7`` and ``FC_DIM: 4096`` the weights of
     torchvision's ``classifier.0`` / ``classifier.3`` load into ``fc6`` / ``fc7``
     (``tools/convert_vgg16.py``). Without weights, fc6 and fc7 are Xavier-initialised like
-    Detectron2's ``FastRCNNConvFCHead``.
+    Detectron2's ``FastRCNNConvFCHead``. A ``plan`` with ``fc6`` / ``fc7`` entries of structure
+    ``channel`` makes them :class:`~accel_det.nn.FactorizedLinear` (keys ``fc6.reduce.weight``,
+    ``fc6.expand.weight``, ``fc6.expand.bias``); load their weights from the plan's checkpoint.
     """
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, fc_dim: int, dropout: float = 0.5):
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        fc_dim: int,
+        dropout: float = 0.5,
+        plan: Optional[Mapping] = None,
+    ):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"MODEL.ROI_BOX_HEAD.DROPOUT must be in [0, 1), got {dropout}")
@@ -35,14 +51,25 @@ class VGG16BoxHead(nn.Sequential):
         self.add_module("drop7", nn.Dropout(dropout))
         for layer in (self.fc6, self.fc7):
             weight_init.c2_xavier_fill(layer)
+        if plan is not None:
+            for name in ("fc6", "fc7"):
+                try:
+                    setattr(self, name, apply_plan_to_linear(getattr(self, name), name, plan))
+                except AccelDetError as error:
+                    raise AccelDetError(
+                        "the plan (MODEL.ACCEL.PLAN) does not fit the box head "
+                        f"(MODEL.ROI_BOX_HEAD.FC_DIM {fc_dim}): {error}"
+                    ) from None
         self._output_size = fc_dim
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        plan = load_plan(cfg.MODEL.ACCEL.PLAN) if cfg.MODEL.ACCEL.PLAN else None
         return {
             "input_shape": input_shape,
             "fc_dim": cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
             "dropout": cfg.MODEL.ROI_BOX_HEAD.DROPOUT,
+            "plan": plan if plan is not None and linear_entries(plan) else None,
         }
 
     @property

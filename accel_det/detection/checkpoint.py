@@ -4,40 +4,39 @@ Detectron2's ``DetectionCheckpointer`` only *warns* about missing keys and shape
 then trains from random weights; for a backbone built from a plan that silently wastes a run.
 :func:`check_weights_fit` turns a backbone or fc6/fc7 mismatch into one error that names the
 layer and both shapes. Box-predictor mismatches stay warnings (a new data set has other classes).
+:class:`AtomicCheckpointer` is the checkpointer accel-det trains and loads with: it writes
+Detectron2's checkpoints atomically.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from ..errors import AccelDetError
 from ..models.fit import first_mismatch, keys_under
-from ..utils.io import load_torch_file
+from ..utils.io import atomic_torch_save, atomic_write_text, load_torch_file
+from ..utils.safe_pickle import load_pickle
 
 logger = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("detectron2://", "http://", "https://", "catalog://", "manifold://")
 HEAD_PREFIX = "roi_heads.box_head."
+LAST_CHECKPOINT = "last_checkpoint"  # Detectron2's name for the file naming the last checkpoint
 
 
 def read_checkpoint_state(path: str) -> Dict[str, tuple]:
     """Shapes of the tensors in a Detectron2 checkpoint (``.pth`` with a ``model`` entry, or a
-    plain state dict; ``.pkl`` in Detectron2's pickle format)."""
+    plain state dict; ``.pkl`` in Detectron2's pickle format, read as plain data: a pickle that
+    names any other global, which could run code, is refused unrun)."""
     if path.endswith(".pkl"):
-        if not os.path.isfile(path):
-            raise AccelDetError(f"MODEL.WEIGHTS file not found: {path}")
-        try:
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        except Exception as error:
-            raise AccelDetError(f"cannot read weights file {path}: {error}") from None
+        data = load_pickle(path, "MODEL.WEIGHTS file")
     else:
         data = load_torch_file(path, "MODEL.WEIGHTS")
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
@@ -103,6 +102,20 @@ def check_weights_fit(model: nn.Module, path: str) -> None:
                 f"POOLER_RESOLUTION and MODEL.VGG.WIDTH)"
             )
     missing_head = [k for k in expected if k.startswith(HEAD_PREFIX) and k not in shapes]
+    factorized = [k for k in missing_head if ".reduce." in k or ".expand." in k]
+    if factorized:  # a plan's fc6/fc7 structure the file does not have
+        layer = factorized[0][len(HEAD_PREFIX) :].split(".")[0]
+        entry = ((getattr(backbone, "plan", None) or {}).get("layers") or {}).get(layer, {})
+        found = keys_under(shapes, f"{HEAD_PREFIX}{layer}.", kinds=("",))
+        found_text = (
+            ", ".join(f"{k} {list(v)}" for k, v in found.items()) or "nothing for this layer"
+        )
+        raise AccelDetError(
+            f"weights {path} do not fit the box head at {layer} (the plan makes it "
+            f"{entry.get('structure', 'channel')}, rank={entry.get('rank')}): the model expects "
+            f"{factorized[0]} {list(expected[factorized[0]])}, the file has {found_text}. Use the "
+            "weights made with the same plan (MODEL.ACCEL.PLAN)"
+        )
     if missing_head:
         logger.warning(
             "%s has no %s: the box head starts from random weights", path, ", ".join(missing_head)
@@ -118,12 +131,48 @@ def _layer_name(backbone: Optional[nn.Module], key: str) -> Optional[str]:
 def load_detector_weights(
     model: nn.Module, path: str, save_dir: str = "", resume: bool = False
 ) -> None:
-    """Check (:func:`check_weights_fit`) then load ``path`` with Detectron2's
-    ``DetectionCheckpointer`` (``resume``: the last checkpoint in ``save_dir`` when there is
-    one)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    checkpointer = DetectionCheckpointer(model, save_dir=save_dir)
-    if not (resume and checkpointer.has_checkpoint()):
-        check_weights_fit(model, path)
+    """Check (:func:`check_weights_fit`) then load what Detectron2 would load: with ``resume``,
+    the last checkpoint in ``save_dir`` when there is one, else ``path``."""
+    checkpointer = AtomicCheckpointer(model, save_dir=save_dir)
+    check_weights_fit(model, checkpoint_to_load(checkpointer, path, resume))
     checkpointer.resume_or_load(path, resume=resume)
+
+
+def checkpoint_to_load(checkpointer, weights: str, resume: bool) -> str:
+    """The file ``checkpointer.resume_or_load(weights, resume=resume)`` reads: the one
+    ``save_dir/last_checkpoint`` names (``resume`` and it exists), else ``weights``."""
+    if not (resume and checkpointer.has_checkpoint()):
+        return weights
+    target = checkpointer.get_checkpoint_file()
+    if not os.path.isfile(target):
+        raise AccelDetError(
+            f"--resume: {os.path.join(checkpointer.save_dir, LAST_CHECKPOINT)} names {target}, "
+            f"which does not exist; remove it to start from MODEL.WEIGHTS"
+        )
+    return target
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, but ``model_*.pth`` and ``last_checkpoint`` are written to a
+    temporary file, flushed to disk and renamed: a crash or a full disk mid-save leaves the previous
+    files whole (and a failed write is one line naming the file). Remote folders: Detectron2's."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if "://" in self.save_dir:
+            return super().save(name, **kwargs)
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, LAST_CHECKPOINT))

@@ -87,23 +87,34 @@ def vgg16_to_detectron2(
     for key, value in state.items():
         if key.startswith("features."):
             out["backbone." + key] = value.detach().clone()
-    head = all(f"{k}.weight" in state for k in HEAD_KEYS)
+    head = all(any(k.startswith(f"{old}.") for k in state) for old in HEAD_KEYS)
     fc_dim = None
     if head:
-        for old, new in HEAD_KEYS.items():
-            out[f"{new}.weight"] = state[f"{old}.weight"].detach().clone()
-            out[f"{new}.bias"] = state[f"{old}.bias"].detach().clone()
-        fc_dim = int(state["classifier.0.weight"].shape[0])
+        for key, value in state.items():
+            for old, new in HEAD_KEYS.items():
+                if key.startswith(f"{old}."):  # classifier.0.weight, or classifier.0.reduce.weight
+                    out[new + key[len(old) :]] = value.detach().clone()
+        fc6_in = linear_shape(state, "classifier.0")[1]
+        fc_dim = linear_shape(state, "classifier.0")[0]
         conv5_channels = max(
             v.shape[0] for k, v in state.items() if k.startswith("features.") and v.dim() == 4
         )
-        if state["classifier.0.weight"].shape[1] != conv5_channels * 7 * 7:
+        if fc6_in != conv5_channels * 7 * 7:
             raise AccelDetError(
-                f"classifier.0 takes {state['classifier.0.weight'].shape[1]} inputs, not conv5_3's "
+                f"classifier.0 takes {fc6_in} inputs, not conv5_3's "
                 f"{conv5_channels}×7×7: cannot become fc6 after 7×7 RoI pooling"
             )
     info = {"width": width, "fc_dim": fc_dim, "box_head": head, "accelerated": plan is not None}
     return out, info
+
+
+def linear_shape(state: Mapping[str, torch.Tensor], prefix: str) -> Tuple[int, int]:
+    """(outputs, inputs) of the fc layer ``prefix`` of a state dict, plain or factorized."""
+    if f"{prefix}.weight" in state:
+        return tuple(state[f"{prefix}.weight"].shape)
+    return int(state[f"{prefix}.expand.weight"].shape[0]), int(
+        state[f"{prefix}.reduce.weight"].shape[1]
+    )
 
 
 def config_lines(info: Mapping, plan_path: Optional[str] = None) -> str:

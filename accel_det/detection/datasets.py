@@ -113,17 +113,24 @@ def load_voc_instances(
         except (ET.ParseError, IndexError, ValueError, TypeError) as error:
             raise AccelDetError(f"cannot read VOC annotation {anno_file}: {error}") from None
         instances = []
-        for obj in tree.findall("object"):
-            cls = obj.find("name").text.strip()
+        for number, obj in enumerate(tree.findall("object"), 1):
+            try:
+                cls = obj.find("name").text.strip()
+                difficult = obj.find("difficult")
+                difficult = difficult is not None and int(difficult.text) == 1
+                box = obj.find("bndbox")
+                bbox = [float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+            except (AttributeError, TypeError, ValueError):
+                raise AccelDetError(
+                    f"{anno_file}: object {number} lacks a <name>, a <bndbox> with numbers "
+                    f"xmin, ymin, xmax, ymax, or has a <difficult> that is not 0 or 1"
+                ) from None
             if cls not in class_names:
                 raise AccelDetError(
                     f"{anno_file}: class {cls!r} is not one of the data set's classes {class_names}"
                 )
-            difficult = obj.find("difficult")
-            if not keep_difficult and difficult is not None and int(difficult.text) == 1:
+            if difficult and not keep_difficult:
                 continue
-            box = obj.find("bndbox")
-            bbox = [float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
             bbox[0] -= 1.0
             bbox[1] -= 1.0
             instances.append(
@@ -222,6 +229,16 @@ def check_dataset_layout(name: str) -> None:
             f"data set {name!r} is not registered (accel-det registers: "
             f"{', '.join(sorted(VOC_FORMAT_DATASETS))})"
         )
+
+
+def dataset_images(name: str) -> List[Tuple[str, str]]:
+    """``(image id, file name)`` of every image of a data set (VOC-format: from its split file)."""
+    if name in VOC_FORMAT_DATASETS:
+        dirname, split = VOC_FORMAT_DATASETS[name]
+        return [
+            (i, os.path.join(dirname, "JPEGImages", f"{i}.jpg")) for i in read_split(dirname, split)
+        ]
+    return [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(name)]
 
 
 def dataset_image_ids(name: str) -> List[str]:

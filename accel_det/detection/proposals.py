@@ -9,6 +9,7 @@ is a pickled dict ``{"ids": [...], "boxes": [N×4 float32 XYXY_ABS], "objectness
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,10 +22,23 @@ import numpy as np
 
 from ..errors import AccelDetError
 from ..utils.io import atomic_path, atomic_write_json
+from ..utils.safe_pickle import load_pickle
 
 logger = logging.getLogger(__name__)
 
 XYXY_ABS = 0  # detectron2.structures.BoxMode.XYXY_ABS
+
+
+def _box_mode(value):
+    try:
+        from detectron2.structures import BoxMode
+    except ImportError:  # an IntEnum: its int is equal to it
+        return int(value)
+    return BoxMode(value)
+
+
+# proposal files written with detectron2's BoxMode (an IntEnum) name it: allowed, and only it
+PROPOSAL_GLOBALS = {("detectron2.structures.boxes", "BoxMode"): _box_mode}
 CHUNK = 64  # images per resumable part
 
 
@@ -98,12 +112,15 @@ def make_proposals(
     workers: int = 1,
     resume: bool = True,
     progress: bool = True,
+    dataset_name: str = "",
 ) -> dict:
     """Selective search over ``images`` (``(image_id, file_name)`` pairs), written as Detectron2's
     proposal file ``out_file``. Parts of ``CHUNK`` images are kept in ``<out_file>.parts/`` as they
-    finish, so a stopped run continues where it was (``resume``); the parts are removed at the end.
+    finish, so a stopped run continues where it was (``resume``: for the same settings and the same
+    list of images, files unchanged; otherwise it starts over); the parts are removed at the end.
     Returns a summary (images, mean boxes per image, settings), also written to
-    ``<out_file>.json``."""
+    ``<out_file>.json``. The file records which images it was made for (:func:`dataset_record`,
+    under ``dataset_name``)."""
     if not images:
         raise AccelDetError("no images to run selective search on")
     parts_dir = out_file + ".parts"
@@ -113,6 +130,7 @@ def make_proposals(
         "min_size": min_size,
         "max_boxes": max_boxes,
         "num_images": len(images),
+        "images_sha256": image_list_digest(images),  # parts are reused for the same list only
     }
     settings_file = os.path.join(parts_dir, "settings.json")
     if os.path.isdir(parts_dir):
@@ -169,11 +187,10 @@ def make_proposals(
     ids: List[str] = []
     boxes: List[np.ndarray] = []
     for i in range(len(chunks)):
-        with open(_part_path(parts_dir, i), "rb") as f:
-            part = pickle.load(f)
+        part = load_pickle(_part_path(parts_dir, i), "selective search part")
         ids += part["ids"]
         boxes += part["boxes"]
-    write_proposal_file(out_file, ids, boxes)
+    write_proposal_file(out_file, ids, boxes, dataset=dataset_record(dataset_name, images))
     shutil.rmtree(parts_dir, ignore_errors=True)
     summary = dict(
         settings,
@@ -185,8 +202,38 @@ def make_proposals(
     return summary
 
 
+def image_list_digest(images: Sequence[Tuple[str, str]]) -> str:
+    """sha256 of ``(image_id, file_name)`` pairs in order, with each file's size and modification
+    time: another list, or a file changed since, gives another digest."""
+    digest = hashlib.sha256()
+    for image_id, file_name in images:
+        try:
+            stat = os.stat(file_name)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1  # reported when it is read
+        digest.update(f"{image_id}\t{os.path.abspath(file_name)}\t{size}\t{mtime}\n".encode())
+    return digest.hexdigest()
+
+
 def _part_path(parts_dir: str, index: int) -> str:
     return os.path.join(parts_dir, f"part{index:06d}.pkl")
+
+
+def dataset_record(name: str, images: Sequence[Tuple[str, str]]) -> dict:
+    """What a proposal file records of the images it was made for (Detectron2 ignores the extra
+    key): the data set's name and, per image id, the file's name (without its folder) and size."""
+    return {
+        "name": name,
+        "files": {str(i): [os.path.basename(f), _size(f)] for i, f in images},
+    }
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
 
 
 def write_proposal_file(
@@ -194,9 +241,10 @@ def write_proposal_file(
     ids: Sequence,
     boxes: Sequence[np.ndarray],
     logits: Optional[Sequence[np.ndarray]] = None,
+    dataset: Optional[dict] = None,
 ) -> None:
     """Write Detectron2's proposal pickle (``logits`` default: ``-rank``, keeping the given
-    order)."""
+    order); ``dataset``: :func:`dataset_record` of the images, kept as an extra key."""
     if len(ids) != len(boxes) or (logits is not None and len(logits) != len(ids)):
         raise AccelDetError("proposal ids, boxes and logits must have the same length")
     boxes = [np.asarray(b, dtype=np.float32).reshape(-1, 4) for b in boxes]
@@ -208,20 +256,17 @@ def write_proposal_file(
         "objectness_logits": [np.asarray(s, dtype=np.float32) for s in logits],
         "bbox_mode": XYXY_ABS,
     }
+    if dataset is not None:
+        data["dataset"] = dataset
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def read_proposal_file(path: str) -> dict:
-    """Load a proposal pickle (Detectron2's format, or Detectron1's ``indexes``/``scores`` keys)."""
-    if not os.path.isfile(path):
-        raise AccelDetError(f"proposal file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f, encoding="latin1")
-    except Exception as error:  # corrupt pickles raise many types
-        raise AccelDetError(f"cannot read proposal file {path}: {error}") from None
+    """Load a proposal pickle (Detectron2's format, or Detectron1's ``indexes``/``scores`` keys)
+    as plain data: a file that names any other global (code) is refused unrun."""
+    data = load_pickle(path, "proposal file", PROPOSAL_GLOBALS)
     if isinstance(data, dict):
         data = dict(data)
         for old, new in (("indexes", "ids"), ("scores", "objectness_logits")):
@@ -234,9 +279,41 @@ def read_proposal_file(path: str) -> dict:
     return data
 
 
-def check_proposal_file(path: str, image_ids: Iterable, dataset_name: str = "") -> None:
-    """Raise :class:`AccelDetError` unless the proposal file has boxes for every image id."""
-    _check_covers(f"proposal file {path}", read_proposal_file(path)["ids"], image_ids, dataset_name)
+def check_proposal_file(
+    path: str,
+    image_ids: Iterable,
+    dataset_name: str = "",
+    images: Optional[Sequence[Tuple[str, str]]] = None,
+) -> None:
+    """Raise :class:`AccelDetError` unless the proposal file has boxes for every image id and,
+    given the data set's ``images`` (``(id, file name)`` pairs), was made for these files: the
+    names and sizes it records per id (:func:`dataset_record`) must match. A file without that
+    record (older, or made elsewhere) is taken by ids alone, with a warning."""
+    data = read_proposal_file(path)
+    _check_covers(f"proposal file {path}", data["ids"], image_ids, dataset_name)
+    if images is None:
+        return
+    record = data.get("dataset")
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        logger.warning(
+            "proposal file %s does not record which images it was made for (made elsewhere or "
+            "by an older tools/make_proposals.py): its boxes are matched to %s by image id alone",
+            path,
+            f"data set {dataset_name!r}" if dataset_name else "the data set",
+        )
+        return
+    current = dataset_record(dataset_name, images)["files"]
+    recorded = record["files"]
+    other = [i for i, f in current.items() if i in recorded and list(recorded[i]) != f]
+    if other:
+        first = other[0]
+        raise AccelDetError(
+            f"proposal file {path} was made for other images than those of data set "
+            f"{dataset_name!r} (it records data set {record.get('name')!r}; image {first} was "
+            f"{recorded[first][0]} of {recorded[first][1]} bytes, it is {current[first][0]} of "
+            f"{current[first][1]} bytes; {len(other)} of {len(current)} images differ): make it "
+            f"with tools/make_proposals.py --dataset {dataset_name or 'NAME'}"
+        )
 
 
 def _check_covers(what_file: str, ids: Iterable, image_ids: Iterable, dataset_name: str) -> None:
@@ -253,7 +330,11 @@ def _check_covers(what_file: str, ids: Iterable, image_ids: Iterable, dataset_na
 
 
 def convert_mat(
-    mat_file: str, out_file: str, image_ids: Optional[Sequence[str]] = None, dataset_name: str = ""
+    mat_file: str,
+    out_file: str,
+    image_ids: Optional[Sequence[str]] = None,
+    dataset_name: str = "",
+    dataset: Optional[dict] = None,
 ) -> dict:
     """Convert a classic Fast R-CNN selective-search ``.mat`` (``boxes``: per image N×4
     ``[y1 x1 y2 x2]``, 1-based inclusive; ``images``: the ids) to Detectron2's proposal file.
@@ -261,6 +342,7 @@ def convert_mat(
     Boxes become ``[x1 - 1, y1 - 1, x2, y2]`` in continuous pixel coordinates, the convention of
     Detectron2's VOC loader. ``image_ids`` (the data set's) are the ids when the file has no
     ``images``; otherwise the file must cover them all, checked before anything is written.
+    ``dataset``: :func:`dataset_record` of the data set's images, recorded in the file.
     """
     from scipy.io import loadmat
 
@@ -295,7 +377,7 @@ def convert_mat(
         b = np.asarray(cell, dtype=np.float32).reshape(-1, 4)[:, (1, 0, 3, 2)]
         b[:, :2] -= 1.0
         boxes.append(b)
-    write_proposal_file(out_file, ids, boxes)
+    write_proposal_file(out_file, ids, boxes, dataset=dataset)
     return {
         "images": len(ids),
         "mean_boxes": float(np.mean([len(b) for b in boxes])),

@@ -13,18 +13,38 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_write_json, json_safe
+from ..utils.io import atomic_write_json, json_safe, sweep_temporaries
 from .backbone import load_plan
-from .checkpoint import REMOTE_PREFIXES, check_weights_fit
-from .datasets import check_dataset_layout, dataset_image_ids
+from .checkpoint import (
+    REMOTE_PREFIXES,
+    AtomicCheckpointer,
+    check_weights_fit,
+    checkpoint_to_load,
+    read_checkpoint_state,
+)
+from .checks import check_dataset_files
+from .datasets import check_dataset_layout, dataset_image_ids, dataset_images
 from .proposals import check_proposal_file
 
 logger = logging.getLogger(__name__)
 
+RESULTS_FILE = "eval_results.json"  # in OUTPUT_DIR: what tools/report.py reads
+
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with a VOC/COCO evaluator by data set type, and ``MODEL.WEIGHTS`` checked
-    against the model (:func:`check_weights_fit`) before Detectron2 loads it."""
+    """``DefaultTrainer`` with a VOC/COCO evaluator by data set type, the weights it loads
+    (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked against the model
+    (:func:`check_weights_fit`) first, and checkpoints written atomically
+    (:class:`AtomicCheckpointer`)."""
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ makes its checkpointer just before it builds the hooks (the
+        # periodic checkpointer takes it): swap in the atomic one here, with the same state
+        old = self.checkpointer
+        self.checkpointer = AtomicCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        return super().build_hooks()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -40,8 +60,8 @@ class Trainer(DefaultTrainer):
         )
 
     def resume_or_load(self, resume=True):
-        if not (resume and self.checkpointer.has_checkpoint()):
-            check_weights_fit(_unwrap(self.model), self.cfg.MODEL.WEIGHTS)
+        path = checkpoint_to_load(self.checkpointer, self.cfg.MODEL.WEIGHTS, resume)
+        check_weights_fit(_unwrap(self.model), path)
         super().resume_or_load(resume=resume)
 
 
@@ -51,22 +71,33 @@ def _unwrap(model):
 
 def check_inputs(cfg, train: bool = True) -> None:
     """Fail early, with one clear message, on a missing plan or weights file, a data set folder
-    without the VOC layout or a proposal file that misses images (before Detectron2 starts and
-    fails deep inside). Whether the weights fit the model is checked when they are loaded."""
+    without the VOC layout, an image that does not decode, a test annotation the evaluator cannot
+    read (:mod:`.checks`) or a proposal file that misses images or was made for other images
+    (before Detectron2 starts and fails deep inside). Proposal files and ``.pkl`` weights, which
+    Detectron2 unpickles, are read here first with the allow-list unpickler, so a pickle that
+    would run code is refused unrun. Whether the weights fit the model is checked when they are
+    loaded."""
     if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone":
         load_plan(cfg.MODEL.ACCEL.PLAN)
     weights = cfg.MODEL.WEIGHTS
-    if (
-        weights
-        and not weights.startswith(REMOTE_PREFIXES)
-        and not os.path.isfile(os.path.expanduser(weights))
-    ):
-        raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
+    if weights and not weights.startswith(REMOTE_PREFIXES):
+        if not os.path.isfile(os.path.expanduser(weights)):
+            raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
+        if weights.endswith(".pkl"):  # Detectron2 unpickles it in full: read it as data first
+            read_checkpoint_state(os.path.expanduser(weights))
+    check_data(cfg, train)
+
+
+def check_data(cfg, train: bool = True) -> None:
+    """The data part of :func:`check_inputs`: the VOC layout of every data set of
+    ``DATASETS.TRAIN`` (when ``train``) and ``DATASETS.TEST``, its images and test annotations,
+    and proposal files that cover them (read as data, before Detectron2 unpickles them)."""
     splits = [("TRAIN", cfg.DATASETS.TRAIN, cfg.DATASETS.PROPOSAL_FILES_TRAIN)] if train else []
     splits.append(("TEST", cfg.DATASETS.TEST, cfg.DATASETS.PROPOSAL_FILES_TEST))
     for which, names, proposal_files in splits:
         for name in names:
             check_dataset_layout(name)
+            check_dataset_files(name, evaluated=which == "TEST")
         if cfg.MODEL.LOAD_PROPOSALS:
             if len(proposal_files) != len(names):
                 raise AccelDetError(
@@ -74,7 +105,7 @@ def check_inputs(cfg, train: bool = True) -> None:
                     f"{len(proposal_files)} files for {len(names)} data sets in DATASETS.{which}"
                 )
             for name, path in zip(names, proposal_files):
-                check_proposal_file(path, dataset_image_ids(name), name)
+                check_proposal_file(path, dataset_image_ids(name), name, dataset_images(name))
 
 
 def by_dataset(cfg, results: Mapping) -> Mapping:
@@ -82,6 +113,17 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
     if results and "bbox" in results and len(cfg.DATASETS.TEST) == 1:
         return OrderedDict([(cfg.DATASETS.TEST[0], results)])
     return results
+
+
+def start_run(output_dir: str) -> None:
+    """What the main process does when a run starts in ``output_dir``: remove the temporaries of
+    a killed run and the evaluation results of an earlier one (a run that fails must not leave
+    them next to its own config.yaml for tools/report.py)."""
+    sweep_temporaries(output_dir)
+    stale = os.path.join(output_dir, RESULTS_FILE)
+    if os.path.isfile(stale):
+        os.remove(stale)
+        logger.info("removed %s of an earlier run", stale)
 
 
 def save_results(results: Mapping, path: str) -> None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import os
 from typing import Dict, Mapping, Optional, Tuple, Union
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision.models.vgg import VGG
 
 from ..errors import AccelDetError
-from ..nn.chain import apply_plan, conv_names
+from ..nn.chain import apply_plan, apply_plan_to_linear, conv_names
 from ..plan import Plan
-from ..utils.io import load_torch_file
+from ..utils.io import load_torch_file, sha256_file
 from .fit import first_mismatch, keys_under, shapes_of, unexpected_key
 
 VGG16_LAYERS = (
@@ -100,6 +101,8 @@ def vgg16(
         init_vgg_weights(model)
     if plan is not None:
         model.features = apply_plan(model.features, plan)
+        model.classifier[0] = apply_plan_to_linear(model.classifier[0], "fc6", plan)
+        model.classifier[3] = apply_plan_to_linear(model.classifier[3], "fc7", plan)
     return model
 
 
@@ -122,12 +125,7 @@ def load_vgg16_state_dict(source: str) -> Dict[str, torch.Tensor]:
     if source == TORCHVISION_WEIGHTS:
         from torchvision.models import VGG16_Weights
 
-        try:
-            return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-        except Exception as error:
-            raise AccelDetError(
-                f"cannot download torchvision's VGG-16 weights ({error}); pass a local .pth file"
-            ) from None
+        return load_hub_weights(VGG16_Weights.IMAGENET1K_V1.url, "torchvision's VGG-16 weights")
     state = load_torch_file(os.path.expanduser(source), "VGG-16 weights")
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
@@ -136,6 +134,39 @@ def load_vgg16_state_dict(source: str) -> Dict[str, torch.Tensor]:
     ):
         raise AccelDetError(f"{source} does not hold a state dict of tensors")
     return dict(state)
+
+
+def hub_cache_file(url: str) -> str:
+    """Where torch hub keeps the file downloaded from ``url``."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+def load_hub_weights(url: str, what: str = "weights") -> Dict[str, torch.Tensor]:
+    """The state dict at ``url`` (torchvision's naming, ``name-<sha256 prefix>.pth``) through torch
+    hub's cache: downloaded with the hash check, the cached file checked as well (torch checks
+    only what it downloads), loaded with ``weights_only=True``."""
+    cached = hub_cache_file(url)
+    match = torch.hub.HASH_REGEX.search(os.path.basename(cached))
+    if match is None or len(match.group(1)) < 8:
+        raise AccelDetError(f"{url} has no sha256 prefix in its file name to check {what} against")
+    if os.path.isfile(cached):
+        digest = sha256_file(cached)
+        if not digest.startswith(match.group(1)):
+            raise AccelDetError(
+                f"{what} {cached} have sha256 {digest[:16]}..., not the {match.group(1)}... of "
+                f"their name: the file is corrupt or was replaced; delete it to download it again"
+            )
+    try:
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+        )
+    except Exception as error:  # download, hash and unpickling errors of many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if os.path.isfile(cached):  # downloaded and checked (or checked above): a load error
+            raise AccelDetError(f"cannot read {what} {cached}: {first}") from None
+        raise AccelDetError(
+            f"cannot download {what} from {url}: {first}; pass a local .pth file"
+        ) from None
 
 
 def layer_of_key(features: nn.Module, key: str) -> Optional[str]:
@@ -198,7 +229,9 @@ def factorized_key(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     """The first key of a factorized (accelerated) layer in ``state_dict``, or ``None`` for a plain
     VGG."""
     for key in state_dict:
-        if key.startswith("features.") and any(f".{role}." in key for role in FACTORIZED_ROLES):
+        if key.startswith(("features.", "classifier.")) and any(
+            f".{role}." in key for role in FACTORIZED_ROLES
+        ):
             return key
     return None
 
@@ -263,6 +296,8 @@ def load_vgg16(
                 )
             plan_dict, plan_path = Plan.read(sibling), sibling
             logger.info("using the plan %s next to the weights", sibling)
+    if plan_path is not None and isinstance(weights, str):
+        check_record_weights(weights, plan_dict, plan_path)
     config = infer_vgg16_config(state)
     if plan_dict is None:
         return (
@@ -280,6 +315,24 @@ def load_vgg16(
     return model, plan_dict, plan_path
 
 
+def check_record_weights(weights: str, record: Mapping, record_path: str) -> None:
+    """Refuse ``weights`` when ``record_path`` is their record (``OUT.json`` next to ``OUT.pth``)
+    and holds the sha256 of other weights (``outputs.weights_sha256``, written by the tools)."""
+    recorded = (record.get("outputs") or {}).get("weights_sha256")
+    path = os.path.abspath(os.path.expanduser(weights))
+    if (
+        not recorded
+        or os.path.splitext(path)[0] != os.path.splitext(os.path.abspath(record_path))[0]
+    ):
+        return
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise AccelDetError(
+            f"{weights} are not the weights {record_path} was written with (sha256 {actual[:12]}, "
+            f"recorded {recorded[:12]}): write the pair again with the tool that made it"
+        )
+
+
 def with_features(model: VGG, features: nn.Sequential) -> VGG:
     """``model`` with its ``features`` replaced (e.g. by :func:`accel_det.solver.compress`'s
     result); avgpool and the fc layers are kept as they are."""
@@ -293,8 +346,7 @@ def weights_file(source: str) -> Optional[str]:
     if source == TORCHVISION_WEIGHTS:
         from torchvision.models import VGG16_Weights
 
-        name = os.path.basename(VGG16_Weights.IMAGENET1K_V1.url)
-        path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+        path = hub_cache_file(VGG16_Weights.IMAGENET1K_V1.url)
         return path if os.path.isfile(path) else None
     path = os.path.expanduser(source)
     return path if os.path.isfile(path) else None

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import AccelDetError
 from .factorized import ORIGINAL, FactorizedConv2d, build_layer
+from .linear import build_linear, is_linear_entry
 
 CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, FactorizedConv2d)
 
@@ -62,13 +63,14 @@ def first_conv(features: nn.Sequential) -> nn.Module:
 
 
 def apply_plan(features: nn.Sequential, plan: Mapping) -> nn.Sequential:
-    """A copy of ``features`` with each conv replaced by the structure its plan entry names.
+    """A copy of ``features`` with each conv replaced by the structure its plan entry names (fc
+    entries of the plan are :func:`apply_plan_to_linear`'s).
 
     Only the architecture comes from the plan; new factorized layers are freshly initialised, so
     load their weights from a state dict. Raises :class:`AccelDetError` when the plan does not fit.
     """
     names = conv_names(features)
-    layers: Mapping[str, Mapping] = plan.get("layers", {})
+    layers = {n: e for n, e in plan.get("layers", {}).items() if not is_linear_entry(e)}
     unknown = sorted(set(layers) - set(names))
     if unknown:
         raise AccelDetError(f"plan names layers the network does not have: {', '.join(unknown)}")
@@ -95,3 +97,18 @@ def check_entry_fits(name: str, module: nn.Module, entry: Mapping) -> None:
             raise AccelDetError(
                 f"plan layer {name}: {key} must be a positive integer, got {value!r}"
             )
+
+
+def apply_plan_to_linear(linear: nn.Linear, name: str, plan: Mapping) -> nn.Module:
+    """``linear`` (or its factorized replacement) as the plan entry ``name`` asks; unchanged when
+    the plan has no such entry. Raises :class:`AccelDetError` when the entry does not fit."""
+    entry = plan.get("layers", {}).get(name)
+    if entry is None:
+        return linear
+    for key in ("in_features", "out_features"):
+        if key in entry and entry[key] != getattr(linear, key):
+            raise AccelDetError(
+                f"plan layer {name}: {key}={entry[key]} but the network has {getattr(linear, key)}"
+            )
+    check_entry_fits(name, linear, {k: v for k, v in entry.items() if k == "rank"})
+    return build_linear(linear, entry)

@@ -215,6 +215,23 @@ def _z_step_statistics(centered, rectified, basis, coefficients, offset, lam, ch
     return cross, total / n
 
 
+def truncated_svd_solution(
+    weight: torch.Tensor, bias: Optional[torch.Tensor], rank: int
+) -> LowRankResponse:
+    """Girshick's truncated SVD of the weights (Fast R-CNN, §3.1), the data-free baseline: W ≈
+    U_d' U_d'ᵀ W with U_d' the top left singular vectors of W (d × fan-in); the original bias is
+    kept, so M = U_d' U_d'ᵀ and b = b₀ − M b₀ (the response is M (W x + b₀) + b)."""
+    matrix = weight.detach().double().flatten(1)
+    _, vectors = eigen_descending(matrix @ matrix.T)
+    basis = vectors[:, :rank]
+    b0 = (
+        bias.detach().double()
+        if bias is not None
+        else torch.zeros(matrix.shape[0], dtype=torch.float64)
+    )
+    return LowRankResponse(P=basis, Q=basis, b=b0 - basis @ (basis.T @ b0))
+
+
 def relative_error(target: torch.Tensor, approximation: torch.Tensor, relu: bool = True) -> float:
     """‖r(y) − r(ŷ)‖_F / ‖r(y)‖_F, or without r(·) when the layer has no ReLU."""
     if relu:

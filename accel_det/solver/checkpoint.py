@@ -3,42 +3,65 @@ so that a resumed run ends bit-identical to an uninterrupted one."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Mapping
 
+import torch
 from torch import nn
 
 from ..errors import AccelDetError
 from ..nn.factorized import build_layer
 from ..utils.io import atomic_torch_save, load_torch_file
+from .options import PLAN_OPTIONS
 
 # What a resumed run must share with the checkpoint's run (the plan records them).
-CHECKPOINT_KEYS = (
-    "method",
-    "speedup",
-    "rank_selection",
-    "rank_cost",
-    "round_ranks_to",
-    "skip",
-    "schedule",
-    "seed",
-    "samples_per_image",
-    "num_images",
-)
+CHECKPOINT_KEYS = PLAN_OPTIONS + ("num_images",)
 LAYER_KEYS = ("structure", "rank", "spatial_rank")
+# The fingerprints of what the solver was given (not in the plan): name -> what they hash.
+FINGERPRINTS = {
+    "images": "the image batches (every image's values)",
+    "weights": "the original layers' weights",
+}
 
 
-def save_checkpoint(path: str, plan: Mapping, approximated: nn.Sequential, done) -> None:
-    """Write the plan, the names of the finished layers and the weights to ``path`` atomically."""
+def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the names, dtypes, shapes and bytes of a state dict's tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\t{tensor.dtype}\t{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: str, plan: Mapping, approximated: nn.Sequential, done, fingerprints: Mapping
+) -> None:
+    """Write the plan, the names of the finished layers, the weights and the ``fingerprints`` of
+    the inputs (:data:`FINGERPRINTS`) to ``path`` atomically."""
     state = {k: v.detach().cpu() for k, v in approximated.state_dict().items()}
-    atomic_torch_save({"plan": json.dumps(plan), "done": sorted(done), "state_dict": state}, path)
+    atomic_torch_save(
+        {
+            "plan": json.dumps(plan),
+            "done": sorted(done),
+            "state_dict": state,
+            "fingerprints": dict(fingerprints),
+        },
+        path,
+    )
 
 
 def load_checkpoint(
-    path: str, plan: dict, approximated: nn.Sequential, names: Mapping[str, int]
+    path: str,
+    plan: dict,
+    approximated: nn.Sequential,
+    names: Mapping[str, int],
+    fingerprints: Mapping,
 ) -> set:
     """Restore the finished layers of a checkpoint into ``approximated`` and ``plan``; check that
-    it was made with this run's options and plan. Returns the names of the finished layers."""
+    it was made with this run's options, plan and inputs (``fingerprints``, as
+    :func:`save_checkpoint` takes them). Returns the names of the finished layers."""
     saved = load_torch_file(path, "compression checkpoint")
     try:
         saved_plan = json.loads(saved["plan"])
@@ -52,6 +75,7 @@ def load_checkpoint(
                 f"checkpoint {path} was made with {key}={saved_plan.get(key)!r}, this run has "
                 f"{plan.get(key)!r}; start over without --resume or use the same options"
             )
+    check_fingerprints(path, saved.get("fingerprints"), fingerprints)
     for name in done:
         if any(
             saved_plan["layers"][name].get(k) != plan["layers"][name].get(k) for k in LAYER_KEYS
@@ -61,3 +85,20 @@ def load_checkpoint(
         approximated[names[name]] = build_layer(approximated[names[name]], plan["layers"][name])
     approximated.load_state_dict(state)
     return done
+
+
+def check_fingerprints(path: str, saved, fingerprints: Mapping) -> None:
+    """Refuse a checkpoint made from other images or weights than this run's, or one that does not
+    say (made before it recorded them)."""
+    if not isinstance(saved, Mapping):
+        raise AccelDetError(
+            f"checkpoint {path} does not record which images and weights it was made from (an "
+            f"older version made it); start over without --resume"
+        )
+    for key, what in FINGERPRINTS.items():
+        if saved.get(key) != fingerprints[key]:
+            raise AccelDetError(
+                f"checkpoint {path} was made from other {key} than this run (sha256 of {what}: "
+                f"{str(saved.get(key))[:12]}..., this run: {fingerprints[key][:12]}...); start "
+                f"over without --resume or use the same {key}"
+            )

@@ -53,6 +53,39 @@ class ConvSpec:
         )
 
 
+@dataclass(frozen=True)
+class LinearSpec:
+    """Shape of one fc layer as the solver sees it: d = ``out_features`` outputs of
+    c = ``in_features`` inputs, applied to ``rois`` inputs per image (the RoIs of a detector, 1
+    for a classifier). To the cost model it is a 1×1 conv over ``rois`` positions, so the
+    functions below count it as they count a conv."""
+
+    name: str
+    in_features: int
+    out_features: int
+    rois: int = 1
+    relu: bool = True
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_features
+
+    @property
+    def out_channels(self) -> int:
+        return self.out_features
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_features
+
+    @property
+    def positions(self) -> int:
+        return self.rois
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def conv_macs(spec: ConvSpec) -> int:
     """Multiply-adds of the original layer: d·k²c·H'W' (§1.4)."""
     return spec.out_channels * spec.fan_in * spec.positions

@@ -16,22 +16,52 @@ import torch
 
 from ..errors import AccelDetError
 from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL
-from .channel import LowRankResponse, nonlinear_reconstruction, pca_reconstruction
+from .channel import (
+    LowRankResponse,
+    nonlinear_reconstruction,
+    pca_reconstruction,
+    truncated_svd_solution,
+)
 
-# (target y, regressor ŷ, rank d', relu, λ schedule) -> M, b
-ChannelSolver = Callable[
-    [torch.Tensor, torch.Tensor, int, bool, Sequence[Tuple[float, int]]], LowRankResponse
-]
+
+@dataclass
+class ChannelProblem:
+    """What a channel step solves for one layer: the original responses y (``target``, n × d)
+    and the regressor ŷ (n × d: the responses to the approximated input for an asymmetric
+    method, y itself for a symmetric one), the rank d', whether a ReLU follows, the λ schedule,
+    and the weights of the layer that produces ŷ (for weight-based solutions)."""
+
+    target: torch.Tensor
+    regressor: torch.Tensor
+    rank: int
+    relu: bool
+    schedule: Sequence[Tuple[float, int]]
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
 
 
-def linear_solution(target, regressor, rank, relu, schedule) -> LowRankResponse:
+ChannelSolver = Callable[[ChannelProblem], LowRankResponse]
+
+
+def linear_solution(problem: ChannelProblem) -> LowRankResponse:
     """Eq. (4): PCA of the original responses (the regressor is not used)."""
-    return pca_reconstruction(target, rank)
+    return pca_reconstruction(problem.target, problem.rank)
 
 
-def nonlinear_solution(target, regressor, rank, relu, schedule) -> LowRankResponse:
-    """Eqs. (5)–(11) with the regressor the pipeline gives (eq. 12 when it is approximated)."""
-    return nonlinear_reconstruction(target, regressor, rank, relu=relu, schedule=schedule)
+def nonlinear_solution(problem: ChannelProblem) -> LowRankResponse:
+    """Eqs. (5)–(11), with eq. (12)'s approximated regressor for an asymmetric method."""
+    return nonlinear_reconstruction(
+        problem.target,
+        problem.regressor,
+        problem.rank,
+        relu=problem.relu,
+        schedule=problem.schedule,
+    )
+
+
+def svd_solution(problem: ChannelProblem) -> LowRankResponse:
+    """Girshick's truncated SVD of the layer's weights (Fast R-CNN): no data."""
+    return truncated_svd_solution(problem.weight, problem.bias, problem.rank)
 
 
 @dataclass(frozen=True)
@@ -92,6 +122,13 @@ METHODS: Dict[str, Method] = {
             "k x 1 + 1 x k spatial split, then asym on the 1 x k layer (section 3.5)",
         ),
         Method("jaderberg", True, None, False, "the spatial split alone (filter reconstruction)"),
+        Method(
+            "svd",
+            False,
+            svd_solution,
+            False,
+            "truncated SVD of the weights (Girshick's Fast R-CNN fc6/fc7 baseline), no data",
+        ),
     )
 }
 

@@ -13,6 +13,21 @@ from .channel import DEFAULT_SCHEDULE
 from .methods import METHODS, Method, get_method
 from .ranks import RANK_COSTS
 
+# The options a plan and its weights depend on (all but ``memory``; the latency table shows in the
+# ranks): a resumed run must share them with its checkpoint.
+PLAN_OPTIONS = (
+    "method",
+    "speedup",
+    "rank_selection",
+    "rank_cost",
+    "round_ranks_to",
+    "skip",
+    "schedule",
+    "seed",
+    "samples_per_image",
+    "heldout_fraction",
+)
+
 
 @dataclass(frozen=True)
 class SolverOptions:
@@ -24,8 +39,11 @@ class SolverOptions:
     ``skip``: layers left as they are; ``seed``: sampled positions; ``schedule``: the λ steps of
     the nonlinear solver, (λ, iterations) pairs; ``rank_cost``: ΔC of rank selection
     (``with_1x1``, ``paper`` or ``latency`` with ``latency_table``); ``round_ranks_to``: every d'
-    and d'' a multiple of it (beyond the paper); ``memory``: bytes of approximated activations
-    carried from one layer to the next.
+    and d'' a multiple of it (beyond the paper; 16 by default, oneDNN's fp32 channel block on CPUs,
+    8 suits fp16 GPU kernels, 1 gives the paper's ranks; thin layers get a smaller multiple,
+    :func:`~.ranks.layer_multiples`); ``memory``: bytes of approximated activations
+    carried from one layer to the next; ``heldout_fraction``: the seeded share of the images kept
+    out of every solve, to measure the held-out error (0: none).
     """
 
     speedup: float
@@ -36,9 +54,10 @@ class SolverOptions:
     seed: int = 0
     schedule: Tuple[Tuple[float, int], ...] = DEFAULT_SCHEDULE
     rank_cost: str = "with_1x1"
-    round_ranks_to: int = 1
+    round_ranks_to: int = 16
     latency_table: Any = None
     memory: int = 4 << 30
+    heldout_fraction: float = 0.1
 
     def __post_init__(self):
         object.__setattr__(self, "skip", tuple(self.skip))
@@ -79,6 +98,10 @@ class SolverOptions:
                 raise AccelDetError(
                     f"schedule steps are (lambda > 0, iterations >= 0) pairs, got {step!r}"
                 )
+        if not (isinstance(self.heldout_fraction, (int, float)) and 0 <= self.heldout_fraction < 1):
+            raise AccelDetError(
+                f"heldout_fraction must be in [0, 1), got {self.heldout_fraction!r}"
+            )
         if not (isinstance(self.round_ranks_to, int) and self.round_ranks_to >= 1):
             raise AccelDetError(
                 f"round_ranks_to must be a positive integer, got {self.round_ranks_to!r}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Tuple
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -19,9 +20,11 @@ from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, build_l
 from ..plan import Plan
 from ..utils.dist import broadcast_parameters, is_main_process, sum_over_processes
 from .channel import covariance, eigen_descending, relative_error
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, tensors_digest
 from .complexity import ConvSpec
 from .factorize import set_folded_weights, set_low_rank_weights, set_weights, unpadded_conv
+from .heldout import output_error, overfit_warning, split_rows
+from .methods import ChannelProblem
 from .network import conv_specs
 from .options import SolverOptions, check_names, options_or
 from .planning import make_plan
@@ -50,6 +53,7 @@ def compress(
     checkpoint: Optional[str] = None,
     resume: bool = False,
     on_layer_done: Optional[Callable[[str, dict], None]] = None,
+    planner: Optional[Callable[[Sequence[ConvSpec], Mapping[str, torch.Tensor]], Plan]] = None,
     **settings,
 ) -> CompressionResult:
     """Accelerate every conv of ``features`` (Conv2d / ReLU / MaxPool2d, torchvision VGG layout)
@@ -61,6 +65,8 @@ def compress(
     map sizes the multiply-adds are counted at (default: the first batch's). ``checkpoint`` is a
     file rewritten after each layer; with ``resume`` the run continues after the last layer it
     holds and ends identical to an uninterrupted run. ``features`` itself is left untouched.
+    ``planner(specs, eigenvalues)`` replaces :func:`~.planning.make_plan` (e.g. one budget with
+    fc layers, :func:`~.joint.make_network_plan`); entries of layers it adds are kept as they are.
 
     Under torch.distributed each process passes its own shard of the images, as
     ``{"images": ..., "indices": ...}`` batches whose indices number the images globally; the
@@ -79,23 +85,33 @@ def compress(
         batches, options.samples_per_image, options.seed, device, progress, options.memory
     )
     truth = sampler.original(original, names)
+    heldout = {
+        n: split_rows(sampler.row_images[n], options.heldout_fraction, options.seed) for n in truth
+    }
     input_hw = tuple(input_hw or first_hw(batches))
     specs = conv_specs(original, input_hw)
-    eigenvalues = {s.name: eigen_descending(covariance(truth[s.name])[1])[0] for s in specs}
-    plan = make_plan(specs, eigenvalues, options)
+    eigenvalues = {
+        s.name: eigen_descending(covariance(truth[s.name][~heldout[s.name]])[1])[0] for s in specs
+    }
+    plan = (planner or functools.partial(make_plan, options=options))(specs, eigenvalues)
     plan.update(
         samples_per_image=options.samples_per_image,
         seed=options.seed,
         num_images=sum_over_processes(sampler.num_images),
         num_samples={name: int(rows.shape[0]) for name, rows in truth.items()},
+        heldout_fraction=options.heldout_fraction,
         schedule=[list(step) for step in options.schedule],
         input_hw=list(input_hw),
     )
 
+    fingerprints = {
+        "images": sampler.images_digest(),
+        "weights": tensors_digest(features.state_dict()),
+    }
     approximated = copy.deepcopy(original)
     done = set()
     if resume and checkpoint and os.path.exists(checkpoint):
-        done = load_checkpoint(checkpoint, plan, approximated, names)
+        done = load_checkpoint(checkpoint, plan, approximated, names, fingerprints)
         approximated.to(device)
         logger.info(
             "resuming after %s", ", ".join(sorted(done, key=list(names).index)) or "nothing"
@@ -112,9 +128,9 @@ def compress(
         start = time.perf_counter()
         index = names[spec.name]
         if not solved:  # skipped: left as it is
-            entry["error"] = 0.0 if not approximated_before else None
+            entry["error"] = entry["heldout_error"] = 0.0 if not approximated_before else None
         else:
-            layer, error, inputs = solve_layer(
+            layer, errors, inputs = solve_layer(
                 spec,
                 entry,
                 original[index],
@@ -123,19 +139,36 @@ def compress(
                 sampler,
                 options,
                 inputs,
+                heldout[spec.name],
             )
             broadcast_parameters(layer)
             approximated[index] = layer
-            entry["error"] = error
+            entry["error"], entry["heldout_error"] = errors
             approximated_before = True
         entry["seconds"] = round(time.perf_counter() - start, 3)
         done.add(spec.name)
         if is_main_process():
             log_layer(spec.name, entry)
+            solved_on = int((~heldout[spec.name]).sum())
+            warning = overfit_warning(spec.name, entry, solved_on)
+            if warning:
+                logger.warning(warning)
         if checkpoint and is_main_process():
-            save_checkpoint(checkpoint, plan, approximated, done)
+            save_checkpoint(checkpoint, plan, approximated, done, fingerprints)
         if on_layer_done is not None:
             on_layer_done(spec.name, entry)
+    if options.heldout_fraction > 0:
+        error, count = output_error(original, approximated, batches, options.heldout_fraction,
+                                    options.seed, device)  # fmt: skip
+        plan["heldout"] = {
+            "fraction": options.heldout_fraction,
+            "images": count,
+            "output_error": error,
+        }
+        if is_main_process() and error is not None:
+            logger.info(
+                "held-out error of the output (%d images kept out of the solve): %.4f", count, error
+            )
     model = approximated.cpu() if device.type != "cpu" else approximated
     return CompressionResult(model=model, plan=plan)
 
@@ -149,9 +182,11 @@ def solve_layer(
     sampler: ResponseSampler,
     options: SolverOptions,
     inputs: Optional[LayerInputs],
+    heldout: torch.Tensor,
 ):
-    """Build the factorized layer of one plan entry; returns it, its relative error on the
-    samples, and the layer's approximated inputs when they fit in memory."""
+    """Build the factorized layer of one plan entry from the samples not ``heldout``; returns it,
+    its relative errors (on those samples, and on the held-out ones or None), and the layer's
+    approximated inputs when they fit in memory."""
     device = sampler.device
     method = options.solver
     structure, rank = entry["structure"], entry.get("rank")
@@ -168,33 +203,50 @@ def solve_layer(
     regressed = regressed.to(device)
     target = target.to(device)
     last = regressor[-1]
+    train, held = ~heldout.to(device), heldout.to(device)
+
+    def errors(approximation: torch.Tensor):
+        in_sample = relative_error(target[train], approximation[train], spec.relu)
+        out = relative_error(target[held], approximation[held], spec.relu) if held.any() else None
+        return in_sample, out
 
     if rank is None:  # the spatial step alone
         set_weights(layer.horizontal, last.weight, last.bias)
-        return layer, relative_error(target, regressed, spec.relu), inputs
+        return layer, errors(regressed), inputs
+    target_train, regressed_train = target[train], regressed[train]
 
-    solution = method.solve(
-        target, regressed if method.asymmetric else target, rank, spec.relu, options.schedule
+    problem = ChannelProblem(
+        target=target_train,
+        regressor=regressed_train if method.asymmetric else target_train,
+        rank=rank,
+        relu=spec.relu,
+        schedule=options.schedule,
+        weight=last.weight,
+        bias=last.bias,
     )
+    solution = method.solve(problem)
     if structure == SPATIAL_CHANNEL:
         set_low_rank_weights(layer.horizontal, layer.expand, last, solution)
     elif structure == CHANNEL:
         set_low_rank_weights(layer.reduce, layer.expand, last, solution)
     else:  # full rank d' = d: M folded into the layer that produces ŷ
         set_folded_weights(layer.horizontal if spatial else layer, last, solution)
-    return layer, relative_error(target, solution.apply(regressed), spec.relu), inputs
+    return layer, errors(solution.apply(regressed)), inputs
 
 
 def log_layer(name: str, entry: Mapping) -> None:
-    error = "n/a" if entry["error"] is None else f"{entry['error']:.4f}"
+    def text(value) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
     logger.info(
-        "%s: %s rank=%s spatial_rank=%s PCA energy=%.4f error=%s %.1fs",
+        "%s: %s rank=%s spatial_rank=%s PCA energy=%.4f error=%s held-out=%s %.1fs",
         name,
         entry["structure"],
         entry.get("rank"),
         entry.get("spatial_rank"),
         entry["pca_energy"],
-        error,
+        text(entry["error"]),
+        text(entry.get("heldout_error")),
         entry["seconds"],
     )
 

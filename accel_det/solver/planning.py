@@ -17,6 +17,7 @@ from .ranks import (
     budget_macs,
     channel_cost_table,
     cost_per_rank,
+    layer_multiples,
     round_down_ranks,
     select_ranks,
     spatial_ranks,
@@ -75,7 +76,7 @@ def make_plan(
         raise AccelDetError("every conv layer is skipped: nothing to compress")
     splittable = [s for s in spatial_layers(specs) if s.name not in skip]
     check_reachable(specs, options)
-    round_to = options.round_ranks_to
+    round_to = layer_multiples(specs, options.round_ranks_to)
     ranks: Dict[str, int] = {}
     spatial: Dict[str, int] = {}
     if not method.channel:
@@ -118,8 +119,8 @@ def make_plan(
             error=None,
             seconds=None,
         )
-    if round_to > 1:
-        plan["round_ranks_to"] = int(round_to)
+    if options.round_ranks_to > 1:
+        plan["round_ranks_to"] = int(options.round_ranks_to)
     if options.rank_selection and options.rank_cost == "latency":
         plan["latency"] = latency_record(specs, ranks, options)
     return plan
@@ -137,7 +138,7 @@ def channel_ranks(
     if not options.rank_selection:
         return round_down_ranks(
             uniform_ranks(solved, speedup),
-            options.round_ranks_to,
+            layer_multiples(solved, options.round_ranks_to),
             {s.name: s.out_channels for s in solved},
         )
     if options.rank_cost == "latency":
@@ -152,7 +153,8 @@ def channel_ranks(
         costs = {s.name: channel_cost_table(s) for s in solved}
         budget = budget_macs(specs, speedup, skip)
     selected = {s.name: eigenvalues[s.name] for s in solved}
-    return select_ranks(selected, costs, budget, round_to=options.round_ranks_to)
+    round_to = layer_multiples(solved, options.round_ranks_to)
+    return select_ranks(selected, costs, budget, round_to=round_to)
 
 
 def latency_record(specs, ranks, options: SolverOptions) -> dict:

@@ -58,7 +58,7 @@ def select_ranks(
     budget: float,
     min_rank: int = 1,
     *,
-    round_to: int = 1,
+    round_to: Multiple = 1,
 ) -> Dict[str, int]:
     """Eqs. (13)–(14), greedy: starting from full ranks, drop the eigenvalue σ_{l,d'_l} with the
     smallest (ΔE/E)/ΔC, ΔE/E = σ_{l,d'_l} / Σ_{a≤d'_l} σ_{l,a}, until Σ_l d'_l·ΔC_l ≤ ``budget``.
@@ -66,9 +66,10 @@ def select_ranks(
     ``eigenvalues`` are sorted, largest first, per layer; ``costs`` the ΔC of one rank per layer
     (a number), or, per layer, a cost table: the cost of the layer at ranks 1 … d (e.g. measured
     latencies, see :mod:`.latency`), then the greedy of :func:`select_ranks_by_table` is used.
-    ``round_to`` > 1 keeps every rank a multiple of it (or the full rank d), also by that greedy.
+    ``round_to`` > 1 keeps every rank a multiple of it (or the full rank d), also by that greedy;
+    a mapping gives each layer its own multiple (:func:`layer_multiples`).
     """
-    if round_to > 1 or any(not _is_number(c) for c in costs.values()):
+    if multiple_of(round_to, None) > 1 or any(not _is_number(c) for c in costs.values()):
         return select_ranks_by_table(eigenvalues, costs, budget, min_rank, round_to=round_to)
     order = list(eigenvalues)
     values = {name: eigenvalues[name].double().clamp_min(0).tolist() for name in order}
@@ -134,9 +135,7 @@ def select_ranks_by_table(
     linear table (cost(d') = d'·ΔC) the best step is always one eigenvalue (the σ are sorted), so
     with ``round_to=1`` this is :func:`select_ranks` exactly.
     """
-    if round_to < 1 or int(round_to) != round_to:
-        raise AccelDetError(f"round_to must be a positive integer, got {round_to!r}")
-    round_to = int(round_to)
+    check_multiple(round_to)
     order = list(eigenvalues)
     values = {name: eigenvalues[name].double().clamp_min(0).tolist() for name in order}
     energy = {name: np.concatenate([[0.0], np.cumsum(values[name])]) for name in order}
@@ -147,8 +146,9 @@ def select_ranks_by_table(
         cost[name] = np.array(
             [0.0] + monotone_costs(_as_table(tables[name], d, name))
         )  # cost[name][r]: at rank r
+        step = multiple_of(round_to, name)
         allowed[name] = np.array(
-            sorted({r for r in range(1, d + 1) if r % round_to == 0 and r >= min_rank} | {d})
+            sorted({r for r in range(1, d + 1) if r % step == 0 and r >= min_rank} | {d})
         )
     ranks = {name: len(values[name]) for name in order}
     spent = sum(float(cost[name][ranks[name]]) for name in order)
@@ -185,8 +185,8 @@ def select_ranks_by_table(
             raise AccelDetError(
                 "the speedup is impossible: every layer is already at its minimum rank"
                 + (
-                    f" (ranks rounded to multiples of {round_to}: try a smaller multiple)"
-                    if round_to > 1
+                    " (ranks rounded to multiples: try a smaller multiple, --round-ranks 1)"
+                    if multiple_of(round_to, None) > 1
                     else ""
                 )
             )
@@ -261,16 +261,52 @@ def monotone_costs(table: Sequence[float]) -> List[float]:
 
 
 def round_down_ranks(
-    ranks: Mapping[str, int], multiple: int, full: Mapping[str, int]
+    ranks: Mapping[str, int], multiple: Multiple, full: Mapping[str, int]
 ) -> Dict[str, int]:
-    """Ranks rounded down to a multiple of ``multiple`` (at least ``multiple``, at most the full
-    rank), for uniform ranks with ``round_ranks_to``; rounding down never exceeds a budget."""
-    if multiple <= 1:
-        return dict(ranks)
-    return {
-        name: rank if rank == full[name] else min(full[name], max(multiple, rank - rank % multiple))
-        for name, rank in ranks.items()
-    }
+    """Ranks rounded down to a multiple of ``multiple`` (at least it, at most the full rank; a
+    mapping: per layer), for uniform ranks with ``round_ranks_to``; rounding down never exceeds a
+    budget."""
+    result = {}
+    for name, rank in ranks.items():
+        step = multiple_of(multiple, name)
+        if step <= 1 or rank == full[name]:
+            result[name] = rank
+        else:
+            result[name] = min(full[name], max(step, rank - rank % step))
+    return result
+
+
+Multiple = Union[int, Mapping[str, int]]  # one multiple for every layer, or one per layer
+
+
+def multiple_of(multiple: Multiple, name: Optional[str]) -> int:
+    """The multiple of layer ``name`` (``None``: the largest of any layer)."""
+    if isinstance(multiple, Mapping):
+        return int(multiple[name]) if name is not None else max(multiple.values(), default=1)
+    return int(multiple)
+
+
+def check_multiple(multiple: Multiple) -> None:
+    values = multiple.values() if isinstance(multiple, Mapping) else [multiple]
+    for value in values:
+        if not (isinstance(value, int) and value >= 1):
+            raise AccelDetError(f"round_to must be a positive integer, got {value!r}")
+
+
+def layer_multiples(specs: Sequence, round_to: int) -> Dict[str, int]:
+    """The multiple each layer's ranks are rounded to: ``round_to``, or for a thin layer (fewer
+    than 4·``round_to`` filters) the largest power of two at most a quarter of its filters, so
+    that a layer of 8 or 16 filters is not left only its full rank. Thin layers are bound by
+    memory traffic and per-layer overhead more than by their channel tiles."""
+    result = {}
+    for spec in specs:
+        step = round_to
+        if spec.out_channels < 4 * round_to:
+            step = 1
+            while step * 2 <= min(round_to, spec.out_channels // 4):
+                step *= 2
+        result[spec.name] = step
+    return result
 
 
 def _gain(values, energy, rank) -> float:
@@ -306,7 +342,7 @@ def spatial_ranks(
     budget: float,
     ranks: Optional[Mapping[str, int]] = None,
     *,
-    round_to: int = 1,
+    round_to: Multiple = 1,
 ) -> Dict[str, int]:
     """d'' per layer so that the layers fit ``budget`` multiply-adds, each with the same spatial
     ratio.
@@ -323,9 +359,7 @@ def spatial_ranks(
     (largest k×k / (k×1 + 1×k) ratio) first. Thin convs run in steps of channel tiles (oneDNN on
     CPU: 16 fp32 channels per AVX-512 vector; tensor cores: 8 fp16), so rounded ranks waste less.
     """
-    if round_to < 1 or int(round_to) != round_to:
-        raise AccelDetError(f"round_to must be a positive integer, got {round_to!r}")
-    round_to = int(round_to)
+    check_multiple(round_to)
     ranks = dict(ranks or {})
 
     def full_rank(spec: ConvSpec) -> int:
@@ -333,10 +367,10 @@ def spatial_ranks(
         return min(spec.in_channels * kh, ranks.get(spec.name, spec.out_channels) * kw)
 
     def rounded(spec: ConvSpec, value: int) -> int:
-        full = full_rank(spec)
-        if round_to == 1 or value >= full:
+        full, step = full_rank(spec), multiple_of(round_to, spec.name)
+        if step == 1 or value >= full:
             return max(1, min(full, value))
-        return min(full, max(round_to, value - value % round_to))
+        return min(full, max(step, value - value % step))
 
     def layer_ranks(ratio: float) -> Dict[str, int]:
         result = {}
@@ -372,7 +406,7 @@ def spatial_ranks(
         if high / low < 1 + 1e-12:
             break
     result = layer_ranks(high)
-    if round_to > 1:
+    if multiple_of(round_to, None) > 1:
         by_name = {spec.name: spec for spec in specs}
 
         def ratio_of(name: str) -> float:  # how many times cheaper the k×k part of the layer is
@@ -383,7 +417,8 @@ def spatial_ranks(
         while True:
             steps = []
             for name, value in result.items():
-                up = min(full_rank(by_name[name]), value + round_to - value % round_to)
+                step = multiple_of(round_to, name)
+                up = min(full_rank(by_name[name]), value + step - value % step)
                 if up > value:
                     extra = cost_of({**result, name: up}) - spent
                     if spent + extra <= budget:

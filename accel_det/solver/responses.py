@@ -7,6 +7,7 @@ of samples, not of images.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
-from ..utils.dist import gather_samples, sum_over_processes
+from ..utils.dist import all_gather_objects, gather_samples, sum_over_processes
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # images N×3×H×W, their global indices (N,)
 
@@ -127,7 +128,9 @@ class ResponseSampler:
         self.progress = progress
         self.memory = memory
         self.fingerprints: List[torch.Tensor] = []
+        self.digests: Dict[int, str] = {}  # sha256 of each image's values, by global index
         self.layers: Mapping[str, int] = {}
+        self.row_images: Dict[str, torch.Tensor] = {}  # layer -> the image of every sample row
 
     @property
     def num_images(self) -> int:
@@ -146,13 +149,17 @@ class ResponseSampler:
         layer_number = {name: number for number, name in enumerate(layers)}
         samples: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
         images_of: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
-        self.fingerprints = []
+        self.fingerprints, self.digests = [], {}
         stream = iterate_batches(self.batches, self.device)
         with torch.inference_mode():
             for images, indices in tqdm(
                 stream, desc="original responses", disable=not self.progress, leave=False
             ):
                 self.fingerprints.append(_fingerprint(images))
+                values = images.cpu().contiguous().numpy()
+                self.digests.update(
+                    (int(i), hashlib.sha256(v).hexdigest()) for i, v in zip(indices, values)
+                )
                 x = images
                 for index, module in enumerate(features):
                     if index > last:
@@ -169,8 +176,18 @@ class ResponseSampler:
         result = {}
         for name, index in layers.items():
             rows, images = _stack(samples[name], images_of[name], features[index].out_channels)
-            result[name] = _checked(name, gather_samples(rows, images)[0])
+            rows, self.row_images[name] = gather_samples(rows, images)
+            result[name] = _checked(name, rows)
         return result
+
+    def images_digest(self) -> str:
+        """sha256 of the values of every image of the original pass (float32, in image order; under
+        torch.distributed those of all processes): which images the layers were solved for."""
+        digests = dict(pair for part in all_gather_objects(self.digests) for pair in part.items())
+        digest = hashlib.sha256()
+        for index in sorted(digests):
+            digest.update(f"{index}\t{digests[index]}\n".encode())
+        return digest.hexdigest()
 
     def positions(self, layer_number: int, indices: torch.Tensor, out_hw) -> List[torch.Tensor]:
         return [

@@ -62,10 +62,18 @@ def add_solver_arguments(
     group.add_argument(
         "--round-ranks",
         type=int,
-        default=1,
+        default=16,
         metavar="N",
-        help="keep every d' and d'' a multiple of N at the same speedup (beyond the paper; 16 runs "
-        "faster on x86 CPUs, 8 on GPUs in fp16; default: 1, the paper's ranks)",
+        help="keep every d' and d'' a multiple of N at the same multiply-add budget (beyond the "
+        "paper; default 16, oneDNN's fp32 channel block on x86 CPUs; 8 suits fp16 GPU kernels; 1: "
+        "the paper's ranks; thin layers get a smaller power of two)",
+    )
+    group.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.1,
+        help="share of the images kept out of every solve to measure the held-out error "
+        "(default: 0.1; 0: none)",
     )
     group.add_argument(
         "--skip", nargs="*", default=["conv1_1"], help="layers left as they are (default: conv1_1)"
@@ -89,4 +97,5 @@ def solver_options(args: argparse.Namespace) -> SolverOptions:
         schedule=paper_schedule(args.iterations),
         rank_cost=args.rank_cost,
         round_ranks_to=args.round_ranks,
+        heldout_fraction=args.heldout_fraction,
     )

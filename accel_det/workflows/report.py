@@ -27,11 +27,20 @@ from ..plan import Plan, plan_fingerprint
 from ..utils.io import atomic_path, atomic_write_text, load_json, load_json_object
 from ..utils.tables import markdown_table as table
 
-PARTS = ("backbone", "detector", "backbone_full_width")  # latency entries a record may have
+# latency entries a record may have (eager PyTorch, and ONNX Runtime when exported)
+PARTS = (
+    "backbone",
+    "detector",
+    "backbone_full_width",
+    "detector_onnxruntime",
+    "backbone_full_width_onnxruntime",
+)
 PART_LABELS = {
     "backbone": "backbone",
     "detector": "detector",
     "backbone_full_width": "full-width backbone",
+    "detector_onnxruntime": "detector, ONNX Runtime",
+    "backbone_full_width_onnxruntime": "full-width backbone, ONNX Runtime",
 }
 
 
@@ -239,8 +248,10 @@ def report_rows(records: Sequence[Mapping]) -> List[dict]:
             "name": r.get("name", "?"),
             "baseline": r is base,
             "theoretical_speedup": float(r.get("theoretical_speedup", 1.0)),
+            "theoretical_speedup_detector": r.get("theoretical_speedup_detector"),
             "ap50": r.get("ap50"),
             "ap50_before_ft": r.get("ap50_before_ft"),
+            "ap50_onnxruntime": r.get("ap50_onnxruntime"),
             "delta_ap50": None
             if r.get("ap50") is None or base.get("ap50") is None
             else r["ap50"] - base["ap50"],
@@ -250,7 +261,15 @@ def report_rows(records: Sequence[Mapping]) -> List[dict]:
             row[f"{part}_ms"] = ms
             row[f"{part}_speedup"] = base_ms / ms if ms and base_ms else None
         rows.append(row)
-    return sorted(rows, key=lambda row: (not row["baseline"], row["theoretical_speedup"]))
+    return sorted(rows, key=sort_key)
+
+
+def sort_key(row: Mapping):
+    """Baseline first, then by theoretical speedup (of the whole detector when known)."""
+    return (
+        not row["baseline"],
+        row.get("theoretical_speedup_detector") or row["theoretical_speedup"],
+    )
 
 
 def _f(value, pattern: str, empty: str = "–") -> str:
@@ -261,77 +280,73 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
     """The rows as a GitHub Markdown table (a latency column only when some row has it)."""
     show_before = any(r.get("ap50_before_ft") is not None for r in rows)
     parts = [p for p in PARTS if any(r.get(f"{p}_ms") is not None for r in rows)]
+    show_detector = any(r.get("theoretical_speedup_detector") for r in rows)
     header = ["model", "theoretical speedup (conv)"]
+    header += ["theoretical speedup (detector)"] if show_detector else []
     header += [f"actual speedup ({PART_LABELS[p]})" for p in parts] + [
         f"{PART_LABELS[p]} ms" for p in parts
     ]
     header += ["AP50 before FT"] if show_before else []
     header += ["AP50", "ΔAP50"]
+    show_exported = any(r.get("ap50_onnxruntime") is not None for r in rows)
+    header += ["AP50 (ONNX Runtime)"] if show_exported else []
     body = []
     for r in rows:
         cells = [r["name"], "1.00×" if r["baseline"] else _f(r["theoretical_speedup"], "{:.2f}×")]
+        detector = 1.0 if r["baseline"] else r.get("theoretical_speedup_detector")
+        cells += [_f(detector, "{:.2f}×")] if show_detector else []
         cells += [_f(r[f"{p}_speedup"], "{:.2f}×") for p in parts] + [
             _f(r[f"{p}_ms"], "{:.1f}") for p in parts
         ]
         cells += [_f(r.get("ap50_before_ft"), "{:.1f}")] if show_before else []
         cells += [_f(r["ap50"], "{:.1f}"), "–" if r["baseline"] else _f(r["delta_ap50"], "{:+.1f}")]
+        cells += [_f(r.get("ap50_onnxruntime"), "{:.1f}")] if show_exported else []
         body.append(cells)
     return table(header, body)
 
 
+def family(row: Mapping) -> str:
+    """The group a model belongs to in the plot: its name up to the last ``_`` (``detector_4x``
+    → ``detector``), the baseline its own."""
+    return "baseline" if row["baseline"] else row["name"].rsplit("_", 1)[0]
+
+
 def plot_map_vs_speedup(rows: Sequence[Mapping], path: str, title: str = "AP50 vs speedup") -> None:
-    """PNG: AP50 against theoretical and actual (backbone, detector) speedup, one point per
-    model."""
+    """PNG: AP50 against the whole detector's speedup, actual (filled) and theoretical (hollow),
+    one marker and line per family of models (and the backbone's actual speedup, dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r.get("ap50") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    series = [
-        ("theoretical_speedup", "theoretical (conv layers)", "o-"),
-        ("backbone_speedup", "actual, backbone", "s--"),
-        ("detector_speedup", "actual, whole detector", "^:"),
-        ("backbone_full_width_speedup", "actual, same plans at full width", "d-."),
-    ]
-    ordered = sorted(
-        rows, key=lambda r: (not r["baseline"], r["theoretical_speedup"])
-    )  # lines join models in this order
-    for key, label, style in series:
-        points = [
-            (r[key] if not r["baseline"] else 1.0, r["ap50"])
-            for r in ordered
-            if r.get(key) or r["baseline"]
-        ]
-        if len(points) > 1:
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
-    before = sorted(
-        (r["theoretical_speedup"], r["ap50_before_ft"])
-        for r in rows
-        if r.get("ap50_before_ft") is not None and not r["baseline"]
-    )
-    if before:
-        ax.plot(
-            [p[0] for p in before],
-            [p[1] for p in before],
-            "x",
-            color="gray",
-            label="before fine-tuning (theoretical)",
-        )
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
+    base = next((r for r in rows if r["baseline"]), None)
+    markers = iter("osd^vP*X")
+    for name in dict.fromkeys(family(r) for r in rows if not r["baseline"]):
+        members = sorted((r for r in rows if family(r) == name), key=sort_key)
+        marker, color = next(markers), None
+        for key, filled in (("detector_speedup", True), ("theoretical_speedup_detector", False)):
+            points = [(r[key], r["ap50"]) for r in members if r.get(key)]
+            if base is not None:
+                points = [(1.0, base["ap50"])] + points
+            if len(points) < 2:
+                continue
+            label = f"{name}: {'actual' if filled else 'theoretical'}"
+            line = ax.plot([p[0] for p in points], [p[1] for p in points], "-" if filled else ":",
+                           marker=marker, color=color, label=label,
+                           markerfacecolor=None if filled else "none")  # fmt: skip
+            color = line[0].get_color()
     for r in rows:
+        x = 1.0 if r["baseline"] else r.get("detector_speedup") or r["theoretical_speedup"]
         ax.annotate(
-            r["name"],
-            (r["theoretical_speedup"] if not r["baseline"] else 1.0, r["ap50"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
+            r["name"], (x, r["ap50"]), textcoords="offset points", xytext=(4, 4), fontsize=7
         )
-    ax.set_xlabel("speedup over the baseline (×)")
+    ax.set_xlabel("speedup of the whole detector over the baseline (×)")
     ax.set_ylabel("AP50 (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as temporary:
         fig.savefig(temporary, format="png")

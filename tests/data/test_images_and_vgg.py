@@ -3,6 +3,7 @@ errors, the fine-tuning sampler. Fast: tiny generated images, a width-1/8 VGG-16
 
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -108,6 +109,47 @@ def test_sample_images_seeded_and_skips_unreadable(tree, tmp_path, caplog):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AccelDetError, match="no images"):
         sample_images(str(tmp_path / "empty"), 1, seed=0, transform=transform, progress=False)
+
+
+def test_sample_images_from_an_image_list(tree, tmp_path):
+    """--image-list: paths relative to the folder, with or without extension (VOC ids); the
+    first word of a line counts, blank and # lines are skipped."""
+    transform = crop_transform(36, 32)
+    listed = tmp_path / "list.txt"
+    listed.write_text("class_00/img_0000\nclass_01/img_0003.png\n\n# note\nclass_02/img_0006 1\n")
+    sample = sample_images(
+        str(tree), 3, seed=0, transform=transform, progress=False, image_list=str(listed)
+    )
+    assert sorted(sample.files) == [
+        os.path.join("class_00", "img_0000.jpg"),
+        os.path.join("class_01", "img_0003.png"),
+        os.path.join("class_02", "img_0006.jpg"),
+    ]
+    assert sample.record()["image_list"] == str(listed) and sample.found == 3
+    with pytest.raises(
+        AccelDetError, match=r"found 3 images in .* \(listed in .*list.txt\), fewer"
+    ):
+        sample_images(str(tree), 4, seed=0, transform=transform, image_list=str(listed))
+    listed.write_text("class_00/img_0000\nclass_00/nope\n")
+    with pytest.raises(
+        AccelDetError, match=r"1 of the 2 images listed in .* \(first: class_00/nope"
+    ):
+        sample_images(str(tree), 1, seed=0, transform=transform, image_list=str(listed))
+    with pytest.raises(AccelDetError, match="image list not found"):
+        sample_images(str(tree), 1, seed=0, transform=transform, image_list=str(tmp_path / "x"))
+
+
+def test_the_sample_records_the_contents_of_its_files(tree, tmp_path):
+    transform = crop_transform(36, 32)
+    record = sample_images(str(tree), 12, seed=0, transform=transform, progress=False).record()
+    copy, other = tmp_path / "copy", tmp_path / "other"
+    shutil.copytree(tree, copy)
+    make_image_folder(str(other), num_classes=4, images_per_class=3, size=40, seed=1)
+    same = sample_images(str(copy), 12, seed=0, transform=transform, progress=False).record()
+    changed = sample_images(str(other), 12, seed=0, transform=transform, progress=False).record()
+    assert same["contents_sha256"] == record["contents_sha256"]
+    assert changed["files_sha256"] == record["files_sha256"]  # the same names ...
+    assert changed["contents_sha256"] != record["contents_sha256"]  # ... other bytes
 
 
 def test_labeled_images_tree_and_label_files(tree, tmp_path):

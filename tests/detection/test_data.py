@@ -17,7 +17,10 @@ from detectron2.data.build import load_proposals_into_dataset  # noqa: E402
 import accel_det.detection  # noqa: E402,F401
 from accel_det.data.synthetic.voc import DEFAULT_CLASSES, make_synthetic_voc  # noqa: E402
 from accel_det.detection import proposals as proposals_module  # noqa: E402
+from accel_det.detection.checks import check_dataset_files  # noqa: E402
 from accel_det.detection.datasets import (  # noqa: E402
+    dataset_image_ids,
+    dataset_images,
     load_voc_instances,
     register_synthetic_voc,
     register_voc_dataset,
@@ -25,6 +28,7 @@ from accel_det.detection.datasets import (  # noqa: E402
 from accel_det.detection.proposals import (  # noqa: E402
     check_proposal_file,
     convert_mat,
+    dataset_record,
     make_proposals,
     read_proposal_file,
     write_proposal_file,
@@ -140,6 +144,128 @@ def test_pascal_voc_evaluator_returns_ap50(tiny_voc):
     assert results["bbox"]["AP50"] == pytest.approx(100.0 * len(present) / len(DEFAULT_CLASSES))
 
 
+# A hand-made VOC test set for the evaluator: 100 x 100 images, boxes of 20 x 20 pixels in VOC's
+# 1-based inclusive coordinates, (class, box, difficult) per image
+HAND_VOC = {
+    "000001": [
+        ("cat", (11, 11, 30, 30), 0),  # A
+        ("cat", (61, 11, 80, 30), 1),  # B, difficult
+        ("dog", (11, 61, 30, 80), 0),  # C
+    ],
+    "000002": [
+        ("cat", (11, 11, 30, 30), 0),  # D
+        ("dog", (61, 61, 80, 80), 0),  # E
+        ("dog", (11, 61, 30, 80), 0),  # H
+    ],
+    "000003": [
+        ("cat", (41, 41, 60, 60), 0),  # F
+        ("dog", (11, 11, 30, 30), 1),  # G, difficult
+    ],
+}
+
+
+def write_hand_voc(root):
+    from PIL import Image
+
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    (root / "ImageSets/Main/test.txt").write_text("\n".join(HAND_VOC) + "\n")
+    for image_id, objects in HAND_VOC.items():
+        Image.new("RGB", (100, 100)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        parts = [
+            f"<annotation><filename>{image_id}.jpg</filename>",
+            "<size><width>100</width><height>100</height><depth>3</depth></size>",
+        ]
+        for name, (x0, y0, x1, y1), difficult in objects:
+            parts.append(
+                f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                f"<difficult>{difficult}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            )
+        parts.append("</annotation>")
+        (root / "Annotations" / f"{image_id}.xml").write_text("".join(parts))
+
+
+def test_pascal_voc_evaluator_with_false_positives_misses_and_difficult_boxes(tmp_path):
+    """AP50 of a constructed answer through accel-det's VOC registration and Detectron2's
+    PascalVOCDetectionEvaluator equals the VOC07 11-point AP computed by hand.
+
+    Detections, by score (exact = the ground-truth box as accel-det's loader gives it, IoU 1):
+
+    cat (3 positives A, D, F; B difficult):
+      0.9 A exact: TP; 0.8 B exact: difficult, neither TP nor FP; 0.7 image 2 at E's place (no
+      cat there): FP; 0.6 A again: FP (duplicate); 0.5 F exact: TP; D missed.
+      cumulative TP 1 1 1 1 2, FP 0 0 1 2 2: recall 1/3 1/3 1/3 1/3 2/3,
+      precision 1 1 1/2 1/3 1/2.
+      11-point: max precision at recall >= t is 1 for t = 0, .1, .2, .3; 1/2 for t = .4, .5, .6;
+      0 for t >= .7: AP = (4 * 1 + 3 * 1/2) / 11 = 1/2.
+    dog (3 positives C, E, H; G difficult):
+      0.95 image 3 at (61, 61, 80, 80), no dog there: FP; 0.85 E exact: TP; 0.75 G exact:
+      difficult, neither; 0.65 H exact: TP; 0.55 C shifted right by 10 pixels (IoU 200/600 = 1/3):
+      FP; C missed.
+      cumulative TP 0 1 1 2 2, FP 1 1 1 1 2: recall 0 1/3 1/3 2/3 2/3,
+      precision 0 1/2 1/2 2/3 1/2.
+      11-point: 2/3 for t = 0 ... .6 (the 2/3 at recall 2/3), 0 for t >= .7: AP = 7 * 2/3 / 11
+      = 14/33.
+    AP50 = 100 * (1/2 + 14/33) / 2 = 100 * 61/132 = 46.21. Every match has IoU 1 and every
+    false positive IoU <= 1/3, so AP at each threshold 0.5 ... 0.95, hence AP and AP75, is the
+    same (a loader off by a pixel would lower AP at 0.95).
+
+    Counting difficult boxes as positives (4 per class, B and G true positives) would give
+    100 * (7.2/11 + 6/11) / 2 = 60.0; counting a detected difficult box as a false positive,
+    100 * (5.2/11 + 3.5/11) / 2 = 39.55; VOC 2012's AP (metadata year 2012) gives 47.22."""
+    import torch
+    from detectron2.evaluation import PascalVOCDetectionEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    root = tmp_path / "VOC2007"
+    write_hand_voc(root)
+    register_voc_dataset(
+        "hand_voc_test", str(root), "test", 2007, ("cat", "dog"), keep_difficult=True, replace=True
+    )
+    dicts = {d["image_id"]: d for d in DatasetCatalog.get("hand_voc_test")}
+    assert [len(d["annotations"]) for d in dicts.values()] == [3, 3, 2]
+
+    def exact(image_id, index):  # the loader's box of object ``index`` (0-based xmin, ymin)
+        return dicts[image_id]["annotations"][index]["bbox"]
+
+    def voc(x0, y0, x1, y1):  # a box in VOC coordinates as a Detectron2 box
+        return [x0 - 1.0, y0 - 1.0, float(x1), float(y1)]
+
+    cat, dog = 0, 1
+    detections = {  # image -> (class, score, box)
+        "000001": [
+            (cat, 0.9, exact("000001", 0)),  # A
+            (cat, 0.8, exact("000001", 1)),  # B, difficult
+            (cat, 0.6, exact("000001", 0)),  # A again
+            (dog, 0.55, voc(21, 61, 40, 80)),  # C shifted by 10 pixels
+        ],
+        "000002": [
+            (cat, 0.7, voc(61, 61, 80, 80)),  # where E is, no cat
+            (dog, 0.85, exact("000002", 1)),  # E
+            (dog, 0.65, exact("000002", 2)),  # H
+        ],
+        "000003": [
+            (cat, 0.5, exact("000003", 0)),  # F
+            (dog, 0.95, voc(61, 61, 80, 80)),  # nothing there
+            (dog, 0.75, exact("000003", 1)),  # G, difficult
+        ],
+    }
+    evaluator = PascalVOCDetectionEvaluator("hand_voc_test")
+    evaluator.reset()
+    for image_id, found in detections.items():
+        instances = Instances((100, 100))
+        instances.pred_boxes = Boxes(torch.tensor([box for _, _, box in found]))
+        instances.scores = torch.tensor([score for _, score, _ in found])
+        instances.pred_classes = torch.tensor([cls for cls, _, _ in found])
+        evaluator.process([{"image_id": image_id}], [{"instances": instances}])
+    bbox = evaluator.evaluate()["bbox"]
+    expected = 100.0 * 61.0 / 132.0
+    assert bbox["AP50"] == pytest.approx(expected, abs=1e-9)
+    assert bbox["AP75"] == pytest.approx(expected, abs=1e-9)
+    assert bbox["AP"] == pytest.approx(expected, abs=1e-9)
+
+
 def test_proposal_file_round_trip_through_detectron2(tiny_voc, tmp_path):
     dicts = load_voc_instances(str(tiny_voc), "test", DEFAULT_CLASSES)
     ids = [d["image_id"] for d in dicts]
@@ -203,6 +329,62 @@ def test_selective_search_is_resumable(tiny_voc, tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+def _stopped_search(images, out, monkeypatch):
+    """make_proposals stopped after its first part of 3 images."""
+    monkeypatch.setattr(proposals_module, "CHUNK", 3)
+    real, calls = proposals_module._search_file, []
+
+    def failing(job):
+        calls.append(job)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(proposals_module, "_search_file", failing)
+    with pytest.raises(KeyboardInterrupt):
+        make_proposals(images, out, min_size=4, progress=False)
+    assert sorted(os.listdir(out + ".parts")) == ["part000000.pkl", "settings.json"]
+    searched = []
+    monkeypatch.setattr(
+        proposals_module, "_search_file", lambda job: searched.append(job[0]) or real(job)
+    )
+    return searched
+
+
+@pytest.mark.parametrize("change", ["order", "ids", "file_names", "file_contents"])
+def test_selective_search_redoes_the_parts_of_another_image_list(
+    tiny_voc, tmp_path, monkeypatch, change
+):
+    """A stopped run resumed on another list of as many images starts over: the parts are reused
+    only for the same ids, file names and files (size, modification time)."""
+    import shutil
+
+    folder = tmp_path / "voc"
+    shutil.copytree(tiny_voc, folder)
+    images = [
+        (d["image_id"], d["file_name"])
+        for d in load_voc_instances(str(folder), "trainval", DEFAULT_CLASSES)
+    ]
+    out = str(tmp_path / "p.pkl")
+    searched = _stopped_search(images, out, monkeypatch)
+    if change == "order":
+        images = images[::-1]
+    elif change == "ids":
+        images = [(f"x{i}", f) for i, f in images]
+    elif change == "file_names":
+        test = load_voc_instances(str(folder), "test", DEFAULT_CLASSES)
+        images = [(i, d["file_name"]) for (i, _), d in zip(images, test + test)]
+    else:
+        first = images[0][1]
+        os.replace(images[3][1], first)  # another image under the first one's name
+        shutil.copy(
+            os.path.join(str(tiny_voc), "JPEGImages", os.path.basename(first)), images[3][1]
+        )
+    make_proposals(images, out, min_size=4, progress=False)
+    assert searched == [f for _, f in images]  # every image searched again, none reused
+    assert read_proposal_file(out)["ids"] == [i for i, _ in images]
+
+
 def test_convert_fast_rcnn_mat_file(tmp_path):
     from scipy.io import savemat
 
@@ -245,3 +427,153 @@ def test_make_proposals_tool_errors(tmp_path):
         "error: data set 'synthetic_voc_test' expects a VOC-format folder"
     )
     assert "make_synthetic_voc.py" in result.stderr
+
+
+# ----------------------------------------------------------------- checks before training
+
+
+@pytest.fixture
+def voc_copy(tiny_voc, tmp_path):
+    """A copy of the tiny set, registered as ``copy_voc_*``: each test may break it."""
+    import shutil
+
+    folder = tmp_path / "synthetic_voc"
+    shutil.copytree(tiny_voc, folder)
+    register_synthetic_voc(str(folder), prefix="copy_voc")
+    return folder
+
+
+def test_images_are_decoded_once_and_a_truncated_jpeg_is_named(voc_copy, monkeypatch):
+    from accel_det.detection import checks
+
+    decoded = []
+    real = checks.read_image
+    monkeypatch.setattr(checks, "read_image", lambda f, **k: decoded.append(f) or real(f, **k))
+    check_dataset_files("copy_voc_trainval", evaluated=False)
+    assert len(decoded) == 8
+    decoded.clear()
+    check_dataset_files("copy_voc_trainval", evaluated=False)  # cached: nothing decoded again
+    assert decoded == []
+    victim = voc_copy / "JPEGImages" / "000003.jpg"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AccelDetError) as error:
+        check_dataset_files("copy_voc_trainval", evaluated=False)
+    assert decoded == [str(victim)]  # only the changed file
+    assert f"image {victim} of data set 'copy_voc_trainval' cannot be used: it does not decode" in (
+        str(error.value)
+    )
+    victim.write_bytes(b"not a jpeg at all")
+    with pytest.raises(AccelDetError, match="000003.jpg of data set 'copy_voc_trainval' cannot"):
+        check_dataset_files("copy_voc_trainval", evaluated=False)
+
+
+def test_an_image_of_another_size_than_its_annotation_is_named(voc_copy):
+    anno = voc_copy / "Annotations" / "000002.xml"
+    tree = ET.parse(anno)
+    width = tree.find("size/width")
+    width.text = str(int(width.text) + 1)
+    tree.write(anno)
+    with pytest.raises(AccelDetError, match=r"000002.jpg .* cannot be used: it is \d+x64 pixels"):
+        check_dataset_files("copy_voc_trainval", evaluated=False)
+
+
+@pytest.mark.parametrize(
+    "field, change, message, loads",
+    [
+        ("pose", "remove", "object 1 has no <pose>, which PascalVOCDetectionEvaluator reads", 1),
+        ("truncated", "remove", "object 1 has no <truncated>", 1),
+        ("difficult", "remove", "object 1 has no <difficult>", 1),
+        ("bndbox", "remove", "object 1 has no <bndbox>", 0),
+        ("bndbox/xmin", "12.5", "object 1 has <bndbox/xmin> '12.5', not the integer", 1),
+        ("difficult", "yes", "object 1 has <difficult> 'yes', not the integer", 0),
+    ],
+)
+def test_a_test_annotation_without_what_the_evaluator_reads_is_named(
+    voc_copy, field, change, message, loads
+):
+    """Each case also breaks Detectron2's own evaluator (its parse_rec), which would fail only after
+    training. ``loads``: the loader itself (for training) can read the file."""
+    from detectron2.evaluation.pascal_voc_evaluation import parse_rec
+
+    check_dataset_files("copy_voc_test", evaluated=True)
+    anno = voc_copy / "Annotations" / "000009.xml"
+    tree = ET.parse(anno)
+    obj = tree.find("object")
+    element = obj.find(field)
+    if change == "remove":
+        parent = obj if "/" not in field else obj.find(field.split("/")[0])
+        parent.remove(element)
+    else:
+        element.text = change
+    tree.write(anno)
+    with pytest.raises((AttributeError, ValueError, TypeError)):
+        parse_rec.__wrapped__(str(anno))
+    with pytest.raises(AccelDetError) as error:
+        check_dataset_files("copy_voc_test", evaluated=True)
+    assert str(error.value).startswith(f"{anno}: ") and message in str(error.value)
+    if loads:
+        check_dataset_files("copy_voc_test", evaluated=False)  # only evaluated sets need it
+    else:
+        with pytest.raises(AccelDetError, match=f"{anno}: object 1 lacks a <name>, a <bndbox>"):
+            check_dataset_files("copy_voc_test", evaluated=False)
+
+
+def test_a_split_line_the_evaluator_cannot_read_is_named(voc_copy):
+    split = voc_copy / "ImageSets" / "Main" / "test.txt"
+    split.write_text(split.read_text() + "\n")  # a blank last line: Annotations/.xml
+    with pytest.raises(AccelDetError, match=r"line 5 of .*test.txt \(''\) names no annotation"):
+        check_dataset_files("copy_voc_test", evaluated=True)
+
+
+def test_a_proposal_file_of_another_data_set_with_the_same_ids_is_refused(
+    tiny_voc, tmp_path, caplog
+):
+    """Proposal files record the data set's file names and sizes per id: a set whose ids match
+    but whose images differ is refused; the same files elsewhere are accepted; a file without the
+    record is used by ids, with a warning."""
+    import logging
+    import shutil
+
+    other = tmp_path / "other" / "synthetic_voc"
+    make_synthetic_voc(str(other), **dict(TINY, seed=4))
+    register_synthetic_voc(str(other), prefix="other_voc")
+    moved = tmp_path / "moved" / "synthetic_voc"
+    shutil.copytree(tiny_voc, moved)
+    register_synthetic_voc(str(moved), prefix="moved_voc")
+    images = dataset_images("tiny_voc_test")
+    path = str(tmp_path / "p.pkl")
+    write_proposal_file(
+        path,
+        [i for i, _ in images],
+        [np.array([[0, 0, 9, 9]], np.float32)] * len(images),
+        dataset=dataset_record("tiny_voc_test", images),
+    )
+    check_proposal_file(path, dataset_image_ids("tiny_voc_test"), "tiny_voc_test", images)
+    check_proposal_file(
+        path,
+        dataset_image_ids("moved_voc_test"),
+        "moved_voc_test",
+        dataset_images("moved_voc_test"),
+    )
+    assert dataset_image_ids("other_voc_test") == dataset_image_ids("tiny_voc_test")
+    with pytest.raises(
+        AccelDetError,
+        match=r"was made for other images than those of data set 'other_voc_test' \(it records "
+        r"data set 'tiny_voc_test'; image 000009 was 000009.jpg of \d+ bytes, it is 000009.jpg of",
+    ):
+        check_proposal_file(
+            path,
+            dataset_image_ids("other_voc_test"),
+            "other_voc_test",
+            dataset_images("other_voc_test"),
+        )
+    write_proposal_file(path, [i for i, _ in images], [np.zeros((1, 4), np.float32)] * 4)
+    with caplog.at_level(logging.WARNING):
+        check_proposal_file(
+            path,
+            dataset_image_ids("other_voc_test"),
+            "other_voc_test",
+            dataset_images("other_voc_test"),
+        )
+    assert "does not record which images it was made for" in caplog.text

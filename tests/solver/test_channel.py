@@ -6,6 +6,7 @@ from torch import nn
 
 from accel_det.nn import FactorizedConv2d
 from accel_det.solver.channel import (
+    _z_step_statistics,
     covariance,
     nonlinear_reconstruction,
     pca_reconstruction,
@@ -127,6 +128,67 @@ def test_z_step_is_the_minimum_of_a_fine_grid():
         ours = (target - z.clamp(min=0)).square() + lam * (z - y_prime).square()
         assert torch.all(ours <= cost.min(1).values + 1e-9)
         assert torch.allclose(ours, cost.min(1).values, atol=1e-6)
+
+
+def _z_statistics_by_reference(centered, rectified, basis, coefficients, offset, lam):
+    """What step (i) needs from step (ii), from relu_z_step in float64: Σ z (ŷ − mean ŷ)ᵀ and z̄,
+    with y' = M (ŷ − mean ŷ) + offset; also z where every element takes z0 = y' or z1."""
+    wide = centered.double()
+    y_prime = wide @ (basis @ coefficients).T.double() + offset.double()
+    target = rectified.double()
+    z = relu_z_step(target, y_prime, lam)
+    z1 = (lam * y_prime + target) / (lam + 1)
+    return (z.T @ wide, z.mean(0)), {"z0": y_prime, "z1": z1}
+
+
+@pytest.mark.parametrize(
+    "n, chunk",
+    [(1, 2048), (2047, 2048), (2048, 2048), (2049, 2048), (5000, 2048), (1000, 96), (7, 3)],
+)
+def test_production_z_step_statistics_equal_the_reference_z_step(n, chunk):
+    """_z_step_statistics (the solver's fused, chunked z-step) against relu_z_step, with n a
+    multiple of the chunk size, one more or less, smaller than a chunk, and a last partial chunk.
+
+    The data make both candidates matter: the responses y' of a random rank-4 M are negative for
+    about half of the elements, and r(y) > 0 for a third of those, where z0 = y' and z1 differ and
+    the cost comparison decides. Tolerance 1e-5 relative: the production step multiplies in
+    float32 (measured 0.6-1e-7 off the float64 reference here; 4e-5 on a 30,000-sample layer);
+    taking z0 everywhere, z1 everywhere, or z1 wherever r(y) > 0 moves Σ z (ŷ − mean ŷ)ᵀ by 3e-2
+    (λ = 10, where z1 is closest to y') to 2 (λ = 0.01), asserted > 1e-2 below. (With n = 1 the
+    centred regressor is zero: only z̄ is checked there.)"""
+    g = torch.Generator().manual_seed(n + chunk)
+    d, rank = 12, 4
+    regressor = torch.randn(n, d, generator=g) * 2 + torch.linspace(-1, 1, d)
+    centered = regressor - regressor.mean(0)
+    rectified = (torch.randn(n, d, generator=g) * 1.5 + 0.2).clamp(min=0)
+    basis = torch.randn(d, rank, generator=g, dtype=torch.float64)
+    coefficients = torch.randn(rank, d, generator=g, dtype=torch.float64) / 3
+    offset = torch.randn(d, generator=g, dtype=torch.float64) * 0.3
+    for lam in (0.01, 0.3, 1.0, 10.0):
+        cross, z_mean = _z_step_statistics(
+            centered, rectified, basis, coefficients, offset, lam, chunk=chunk
+        )
+        (ref_cross, ref_mean), candidates = _z_statistics_by_reference(
+            centered, rectified, basis, coefficients, offset, lam
+        )
+        assert cross.dtype == z_mean.dtype == torch.float64
+        scale = float(ref_cross.norm())
+        assert float((cross - ref_cross).norm()) <= 1e-5 * scale, lam
+        assert float((z_mean - ref_mean).norm()) <= 1e-5 * float(ref_mean.norm()), lam
+        if n == 1:
+            continue
+        y_prime, z1 = candidates["z0"], candidates["z1"]
+        target = rectified.double()
+        contested = (y_prime < 0) & (target > 0)
+        assert contested.double().mean() > 0.1
+        wrong = {
+            "z0 everywhere": y_prime,
+            "z1 everywhere": z1,
+            "z1 where r(y) > 0": torch.where(target > 0, z1, relu_z_step(target, y_prime, lam)),
+        }
+        for name, z in wrong.items():
+            moved = float((z.T @ centered.double() - ref_cross).norm())
+            assert moved > 1e-2 * scale, (lam, name)
 
 
 def test_nonlinear_solution_beats_linear_on_rectified_responses():

@@ -4,6 +4,7 @@ cost tables, ranks rounded to multiples of 8, and ``compress(rank_cost="latency"
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,16 +74,102 @@ def test_latency_table_is_reused_from_the_cache(tmp_path, monkeypatch):
     assert len(stored["entries"]) == 2
 
 
-def test_measured_tables_are_sane_and_round_trip(tmp_path):
+def test_measured_tables_round_trip(tmp_path):
     net = small_net(width=4)
     table = measure_latency_table(net, (8, 8), points=3, warmup=0, repeats=1, threads=1)
     for name in ("conv1_2", "conv3_3"):
         costs = table.cost_table(name)
-        assert len(costs) == table.layers[name]["out_channels"]
-        assert all(a <= b for a, b in zip(costs, costs[1:])) and costs[0] > 0
+        assert len(costs) == table.layers[name]["out_channels"] and costs[0] > 0
     path = str(tmp_path / "table.json")
     atomic_write_json(table.to_dict(), path)
     assert load_latency_table(path).layers == table.layers
+
+
+def _bumped_seconds(rank, channels):
+    """A made-up latency, not monotone in the rank: ranks 4, 12, 20, ... are slow."""
+    return 1e-4 * (2 + rank + (6 if rank % 8 == 4 else 0)) * channels
+
+
+class BumpedClock:
+    """The original conv at 3 ms per input channel, the channel structure at _bumped_seconds."""
+
+    def __call__(self, modules, x, warmup, repeats):
+        c = x.shape[1]
+        return {n: 3e-3 * c if n == "original" else _bumped_seconds(int(n), c) for n in modules}
+
+
+def _three_convs():
+    """conv1_1 (3 -> 8), conv2_1 (8 -> 16), conv3_1 (16 -> 24)."""
+    layers, c = [], 3
+    for d in (8, 16, 24):
+        layers += [torch.nn.Conv2d(c, d, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+        c = d
+    return torch.nn.Sequential(*layers)
+
+
+def _expected_costs(grid, channels, d):
+    """The documented cost table, computed here: linear between the measured ranks, flat below
+    the smallest, then at each rank the smallest cost of any rank at or above it."""
+    raw = np.interp(np.arange(1, d + 1), grid, [_bumped_seconds(r, channels) for r in grid])
+    return np.minimum.accumulate(raw[::-1])[::-1]
+
+
+def test_a_measured_non_monotone_table_is_capped_and_spent_as_brute_force_confirms(monkeypatch):
+    """A table measured (through measure_latency_table) from latencies that are not monotone in
+    the rank has exactly the expected min-over-larger-ranks costs, and rank selection under its
+    latency budget meets the budget and keeps at least 98 % of the product energy (eq. 13) of the
+    best ranks found by trying every combination (8 x 16 x 24), and the best itself in at least
+    24 of the 30 cases (measured: 26, the other four at 98.7-99.99 %). A cost table that is not
+    capped, interpolated otherwise, or a greedy that does not give back what still fits fails."""
+    monkeypatch.setattr(latency_module, "time_modules", BumpedClock())
+    net = _three_convs()
+    table = measure_latency_table(net, (16, 16), points=4, multiple=4)
+    specs = conv_specs(net, (16, 16))
+    grids = {"conv1_1": [4, 8], "conv2_1": [4, 8, 12, 16], "conv3_1": [4, 8, 16, 24]}
+    assert {s.name: table.layers[s.name]["ranks"] for s in specs} == grids
+    # conv2_1 (8 input channels) by hand, in units of 1e-4 s: measured 96, 80, 160, 144 at ranks
+    # 4, 8, 12, 16; interpolated 96 96 96 96 92 88 84 80 100 120 140 160 156 152 148 144; capped
+    # by the ranks above: 80 (ranks 1-8), 100, 120, 140, then 144 (ranks 12-16)
+    by_hand = [80.0] * 8 + [100.0, 120.0, 140.0] + [144.0] * 5
+    assert np.array(table.cost_table("conv2_1")) * 1e4 == pytest.approx(by_hand)
+    expected = {}
+    for spec in specs:
+        expected[spec.name] = _expected_costs(grids[spec.name], spec.in_channels, spec.out_channels)
+        assert table.cost_table(spec.name) == pytest.approx(expected[spec.name].tolist())
+        raw = [_bumped_seconds(r, spec.in_channels) for r in grids[spec.name]]
+        assert any(a > b for a, b in zip(raw, raw[1:]))  # the input is not monotone
+    assert table.original("conv3_1") == pytest.approx(3e-3 * 16)
+
+    names = [s.name for s in specs]
+    optimal = 0
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        eigenvalues = {s.name: _spectrum(g, s.out_channels) for s in specs}
+        # energy kept and cost of every combination of ranks, as arrays [r1 - 1, r2 - 1, r3 - 1]
+        kept = [
+            (eigenvalues[n].cumsum(0) / eigenvalues[n].sum())
+            .numpy()
+            .reshape([-1 if i == j else 1 for j in range(3)])
+            for i, n in enumerate(names)
+        ]
+        cost = [
+            expected[n].reshape([-1 if i == j else 1 for j in range(3)])
+            for i, n in enumerate(names)
+        ]
+        energy, spent = kept[0] * kept[1] * kept[2], cost[0] + cost[1] + cost[2]
+        for speedup in (1.5, 2.0, 3.0):
+            budget = table.budget(specs, speedup, ())
+            tables = {n: table.cost_table(n) for n in names}
+            ranks = select_ranks(eigenvalues, tables, budget)
+            assert sum(expected[n][ranks[n] - 1] for n in names) <= budget * (1 + 1e-12)
+            assert table.predicted(specs, ranks) == pytest.approx(
+                sum(expected[n][ranks[n] - 1] for n in names)
+            )
+            best = float(energy[spent <= budget].max())
+            found = product_energy(eigenvalues, ranks)
+            assert found >= 0.98 * best, (seed, speedup, ranks, found / best)
+            optimal += found >= best * (1 - 1e-12)
+    assert optimal >= 24
 
 
 def test_cost_table_interpolates_and_is_monotone():
@@ -220,7 +307,11 @@ def test_compress_spends_a_latency_budget(monkeypatch):
     assert plan["latency"]["predicted_ms"] <= plan["latency"]["target_ms"] + 1e-9
     assert plan["latency"]["target_ms"] == pytest.approx(plan["latency"]["original_ms"] / 2)
     ranks = {n: e["rank"] for n, e in plan["layers"].items() if e["rank"]}
-    assert all(r % 8 == 0 or r == plan["layers"][n]["out_channels"] for n, r in ranks.items())
+    # multiples of 8, or of 4 for the 16-filter layers (under 4 x 8 filters: a quarter of them)
+    multiple = {n: 8 if plan["layers"][n]["out_channels"] >= 32 else 4 for n in ranks}
+    assert all(
+        r % multiple[n] == 0 or r == plan["layers"][n]["out_channels"] for n, r in ranks.items()
+    )
     with torch.no_grad():
         x = torch.rand(1, 3, 16, 16)
         assert result.model(x).shape == net(x).shape

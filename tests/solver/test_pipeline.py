@@ -31,6 +31,7 @@ def test_every_method_meets_the_speedup_and_keeps_the_interface(method):
         "asym": "channel",
         "asym3d": "spatial_channel",
         "jaderberg": "spatial",
+        "svd": "channel",
     }
     folded = {
         "channel": "original",
@@ -75,6 +76,7 @@ def test_without_rank_selection_ranks_are_uniform():
         rank_selection=False,
         schedule=SHORT,
         progress=False,
+        round_ranks_to=1,
     )
     layers = result.plan["layers"]
     for name in ("conv2_2", "conv3_2"):
@@ -183,6 +185,37 @@ def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
         )
 
 
+@pytest.mark.parametrize("rank_selection", [True, False])
+@pytest.mark.parametrize("change", ["images", "weights"])
+def test_resume_refuses_a_checkpoint_of_other_images_or_weights(tmp_path, change, rank_selection):
+    """Without rank selection the ranks do not depend on the data: only the checkpoint's
+    fingerprints of the image batches and of the weights tell another run's layers apart."""
+    net, batches = small_net(), image_batches()
+    options = dict(
+        speedup=2.5, method="asym", schedule=SHORT, progress=False, rank_selection=rank_selection
+    )
+    checkpoint = str(tmp_path / "ckpt.pth")
+
+    def stop_after_conv2_1(name, entry):
+        if name == "conv2_1":
+            raise Stop
+
+    with pytest.raises(Stop):
+        compress(net, batches, checkpoint=checkpoint, on_layer_done=stop_after_conv2_1, **options)
+    if change == "images":
+        batches = image_batches(seed=1)
+    else:
+        net = small_net(seed=1)
+    with pytest.raises(AccelDetError, match=f"was made from other {change}"):
+        compress(net, batches, checkpoint=checkpoint, resume=True, **options)
+    # the same images as other tensor objects, in other batches of the same order: resumed
+    same = torch.cat(image_batches())
+    resumed = compress(
+        small_net(), [same[:5], same[5:]], checkpoint=checkpoint, resume=True, **options
+    )
+    assert resumed.plan["layers"]["conv3_3"]["error"] is not None
+
+
 def test_sampling_is_deterministic_and_bounded():
     a = sample_positions(0, 3, 17, (14, 14), 10)
     assert torch.equal(a, sample_positions(0, 3, 17, (14, 14), 10))
@@ -226,7 +259,7 @@ class ChangingBatches:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(method="svd"), "unknown method"),
+        (dict(method="nope"), "unknown method"),
         (dict(speedup=1.0), "greater than 1"),
         (dict(speedup=float("nan")), "greater than 1"),
         (dict(speedup=500.0), "impossible"),
@@ -336,3 +369,32 @@ def test_full_rank_layers_fold_the_1x1_layer_away():
         ]
         inputs = torch.rand(2, conv.in_channels, 8, 8)
         assert torch.allclose(layer(inputs), conv(inputs), atol=1e-4)
+
+
+def test_held_out_error_shows_overfitting_and_is_recorded(caplog):
+    """A seeded fraction of the images is kept out of every solve: with few samples per filter the
+    held-out error is far above the in-sample one (and a warning says so); with many it is not."""
+    net = small_net(width=16)
+    few = [torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with caplog.at_level("WARNING"):
+        result = compress(net, few, speedup=2.0, method="asym", samples_per_image=2, schedule=SHORT,
+                          progress=False, heldout_fraction=0.3)  # fmt: skip
+    plan = result.plan
+    assert plan["heldout"]["images"] > 0 and plan["heldout"]["output_error"] > 0
+    deep = plan["layers"]["conv3_3"]
+    assert deep["heldout_error"] > 1.5 * deep["error"]
+    assert any(
+        "held-out error" in r.getMessage() and "per filter" in r.getMessage()
+        for r in caplog.records
+    )
+
+    many = [torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(12)]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again = compress(net, many, speedup=2.0, method="asym", samples_per_image=64,
+                         schedule=SHORT, progress=False, heldout_fraction=0.3)  # fmt: skip
+    deep = again.plan["layers"]["conv3_3"]
+    assert deep["heldout_error"] < 1.5 * deep["error"] + 0.02
+    assert not any("held-out error" in r.getMessage() for r in caplog.records)
+    none = compress(net, many[:2], speedup=2.0, progress=False, schedule=SHORT, heldout_fraction=0)
+    assert "heldout" not in none.plan and none.plan["layers"]["conv3_3"]["heldout_error"] is None

@@ -2,7 +2,9 @@
 
 import itertools
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,7 +20,12 @@ from accel_det.solver import (
     structure_macs,
 )
 from accel_det.solver.factorize import set_weights
-from accel_det.solver.ranks import budget_macs, cost_per_rank, product_energy
+from accel_det.solver.ranks import (
+    budget_macs,
+    cost_per_rank,
+    product_energy,
+    select_ranks_by_table,
+)
 
 
 def _spectrum(generator, size):
@@ -52,6 +59,73 @@ def test_greedy_matches_exhaustive_search_with_equal_costs(seed):
     ranks = select_ranks(eigenvalues, costs, budget)
     best, _ = _exhaustive(eigenvalues, costs, budget)
     assert product_energy(eigenvalues, ranks) == pytest.approx(best, rel=1e-12)
+
+
+def _random_cost_table(rng, d):
+    """A random non-decreasing cost table for ranks 1 … d, of one of three kinds: multiply-adds as
+    compress builds them (d'(k²c + d) below full rank, d·k²c at full rank, 1×1 folded), a measured
+    latency (overhead, slope, a step every few ranks, noise), or plateaus and jumps; each capped
+    by the ranks above it, as select_ranks_by_table does."""
+    kind = rng.choice(["macs", "latency", "jumps"])
+    if kind == "macs":
+        k2c = 9 * rng.randint(1, 12)
+        raw = [r * (k2c + d) for r in range(1, d)] + [d * k2c]
+    elif kind == "latency":
+        base, slope, step = rng.uniform(0, 1), rng.uniform(0.05, 1), rng.uniform(0, 1)
+        every = rng.randint(2, 4)
+        raw = [
+            base + slope * r + step * (r // every) + rng.uniform(0, 0.3 * slope)
+            for r in range(1, d + 1)
+        ]
+    else:
+        steps = [rng.choice([0.0, rng.uniform(0, 0.3), rng.uniform(0.5, 3)]) for _ in range(d)]
+        raw = list(rng.uniform(0, 2) + np.cumsum(steps))
+    return np.minimum.accumulate(np.array(raw, dtype=float)[::-1])[::-1]
+
+
+def test_the_table_greedy_against_exhaustive_search():
+    """select_ranks_by_table (the default path: compress passes per-rank cost tables) against
+    every combination of ranks, on 200 random 3-layer cases (3-10 filters per layer, decaying
+    eigenvalues, random non-decreasing tables, budgets anywhere between the cheapest and the full
+    cost). The bound tested: the budget is met in every case; the product energy (eq. 13) of the
+    greedy's ranks is the optimum in at least 88 % of the cases, at least 0.98 of it on average,
+    and at least 0.4 of it in every case.
+
+    Measured on these 200 cases: optimal in 179 (89.5 %), mean 0.984, worst 0.42; on 5,000 such
+    cases: optimal in 89.5 %, mean 0.991, below 0.95 in 5 %, worst 0.42 (seed 108: one step down
+    of a layer is a large share of the budget and is not traded back). The 86-100 % seen before
+    held for a few cases only; the greedy is a heuristic, and with 3-10 ranks per layer one step
+    is a large part of a layer's cost. Without the give-back of steps that still fit it is
+    optimal in 85 of the 200 cases; stepping one allowed rank at a time (no look-ahead), in 175
+    with mean 0.979."""
+    ratios = []
+    for seed in range(200):
+        rng = random.Random(seed)
+        g = torch.Generator().manual_seed(seed)
+        sizes = [rng.randint(3, 10) for _ in range(3)]
+        eigenvalues = {f"l{i}": _spectrum(g, d) for i, d in enumerate(sizes)}
+        tables = {name: _random_cost_table(rng, d) for name, d in zip(eigenvalues, sizes)}
+        low = sum(t[0] for t in tables.values())
+        full = sum(t[-1] for t in tables.values())
+        budget = low + rng.uniform(0.05, 0.95) * (full - low)
+        ranks = select_ranks_by_table(
+            eigenvalues, {n: t.tolist() for n, t in tables.items()}, budget
+        )
+        assert sum(tables[n][r - 1] for n, r in ranks.items()) <= budget, seed
+        # every combination at once: energy kept and cost as 3-d arrays over (d'_0, d'_1, d'_2)
+        axes = [[-1 if i == j else 1 for j in range(3)] for i in range(3)]
+        kept = [
+            (eigenvalues[n].cumsum(0) / eigenvalues[n].sum()).numpy().reshape(axis)
+            for n, axis in zip(tables, axes)
+        ]
+        cost = [tables[n].reshape(axis) for n, axis in zip(tables, axes)]
+        energy, spent = kept[0] * kept[1] * kept[2], cost[0] + cost[1] + cost[2]
+        best = float(energy[spent <= budget].max())
+        ratios.append(product_energy(eigenvalues, ranks) / best)
+    ratios = np.array(ratios)
+    assert ratios.max() <= 1 + 1e-12  # nothing beats the exhaustive optimum
+    assert ratios.min() >= 0.4, ratios.argmin()
+    assert (ratios >= 1 - 1e-12).mean() >= 0.88 and ratios.mean() >= 0.98
 
 
 @pytest.mark.parametrize("seed", range(6))

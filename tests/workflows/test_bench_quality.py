@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -14,12 +15,14 @@ from accel_det.models.vgg import vgg16_features
 from accel_det.nn.fold import fold_batch_norms
 from accel_det.solver import METHODS
 from accel_det.solver import latency as latency_module
+from accel_det.solver.network import conv_specs
 from accel_det.utils.io import json_safe
 from accel_det.workflows.bench import memory as bench_memory
 from accel_det.workflows.bench import quality as bench
 from accel_det.workflows.bench import quality_report, selection
 from accel_det.workflows.classifier import with_batch_norms
 from tests.helpers import REPO as ROOT  # noqa: E402
+from tests.helpers import hand_speedup
 
 SHORT = ((0.01, 2), (1.0, 2))
 
@@ -70,20 +73,38 @@ def tiny():
 
 
 def test_sweep_runs_every_method_and_reports(tiny, tmp_path):
+    """Every method with and without rank selection. What can be checked at this size: the
+    baseline is the network itself; each row's theoretical speedup is the one counted here from
+    its ranks (tests/helpers.py) and meets the target; the channel methods without the spatial
+    step share the ranks (they come from the original network's eigenvalues); rank selection keeps
+    more of eq. (13)'s energy than the uniform ranks at the same budget (0.34 against 0.28, and
+    0.69 against 0.59 for asym3d, measured). (Output errors are not compared: with 57 samples for
+    32 filters the solves overfit and their order flips from one change to the next.)"""
     config, prepared = tiny
     records = []
     sweep = bench.run_sweep(config, prepared, on_record=records.append)
-    assert (
-        len(sweep["records"]) == len(records) == 9
-    )  # 4 methods x rank selection on/off + jaderberg
-    assert sweep["baseline"]["error"] == 0.0
-    for record in sweep["records"]:
-        assert "impossible" in record or (
-            record["error"] >= 0
-            and 0 <= record["accuracy"] <= 1
-            and record["seconds"] > 0
-            and record["theoretical_speedup"] >= 1.9
-        )
+    expected = sum(2 if METHODS[m].channel else 1 for m in config.methods)
+    assert len(sweep["records"]) == len(records) == expected == 11  # 5 methods x 2 + jaderberg
+    net = prepared["net"]
+    images, labels = prepared["test"]
+    with torch.inference_mode():
+        accuracy = float((net.classify(images) == labels).float().mean())
+    assert sweep["baseline"] == {"error": 0.0, "accuracy": accuracy}
+    shapes = [asdict(s) for s in conv_specs(net.features, (config.size, config.size))]
+    rows = {(r["method"], r["rank_selection"]): r for r in sweep["records"]}
+    assert not any("impossible" in r for r in rows.values())
+    for key, record in rows.items():
+        assert record["theoretical_speedup"] == pytest.approx(
+            hand_speedup(shapes, record["ranks"], record["spatial_ranks"]), rel=1e-12
+        ), key
+        assert record["theoretical_speedup"] >= 2.0 - 1e-9, key
+        assert record["error"] > 0 and record["seconds"] > 0, key
+    for chosen in (True, False):
+        ranks = [rows[m, chosen]["ranks"] for m in ("linear", "nonlinear", "asym", "svd")]
+        assert all(r == ranks[0] for r in ranks), chosen
+    for method in ("linear", "asym", "asym3d"):
+        chosen, uniform = rows[method, True], rows[method, False]
+        assert chosen["pca_energy_product"] > 1.1 * uniform["pca_energy_product"], method
     assert set(bench.method_order(sweep["records"], 2.0)) <= set(METHODS)
     text = quality_report.sweep_table(sweep, config.speedups)
     assert "asym3d (rank sel.)" in text and "original" in text
@@ -105,7 +126,14 @@ def test_trained_network_is_cached(tiny, tmp_path):
 
 def test_speed_figures_on_small_problems():
     solve = bench.time_channel_solve(samples=500, channels=16, rank=6, schedule=SHORT)
-    assert solve["seconds"] > 0 and 0 <= solve["error"] < 1
+    assert solve["seconds"] > 0 and solve["rank"] == 6 and solve["iterations"] == 4
+    # the same problem at more ranks is solved better (measured: 0.67, 0.50, 0.18, 0.094 at ranks
+    # 3, 6, 12, 16); at full rank only the regressor's noise (0.1 of the target's scale) is left
+    errors = [
+        bench.time_channel_solve(samples=500, channels=16, rank=r, schedule=SHORT)["error"]
+        for r in (3, 12, 16)
+    ]
+    assert errors[0] > solve["error"] > errors[1] > errors[2] and errors[2] < 0.15, errors
     with bench_memory.peak_memory() as memory:
         block = torch.ones(64, 2**20)  # 256 MB, touched
         block += 1

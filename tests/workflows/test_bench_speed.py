@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from accel_det.workflows.bench import detector as bench_detector
 from accel_det.workflows.bench import forms, macs, speed
 from accel_det.workflows.bench import plans as bench_plans
 from tests.helpers import REPO as ROOT  # noqa: E402
-from tests.helpers import load_tool
+from tests.helpers import hand_macs, hand_speedup, load_tool
 
 HW = (32, 32)
 
@@ -139,6 +140,12 @@ def test_rounded_solver_plans_keep_the_speedup():
     assert set(plans) == {"asym", "asym, ranks x4", "asym3d", "asym3d, ranks x4"}
     for name, plan in plans.items():
         assert plan["theoretical_speedup"] >= 2.0 - 1e-9, name
+        layers = list(plan["layers"].values())
+        ranks = {e["name"]: e["rank"] for e in layers if e["rank"]}
+        spatial = {e["name"]: e["spatial_rank"] for e in layers if e["spatial_rank"]}
+        assert plan["theoretical_speedup"] == pytest.approx(
+            hand_speedup(layers, ranks, spatial), rel=1e-12
+        ), name
         if name.endswith("x4"):
             for entry in plan["layers"].values():
                 full = min(entry["in_channels"] * 3, (entry["rank"] or entry["out_channels"]) * 3)
@@ -261,11 +268,31 @@ def test_speed_tool_smoke_run(tmp_path):
     assert record["format"] == speed.SPEED_FORMAT and record["threads"] == 1
     cases = {r["case"] for r in record["grid"]}
     assert cases == {"backbone:32x32:1", "backbone:40x48:2", "detector:48x64:1"}
+    original = {r["case"]: r for r in record["grid"] if r["model"] == "original"}
+    features = vgg16_features(0.125)
     for row in record["grid"]:
         assert row["fvcore_macs"] == row["macs"], row["model"]
-        assert row["median_ms"] > 0 and row["actual_speedup"] > 0
-        if row["model"] != "original":
-            assert row["theoretical_speedup_conv"] >= 2.0 - 1e-9
+        base = original[row["case"]]
+        # actual speedup: the original's median over this model's, in the same case
+        assert row["actual_speedup"] == pytest.approx(base["median_ms"] / row["median_ms"])
+        assert row["theoretical_speedup_all"] == pytest.approx(base["macs"] / row["macs"])
+        if row["model"] == "original":
+            assert row["theoretical_speedup_conv"] == 1.0
+            continue
+        # the plan's theoretical speedup, counted here from the ranks of the file it was timed from
+        plan = json.loads(open(record["models"][row["model"]]["plan_file"]).read())
+        layers = list(plan["layers"].values())
+        ranks = {e["name"]: e["rank"] for e in layers if e["rank"]}
+        spatial = {e["name"]: e["spatial_rank"] for e in layers if e["spatial_rank"]}
+        assert row["theoretical_speedup_conv"] == pytest.approx(
+            hand_speedup(layers, ranks, spatial), rel=1e-12
+        )
+        assert row["theoretical_speedup_conv"] >= 2.0 - 1e-9
+        if row["part"] == "backbone":  # the backbone's count at this case's size and batch
+            shapes = [asdict(s) for s in conv_specs(features, tuple(row["input_hw"]))]
+            assert row["macs"] == row["batch"] * sum(
+                hand_macs(x, ranks.get(x["name"]), spatial.get(x["name"])) for x in shapes
+            )
     assert {"asym", "asym, ranks x4", "asym3d", "asym3d, ranks x4", "elsewhere"} <= set(
         record["models"]
     )

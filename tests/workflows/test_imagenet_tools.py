@@ -177,7 +177,7 @@ def test_resume_after_interruption_is_bit_identical(work, tmp_path, capsys):
     code, err = run_in_process("compress_backbone", common, capsys)
     assert code == 2 and "pass --resume to continue it or --overwrite" in err
     code, err = run_in_process("compress_backbone", [*common, "--resume", "--seed", "1"], capsys)
-    assert code == 2 and "was made with another images sha256" in err
+    assert code == 2 and "was made with seed=0 (this run: 1)" in err
 
     resumed = run("compress_backbone.py", *common, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -328,6 +328,8 @@ def test_finetune_runs_logs_and_resumes_bit_identically(work, tmp_path, capsys):
     reason="torchrun not installed",
 )
 def test_finetune_ddp_two_processes_on_cpu(work, tmp_path):
+    """tools/finetune_imagenet.py under torchrun; that two processes compute what one does:
+    test_finetune_two_processes_equal_one_process."""
     torchrun = (
         str(Path(sys.executable).parent / "torchrun")
         if (Path(sys.executable).parent / "torchrun").exists()
@@ -363,6 +365,68 @@ def test_finetune_ddp_two_processes_on_cpu(work, tmp_path):
     record = json.loads((tmp_path / "ddp" / "model_final.json").read_text())
     assert record["finetune"]["world_size"] == 2 and record["finetune"]["iterations"] == 2
     assert "2 process(es) x 4 x 1 accumulation" in result.stderr
+
+
+def _finetune_without_dropout(weights, images, output, iterations, lr) -> int:
+    """Fine-tune the test's VGG-16 (dropout 0) with a global batch of 8 for ``iterations``, in one
+    process or, started by accel_det.utils.launch, as one of a gloo group."""
+    from accel_det.data import labeled_images, train_transform
+    from accel_det.utils.dist import init_distributed, shutdown
+    from accel_det.utils.timing import num_threads
+    from accel_det.workflows.imagenet.finetune import FinetuneConfig, finetune
+
+    info = init_distributed("cpu")
+    try:
+        model = vgg16(num_classes=10, width=0.125, dropout=0.0)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        config = FinetuneConfig(
+            lr=lr,
+            batch_size=8,
+            max_iters=iterations,
+            eval_period=0,
+            resize=64,
+            crop=56,
+            workers=0,
+        )
+        train = labeled_images(str(images), train_transform(config.augment, 64, 56))
+        with num_threads(1):
+            finetune(model, train, str(output), config, info, progress=False)
+    finally:
+        shutdown()
+    return 0
+
+
+def test_finetune_two_processes_equal_one_process(work, tmp_path):
+    """Two gloo processes with 4 images each give the weights of one process with 8 after 4
+    iterations (20 images: 3 per epoch, the third a batch of 4 split 2 + 2, the fourth in the
+    next epoch): the epoch's order comes from (seed, epoch) and is split rank::2, so that each
+    iteration's images are the same 8 (4) in both runs, each image's crop and flip from (seed,
+    epoch, image), and DDP averages the two processes' mean-loss gradients, which is the mean over
+    all 8. Dropout, drawn per process, is off (dropout 0) for the comparison.
+
+    Tolerance: the same arithmetic but float32 sums in another order (a batch of 4 vs 8 in the
+    convolutions' backward, the all-reduce), ~1e-7 relative per gradient, carried through 4
+    momentum steps; so the weights' difference is asserted below 1e-4 of what fine-tuning moved
+    them (measured: 4e-6, 1.2e-7 against 0.03). Without DDP's averaging (0.059), or with the
+    epoch split into contiguous halves (other images in each iteration: 0.028), they differ by as
+    much as fine-tuning moved them."""
+    from accel_det.utils.launch import launch
+
+    lr, iterations = 0.05, 4  # a large lr: updates far above float noise
+    args = (str(work["weights"]), str(work["images"]))
+    assert launch(_finetune_without_dropout, 2, args + (str(tmp_path / "two"), iterations, lr)) == 0
+    assert _finetune_without_dropout(*args, tmp_path / "one", iterations, lr) == 0
+    start = torch.load(work["weights"], weights_only=True)
+    one = torch.load(tmp_path / "one" / "model_final.pth", weights_only=True)
+    two = torch.load(tmp_path / "two" / "model_final.pth", weights_only=True)
+    record = json.loads((tmp_path / "two" / "model_final.json").read_text())
+    assert record["finetune"]["world_size"] == 2 and record["finetune"]["iterations"] == 4
+    assert set(one) == set(two) == set(start)
+    moved = torch.cat([(one[k] - start[k]).flatten() for k in start]).norm()
+    apart = torch.cat([(two[k] - one[k]).flatten() for k in start]).norm()
+    # 1e-4 of the weights: a thousand times float32's resolution of them
+    assert moved > 1e-4 * torch.cat([v.flatten() for v in start.values()]).norm()
+    assert apart <= 1e-4 * moved, (float(apart), float(moved))
 
 
 # --------------------------------------------------------------------------- bad input
@@ -564,3 +628,21 @@ def test_bad_input_eval_and_finetune(work, tmp_path, capsys):
         assert code == 2 and message in err, (tool, argv, err)
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "ft").exists()
+
+
+def test_compress_with_fc_layers_meets_the_whole_network_speedup(work, tmp_path):
+    """--fc: fc6/fc7 of the classifier factorized under the same budget, and the outputs load."""
+    out = tmp_path / "fc"
+    result = run("compress_backbone.py", "--weights", work["weights"], "--images", work["images"],
+                 "--output", out, *COMPRESS, "--fc")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert 3.0 <= record["theoretical_speedup_network"] <= 3.06
+    assert (
+        record["layers"]["fc6"]["structure"] == "channel" and record["layers"]["fc6"]["rank"] < 512
+    )
+    model, plan, _ = load_vgg16(str(out.with_suffix(".pth")))
+    assert type(model.classifier[0]).__name__ == "FactorizedLinear"
+    assert plan["layers"]["fc6"]["error"] is not None
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 56, 56)).shape == (2, 10)

@@ -65,6 +65,9 @@ class SweepConfig:
     rank_selection: Tuple[bool, ...] = (True, False)
     schedule: Tuple[Tuple[float, int], ...] = ((0.01, 25), (1.0, 25))
     seed: int = 0
+    # the paper's ranks, all calibration images used: the sweep compares the methods as published
+    round_ranks_to: int = 1
+    heldout_fraction: float = 0.0
 
 
 def quick_config() -> SweepConfig:
@@ -198,11 +201,43 @@ def run_sweep(
                     samples_per_image=config.samples_per_image,
                     schedule=config.schedule,
                     seed=config.seed,
+                    round_ranks_to=config.round_ranks_to,
+                    heldout_fraction=config.heldout_fraction,
                 )
                 records.append(record)
                 if on_record is not None:
                     on_record(record)
     return {"baseline": baseline, "records": records}
+
+
+def rounding_sweep(
+    config: SweepConfig,
+    prepared: dict,
+    multiples: Sequence[int] = (1, 8, 16),
+    methods: Sequence[str] = ("asym", "asym3d"),
+    on_record: Optional[Callable[[dict], None]] = None,
+) -> dict:
+    """The error cost of hardware-aligned ranks: the same methods and speedups with d' and d''
+    rounded to each of ``multiples`` at the same multiply-add budget (rank selection on)."""
+    net = prepared["net"]
+    test_images, test_labels = prepared["test"]
+    reference = feature_maps(net.features, test_images)
+    records = []
+    for method in methods:
+        for multiple in multiples:
+            for speedup in config.speedups:
+                record = run_one(
+                    net, prepared["calibration"][0], prepared["test"], reference, method=method,
+                    speedup=speedup, rank_selection=True,
+                    samples_per_image=config.samples_per_image, schedule=config.schedule,
+                    seed=config.seed, round_ranks_to=multiple,
+                    heldout_fraction=config.heldout_fraction,
+                )  # fmt: skip
+                record["round_ranks_to"] = multiple
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
+    return {"records": records, "multiples": list(multiples)}
 
 
 def method_order(

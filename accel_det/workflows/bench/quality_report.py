@@ -93,3 +93,22 @@ def plot_sweep(sweep: dict, path: str, title: str = "") -> None:
 # --------------------------------------------------------------------------------------------
 # The trained network, cached next to the outputs
 # --------------------------------------------------------------------------------------------
+
+
+def rounding_table(rounding: dict, speedups: Sequence[float]) -> str:
+    """Held-out error / top-1 per method and rank multiple, one column per speedup."""
+    rows: Dict[str, Dict[float, str]] = {}
+    for record in rounding["records"]:
+        label = f"{record['method']}, ranks x{record['round_ranks_to']}"
+        cells = rows.setdefault(label, {})
+        if "impossible" in record:
+            cells[record["speedup"]] = "impossible"
+        else:
+            cells[record["speedup"]] = (
+                f"{record['error']:.3f} / {100 * record['accuracy']:.1f}% "
+                f"({record['theoretical_speedup']:.2f}x)"
+            )
+    header = ["method, rank multiple (held-out error / top-1, theoretical)"]
+    header += [f"{s:g}x" for s in speedups]
+    body = [[label] + [cells.get(s, "-") for s in speedups] for label, cells in rows.items()]
+    return text_table(header, body)

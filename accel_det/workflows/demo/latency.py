@@ -11,23 +11,29 @@ from detectron2.data import DatasetMapper, get_detection_dataset_dicts
 
 from ...models.vgg import vgg16_features
 from ...nn.chain import apply_plan
-from ...plan import Plan
+from ...plan import Plan, conv_entries
 from ...utils.timing import machine, measure_many
 
 FULL_WIDTH_INPUT = (224, 224)  # the paper's single view
 
 
-def measure_detectors(models: Mapping[str, tuple], options) -> Dict[str, dict]:
-    """Latency of each final model's backbone and whole detector (precomputed proposals given, so
-    selective search is not included) on the first test image, interleaved across models.
-    ``models``: name → (config, model, plan path or None)."""
-    cfg0, model0, _ = next(iter(models.values()))
+def timing_input(cfg) -> dict:
+    """The first test image as the detector takes it (``DatasetMapper``: resized, with its
+    precomputed proposals): what every latency of the demo is measured on."""
     dicts = get_detection_dataset_dicts(
-        list(cfg0.DATASETS.TEST),
+        list(cfg.DATASETS.TEST),
         filter_empty=False,
-        proposal_files=list(cfg0.DATASETS.PROPOSAL_FILES_TEST),
+        proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TEST),
     )
-    inputs = [DatasetMapper(cfg0, is_train=False)(copy.deepcopy(dicts[0]))]
+    return DatasetMapper(cfg, is_train=False)(copy.deepcopy(dicts[0]))
+
+
+def measure_detectors(models: Mapping[str, tuple], item: dict, options) -> Dict[str, dict]:
+    """Latency of each final model's backbone and whole detector on ``item``
+    (:func:`timing_input`; precomputed proposals given, so selective search is not included),
+    interleaved across models. ``models``: name → (config, model, plan path or None)."""
+    cfg0, model0, _ = next(iter(models.values()))
+    inputs = [item]
     image = model0.preprocess_image(inputs).tensor
     settings = dict(
         warmup=options.latency_warmup,
@@ -80,7 +86,7 @@ def scale_plan(plan: Mapping, factor: float) -> dict:
     """The plan's structures for a VGG-16 ``factor`` times wider: channels and ranks d', d''
     scaled (rounded, at least 1). Used to time the same structures where convs are compute-bound."""
     scaled_plan = copy.deepcopy(dict(plan))
-    for entry in scaled_plan["layers"].values():
+    for entry in conv_entries(scaled_plan).values():
         for key in ("in_channels", "out_channels", "rank", "spatial_rank"):
             if entry.get(key) and not (key == "in_channels" and entry[key] == 3):
                 entry[key] = max(1, int(round(entry[key] * factor)))

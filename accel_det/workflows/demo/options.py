@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from ...data.synthetic.voc import DEFAULT_CLASSES
 
@@ -15,7 +15,11 @@ class DemoOptions:
     output: str = "output/demo"
     config: str = "demo/vgg16_synthetic.yaml"
     accel_config: str = "demo/accel_vgg16_synthetic.yaml"
-    speedups: Sequence[float] = (2.0, 3.0, 4.0)
+    speedups: Sequence[float] = (2.0, 3.0, 4.0)  # conv layers only (the paper's Table 9)
+    detector_speedups: Sequence[float] = (2.0, 3.0, 4.0)  # the whole detector, conv + fc6/fc7
+    # fc6/fc7 ranks as fractions of MODEL.ROI_BOX_HEAD.FC_DIM for the truncated-SVD rows: Fast
+    # R-CNN's 1024 and 256 of 4096 (empty: no such rows)
+    fc_rank_fractions: Sequence[float] = (0.25, 0.0625)
     method: str = "asym3d"
     data_root: Optional[str] = None  # default $DETECTRON2_DATASETS/synthetic_voc
     num_trainval: int = 800
@@ -31,6 +35,8 @@ class DemoOptions:
     pretrain_lr: float = 0.05
     compress_images: int = 128  # training images the solver samples responses from
     samples_per_image: int = 20
+    fc_samples_per_image: int = 64  # RoIs per image whose fc6/fc7 responses are sampled
+    round_ranks_to: int = 16
     threads: int = 1  # torch threads for training and evaluation
     latency_threads: int = 1  # the paper's CPU timings are single-thread
     latency_warmup: int = 5
@@ -47,3 +53,16 @@ class DemoOptions:
         return {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoStage:
+    """One accelerated model of the demo: ``target`` "conv" (the paper's), "network" (the whole
+    detector, conv + fc) or "fc" (fc6/fc7 alone at ``fc_ranks``, convs kept)."""
+
+    name: str
+    speedup: float
+    method: str
+    fc_method: str
+    target: str
+    fc_ranks: Optional[Mapping[str, int]] = None

@@ -16,6 +16,15 @@ from .latency import FULL_WIDTH_INPUT
 from .options import DemoOptions
 
 
+def mean_rois(records: Sequence[dict]) -> int:
+    """RoIs per image the whole-detector plans were made for."""
+    for record in records[1:]:
+        plan = Plan.read(record["plan"])
+        if plan.get("rois_per_image"):
+            return int(plan["rois_per_image"])
+    return 0
+
+
 def write_demo_report(
     out: str,
     records: Sequence[dict],
@@ -57,19 +66,27 @@ def write_demo_report(
         f"({pre['iterations']} iterations of 32 crops, batch norms folded afterwards; held-out "
         f"crop accuracy {pre['held_out_accuracy']:.1%}), converted like ImageNet weights "
         f"(`vgg16_to_detectron2`).",
-        f"Compression: {options.method}, rank selection, conv1_1 kept, on "
-        f"{options.compress_images} training images × {options.samples_per_image} sampled "
-        f"responses, preprocessed as the detector's input; then fine-tuned for "
+        f"Compression (`accel_det.workflows.detector.compress_detector`, what "
+        f"`tools/compress_detector.py` runs): {options.method}, rank selection, conv1_1 kept, on "
+        f"{options.compress_images} training images preprocessed as the detector's input, "
+        f"{options.samples_per_image} sampled conv responses and {options.fc_samples_per_image} "
+        f"RoIs (fc6/fc7 responses) per image; then fine-tuned for "
         f"{records[1]['iterations'] if len(records) > 1 else 0} iterations "
-        f"(`{options.accel_config}`).",
+        f"(`{options.accel_config}`). Rows `{options.method}_*`: the conv layers alone, at the "
+        "paper's conv-layer speedup; `detector_*`: conv layers and fc6/fc7 under one budget for "
+        f"the whole detector at the test size and {mean_rois(records)} RoIs per image (the mean "
+        "number of test proposals); `fc_svd` / `fc_asym`: fc6/fc7 alone at Fast R-CNN's ranks "
+        "(1024 and 256 of 4096, scaled to the demo's fc width), by Girshick's truncated SVD of "
+        "the weights and by the data-driven asymmetric solver.",
         "AP50: `PascalVOCDetectionEvaluator`, VOC07 11-point metric, difficult boxes ignored.",
         f"Latency: `torch.inference_mode`, {lat['threads']} thread(s), {options.latency_warmup} "
         f"warm-up + {options.latency_repeats} timed runs per model, interleaved across models, "
         f"median; input {lat['input_hw'][0]}×{lat['input_hw'][1]}, {lat['proposals']} proposals "
         f"(selective search itself not timed); {lat['machine']['processor']}, "
         f"{lat['machine']['cpu_count']} CPUs, torch {lat['machine']['torch']}.",
-        "Theoretical speedup: multiply-adds of all conv layers (the paper's definition); actual "
-        "speedup: baseline median time / model median time.",
+        "Theoretical speedup (conv): multiply-adds of all conv layers (the paper's definition); "
+        "(detector): all multiply-adds of the detector for one test image (convs, fc6, fc7, box "
+        "predictor); actual speedup: baseline median time / model median time.",
         f"Full-width column: the same structures on a VGG-16 of width 1 (every channel count and "
         f"rank d', d'' scaled by {1 / cfg.MODEL.VGG.WIDTH:g}; random weights, timing only), one "
         f"{FULL_WIDTH_INPUT[0]}×{FULL_WIDTH_INPUT[1]} view in channels_last, same thread count, "

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from detectron2.data import DatasetCatalog
@@ -37,15 +37,18 @@ from ...data.synthetic.voc import make_synthetic_voc
 from ...detection.config import load_config
 from ...detection.convert import vgg16_to_detectron2
 from ...detection.datasets import datasets_root, register_synthetic_voc
-from ...detection.proposals import check_proposal_file, make_proposals
+from ...detection.proposals import check_proposal_file, make_proposals, proposal_stats
 from ...detection.trainer import Trainer, by_dataset, check_inputs, save_results
 from ...errors import AccelDetError
+from ...solver import SolverOptions
 from ...utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_safe
+from ..detector import DetectorCompressOptions, compress_detector
 from ..report import eval_ap50
 from .cache import cached_record, file_digest, stage_key
-from .detector import compress_backbone, detector_batches, load_model
-from .latency import measure_detectors
-from .options import DemoOptions
+from .deployed import deployed_latency, export_detector, exported_ap50
+from .detector import evaluate, load_model
+from .latency import measure_detectors, timing_input
+from .options import DemoOptions, DemoStage
 from .pretrain import pretrain_on_crops
 from .report import write_demo_report
 
@@ -63,9 +66,9 @@ def run_demo(options: DemoOptions) -> dict:
     with run.timed("baseline"):
         baseline = run.train(pretrained)
     records = [baseline]
-    for speedup in options.speedups:
-        with run.timed(f"{options.method}_{speedup:g}x"):
-            records.append(run.accelerate(speedup, baseline))
+    for stage in run.stages():
+        with run.timed(stage.name):
+            records.append(run.accelerate(stage, baseline))
     with run.timed("latency"):
         run.measure(records)
     run.timings["total"] = time.perf_counter() - start
@@ -90,7 +93,7 @@ class DemoRun:
         self.data_opts: List[str] = []
         self.configs: Dict[str, object] = {}  # name -> the config of each final model
         self.timings: Dict[str, float] = {}
-        self._batches: Optional[list] = None
+        self.rois = 0  # RoIs per test image the detector budget counts (set with the proposals)
         self.accel_cfg = None  # the fine-tuning config, before the keys of one speedup
 
     def timed(self, name: str):
@@ -129,7 +132,7 @@ class DemoRun:
             path = os.path.join(self.data_dir, "proposals", f"selective_search_{split}.pkl")
             name = f"synthetic_voc_{split}"
             images = [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(name)]
-            if o.force or not proposals_ok(path, [i for i, _ in images], name):
+            if o.force or not proposals_ok(path, images, name):
                 logger.info("selective search over %s (%d images)", name, len(images))
                 make_proposals(
                     images,
@@ -137,8 +140,11 @@ class DemoRun:
                     min_size=o.proposal_min_size,
                     workers=o.workers,
                     progress=o.progress,
+                    dataset_name=name,
                 )
             files[split] = path
+        mean = proposal_stats(files["test"])["mean_boxes"]
+        self.rois = int(round(min(mean, self.base_cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)))
         self.data_opts = [
             "DATASETS.TRAIN",
             "('synthetic_voc_trainval',)",
@@ -326,14 +332,33 @@ class DemoRun:
         return folded
 
     # ------------------------------------------------------------------ 4. compress + fine-tune
-    def accelerate(self, speedup: float, baseline: dict) -> dict:
-        """The baseline's backbone compressed ``speedup``× (reused when done), then fine-tuned."""
+    def stages(self) -> List[DemoStage]:
+        """The accelerated models: the paper's conv-only ones, whole-detector ones (conv + fc,
+        data-driven), and fc6/fc7 alone at Girshick's ranks by truncated SVD and by the solver."""
         o = self.options
-        stage = f"{o.method}_{speedup:g}x"
-        stage_dir = os.path.join(self.out, stage)
-        os.makedirs(stage_dir, exist_ok=True)
-        plan_path = os.path.join(stage_dir, "plan.json")
-        weights_path = os.path.join(stage_dir, "compressed.pth")
+        stages = [DemoStage(f"{o.method}_{s:g}x", s, o.method, "none", "conv") for s in o.speedups]
+        stages += [
+            DemoStage(f"detector_{s:g}x", s, o.method, "asym", "network")
+            for s in o.detector_speedups
+        ]
+        if o.fc_rank_fractions:
+            width = self.base_cfg.MODEL.ROI_BOX_HEAD.FC_DIM
+            ranks = {
+                n: max(1, round(f * width)) for n, f in zip(("fc6", "fc7"), o.fc_rank_fractions)
+            }
+            for fc_method in ("svd", "asym"):
+                stages.append(DemoStage(f"fc_{fc_method}", 2.0, "asym", fc_method, "fc", ranks))
+        return stages
+
+    def accelerate(self, stage: DemoStage, baseline: dict) -> dict:
+        """The baseline compressed as ``stage`` says (reused when done) with
+        :func:`~accel_det.workflows.detector.compress_detector`, evaluated, then fine-tuned."""
+        o = self.options
+        stage_dir = os.path.join(self.out, stage.name)
+        compressed_dir = os.path.join(stage_dir, "compressed")
+        os.makedirs(compressed_dir, exist_ok=True)
+        plan_path = os.path.join(compressed_dir, "plan.json")
+        weights_path = os.path.join(compressed_dir, "model_final.pth")
         if self.accel_cfg is None:
             self.accel_cfg = load_config(o.accel_config, list(o.opts) + self.data_opts)
         accel_cfg = self.accel_cfg.clone()
@@ -341,53 +366,62 @@ class DemoRun:
             ["MODEL.ACCEL.PLAN", plan_path, "MODEL.WEIGHTS", weights_path, "OUTPUT_DIR", stage_dir]
         )
         cfg = self.configs[baseline["name"]]
-        key = stage_key(
-            cfg.dump(),
-            file_digest(baseline["weights"]),
-            speedup,
-            o.method,
-            o.compress_images,
-            o.samples_per_image,
-            o.seed,
-        )
+        key = stage_key(cfg.dump(), file_digest(baseline["weights"]), stage, o.compress_images,
+                        o.samples_per_image, o.fc_samples_per_image, self.rois, o.seed)  # fmt: skip
         compressed = cached_record(os.path.join(stage_dir, "compressed.json"), key, o.force)
         if compressed is None:
-            model = load_model(cfg, baseline["weights"])
-            batches = self.batches(cfg, model)
-            compressed = compress_backbone(
-                model, batches, speedup, o, plan_path, weights_path, accel_cfg, baseline["weights"]
+            start = time.perf_counter()
+            solver = SolverOptions(
+                speedup=stage.speedup,
+                method=stage.method,
+                samples_per_image=o.samples_per_image,
+                seed=o.seed,
+                round_ranks_to=o.round_ranks_to,
             )
-            compressed["key"] = key
+            plan = compress_detector(DetectorCompressOptions(
+                config_file=baseline["config"], output=compressed_dir, solver=solver,
+                opts=["MODEL.WEIGHTS", baseline["weights"], "MODEL.DEVICE", "cpu"],
+                fc_method=stage.fc_method, fc_ranks=stage.fc_ranks, target=stage.target,
+                num_images=o.compress_images, rois_per_image=self.rois,
+                fc_samples_per_image=o.fc_samples_per_image, overwrite=True, progress=o.progress,
+            ))  # fmt: skip
+            seconds = time.perf_counter() - start
+            before = evaluate(
+                accel_cfg, weights_path, os.path.join(stage_dir, "eval_before_ft.json")
+            )
+            compressed = {
+                "key": key,
+                "ap50": before,
+                "seconds": seconds,
+                "plan": plan_path,
+                "theoretical_speedup": plan["theoretical_speedup"],
+                "theoretical_speedup_detector": plan["theoretical_speedup_detector"],
+            }
             atomic_write_json(compressed, os.path.join(stage_dir, "compressed.json"))
         if o.finetune_opts:
             accel_cfg.merge_from_list(list(o.finetune_opts))
         record = self.train_stage(
             accel_cfg,
-            stage,
+            stage.name,
             {
                 "theoretical_speedup": compressed["theoretical_speedup"],
+                "theoretical_speedup_detector": compressed["theoretical_speedup_detector"],
                 "ap50_before_ft": compressed["ap50"],
                 "plan": plan_path,
                 "compress_seconds": compressed["seconds"],
+                "stage": dataclasses.asdict(stage),
             },
         )
         logger.info(
-            "%s: theoretical speedup %.2fx, AP50 %.1f before fine-tuning, %.1f after",
-            stage,
+            "%s: theoretical speedup %.2fx (conv), %.2fx (detector), AP50 %.1f before fine-tuning, "
+            "%.1f after",
+            stage.name,
             record["theoretical_speedup"],
+            record["theoretical_speedup_detector"],
             record["ap50_before_ft"],
             record["ap50"],
         )
         return record
-
-    def batches(self, cfg, model) -> list:
-        """The solver's training images (the same for every speedup: made once)."""
-        if self._batches is None:
-            o = self.options
-            self._batches = detector_batches(
-                cfg, model, "synthetic_voc_trainval", o.compress_images, o.seed
-            )
-        return self._batches
 
     # ------------------------------------------------------------------ 5. latency
     def measure(self, records: List[dict]) -> None:
@@ -399,18 +433,32 @@ class DemoRun:
             cfg.MODEL.DEVICE = "cpu"
             cfg.freeze()
             models[record["name"]] = (cfg, load_model(cfg, record["weights"]), record.get("plan"))
-        latency = measure_detectors(models, self.options)
+        item = timing_input(next(iter(models.values()))[0])
+        latency = measure_detectors(models, item, self.options)
+        exported = {}
+        for record in records:  # deployed: ONNX, checked against PyTorch, evaluated in ONNX Runtime
+            cfg, model, _ = models[record["name"]]
+            exported[record["name"]] = export_detector(cfg, model, record["output_dir"])
+            record["ap50_onnxruntime"] = exported_ap50(
+                cfg, exported[record["name"]], record["output_dir"]
+            )
+        plans = {r["name"]: r.get("plan") for r in records}
+        width = self.base_cfg.MODEL.VGG.WIDTH
+        deployed = deployed_latency(exported, item, plans, width, self.options)
         for record in records:
             record["latency"] = latency[record["name"]]
+            for part, summary in deployed[record["name"]].items():
+                record["latency"][f"{part}_onnxruntime"] = summary
             atomic_write_json(record, os.path.join(record["output_dir"], "result.json"))
 
 
-def proposals_ok(path: str, ids, name: str) -> bool:
-    """Whether ``path`` is a proposal file covering every image of data set ``name``."""
+def proposals_ok(path: str, images, name: str) -> bool:
+    """Whether ``path`` is a proposal file made for these ``(id, file name)`` images of data set
+    ``name``."""
     if not os.path.isfile(path):
         return False
     try:
-        check_proposal_file(path, ids, name)
+        check_proposal_file(path, [i for i, _ in images], name, images)
         return True
     except AccelDetError:
         return False

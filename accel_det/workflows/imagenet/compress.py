@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from ... import __version__
-from ...data.images import sample_images
+from ...data.sample import sample_images
 from ...data.transforms import crop_transform, normalize, preprocessing_record
 from ...errors import AccelDetError
 from ...models.vgg import (
@@ -38,10 +38,13 @@ from ...models.vgg import (
     with_features,
 )
 from ...nn.chain import conv_names
-from ...solver import SolverOptions, compress, conv_specs
+from ...solver import SolverOptions, compress, conv_specs, get_method
+from ...solver.heldout import split_rows
+from ...solver.joint import make_network_plan
+from ...solver.options import PLAN_OPTIONS
 from ...utils.dist import agreed_errors, barrier, init_distributed
 from ...utils.io import (
-    atomic_torch_save,
+    atomic_save_pair,
     atomic_write_json,
     check_writable_folder,
     load_json,
@@ -49,6 +52,7 @@ from ...utils.io import (
     sha256_file,
 )
 from ..plots import plan_table, plot_plan
+from .fc import classifier_specs, compress_classifier, fc6_responses, fc_eigenvalues
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class CompressOptions:
     output: str
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(speedup=4.0))
     num_images: int = 3000
+    image_list: Optional[str] = None  # draw only from the images it lists (relative to images)
     resume: bool = False
     overwrite: bool = False
     batch_size: int = 32
@@ -72,12 +77,12 @@ class CompressOptions:
     crop: int = CROP_SIZE
     progress: bool = True
     plot: bool = True
-    deterministic: bool = (
-        False  # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG (for GPUs)
-    )
-    stop_after: Optional[str] = (
-        None  # test hook: behave like a Ctrl-C after this layer is checkpointed
-    )
+    # also fc6/fc7 of the classifier, one budget with the convs (beyond the paper)
+    fc: bool = False
+    # torch.use_deterministic_algorithms + CUBLAS_WORKSPACE_CONFIG (for GPUs)
+    deterministic: bool = False
+    # test hook: behave like a Ctrl-C after this layer is checkpointed
+    stop_after: Optional[str] = None
 
     def record(self) -> dict:
         """The options as JSON: the tool's and the solver's in one object."""
@@ -126,26 +131,53 @@ def check_outputs(paths: OutputPaths, options: CompressOptions) -> None:
     """Refuse before any work: an unwritable folder, existing outputs, a checkpoint left
     unresumed."""
     check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)), create=False)
+    if os.path.exists(paths.checkpoint) and not options.resume and not options.overwrite:
+        # the outputs of a run stopped while writing them are incomplete: --overwrite would
+        # throw its solved layers away
+        written = [path for path in paths.finals(options.plot) if os.path.exists(path)]
+        raise AccelDetError(
+            (f"output {written[0]} already exists, but " if written else "")
+            + f"{paths.checkpoint} holds an interrupted run: pass --resume to "
+            f"{'finish' if written else 'continue'} it or --overwrite to start over"
+        )
     refuse_existing(
         paths.finals(options.plot),
         options.overwrite or options.resume and os.path.exists(paths.checkpoint),
     )
-    if os.path.exists(paths.checkpoint) and not options.resume and not options.overwrite:
-        raise AccelDetError(
-            f"{paths.checkpoint} holds an interrupted run: pass "
-            f"--resume to continue it or --overwrite to start over"
-        )
     if options.resume and not os.path.exists(paths.checkpoint):
         logger.warning(
             "--resume: no checkpoint %s yet, starting from the first layer", paths.checkpoint
         )
 
 
+# What a resumed run must share with the checkpoint's run, besides the plan options:
+# key -> what differs when it does.
+RESUME_INPUTS = {
+    "weights_sha256": "weights (sha256 of the file)",
+    "images_sha256": "images (sha256 of the names, sizes and bytes of the files used)",
+    "preprocessing": "preprocessing (resize, crop)",
+}
+
+
+def resume_info(options: CompressOptions, source: dict, image_record: dict) -> dict:
+    """What the checkpoint is made from, checked on --resume before the first pass over the
+    images: every option that shapes the plan (the solver checks them again after its first
+    pass), the weights file's and the image files' contents, the preprocessing."""
+    solver = options.solver.record()
+    return {
+        **{key: solver[key] for key in PLAN_OPTIONS},
+        "num_images": options.num_images,
+        "weights_sha256": source["sha256"] or options.weights,
+        "images_sha256": image_record["contents_sha256"],
+        "preprocessing": [options.resize, options.crop],
+    }
+
+
 def check_resume_info(paths: OutputPaths, info: dict, resume: bool, write: bool = True) -> None:
-    """On --resume, refuse a checkpoint made from other weights, images or preprocessing; otherwise
-    remove a stale checkpoint and record ``info``, before the solver writes its first checkpoint (so
-    a run killed at any point leaves a checkpoint whose inputs are known). ``write``: this process
-    writes (process 0 of a group)."""
+    """On --resume, refuse a checkpoint made from other weights, images, preprocessing or plan
+    options; otherwise remove a stale checkpoint and record ``info``, before the solver writes its
+    first checkpoint (so a run killed at any point leaves a checkpoint whose inputs are known).
+    ``write``: this process writes (process 0 of a group)."""
     if resume and os.path.exists(paths.checkpoint):
         if not os.path.exists(paths.checkpoint_info):
             raise AccelDetError(
@@ -154,12 +186,19 @@ def check_resume_info(paths: OutputPaths, info: dict, resume: bool, write: bool 
             )
         saved = load_json(paths.checkpoint_info, "checkpoint record")
         for key, value in info.items():
-            if saved.get(key) != value:
+            if saved.get(key) == value:
+                continue
+            if key in RESUME_INPUTS:
                 raise AccelDetError(
-                    f"checkpoint {paths.checkpoint} was made with another {key.replace('_', ' ')} "
-                    f"({saved.get(key)!r}, this run: {value!r}); start over without --resume or "
-                    f"use the same inputs"
+                    f"checkpoint {paths.checkpoint} was made from other {RESUME_INPUTS[key]} "
+                    f"than this run ({_short(saved.get(key))}, this run: {_short(value)}); start "
+                    f"over with --overwrite instead of --resume, or use the same inputs"
                 )
+            raise AccelDetError(
+                f"checkpoint {paths.checkpoint} was made with {key}={saved.get(key)!r} (this run: "
+                f"{value!r}); start over with --overwrite instead of --resume, or use the same "
+                f"options"
+            )
         return
     if not write:
         return
@@ -167,6 +206,11 @@ def check_resume_info(paths: OutputPaths, info: dict, resume: bool, write: bool 
         if os.path.exists(path):
             os.remove(path)  # --overwrite: a stale checkpoint must not be resumed later
     atomic_write_json(info, paths.checkpoint_info)
+
+
+def _short(value) -> str:
+    """A digest cut to 12 characters, anything else as it is."""
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
 
 
 def compress_vgg16(
@@ -203,6 +247,7 @@ def compress_vgg16(
         workers=options.workers,
         progress=progress,
         shard=(group.rank, group.world_size),
+        image_list=options.image_list,
     )
     logger.info(
         "%d images drawn with seed %d from %d found in %s (%d unreadable skipped)%s",
@@ -215,17 +260,7 @@ def compress_vgg16(
     )
 
     image_record = sample.record()
-    info = {
-        "weights_sha256": source["sha256"] or options.weights,
-        "images_sha256": image_record["files_sha256"],
-        "preprocessing": [options.resize, options.crop],
-        # also in the solver's checkpoint check, but refused here before the first pass over the
-        # images
-        "schedule": [list(step) for step in options.solver.schedule],
-        "rank_cost": options.solver.rank_cost,
-        "round_ranks_to": options.solver.round_ranks_to,
-        "skip": list(options.solver.skip),
-    }
+    info = resume_info(options, source, image_record)
     with agreed_errors():
         if group.is_main:
             check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)))
@@ -236,10 +271,23 @@ def compress_vgg16(
         if options.stop_after == name:
             raise KeyboardInterrupt(f"stopped after {name} (--stop-after)")
 
+    batches = sample.batches(options.batch_size, normalize)
+    planner, fc_target, fc_images = None, None, None
+    if options.fc:  # fc6/fc7 join the budget: their responses and eigenvalues first
+        model.to(device)
+        fc_target, fc_images = fc6_responses(model, model.features, batches, device, progress)
+        keep = ~split_rows(fc_images, options.solver.heldout_fraction, options.solver.seed)
+        eigenvalues = fc_eigenvalues(model, fc_target, keep)
+        linears, fixed = classifier_specs(model)
+
+        def planner(specs, conv_eigenvalues):
+            every = {**conv_eigenvalues, **eigenvalues}
+            return make_network_plan(specs, linears, every, options.solver, fixed_macs=fixed)
+
     try:
         result = compress(
             model.features,
-            sample.batches(options.batch_size, normalize),
+            batches,
             options.solver,
             device=device,
             progress=progress,
@@ -247,6 +295,7 @@ def compress_vgg16(
             checkpoint=paths.checkpoint,
             resume=options.resume,
             on_layer_done=on_layer_done,
+            planner=planner,
         )
     except BaseException:
         if (
@@ -256,13 +305,19 @@ def compress_vgg16(
         ):
             os.remove(paths.checkpoint_info)  # nothing to resume: leave no trace
         raise
-    accelerated = with_features(model, result.model.cpu())
+    if options.fc:
+        regressed, _ = fc6_responses(model, result.model.to(device), batches, device, progress)
+        method = options.solver.solver if not options.solver.solver.spatial else get_method("asym")
+        compress_classifier(
+            model, result.plan, fc_target, regressed, fc_images, method, options.solver
+        )
+    accelerated = with_features(model.cpu(), result.model.cpu())
     record = _record(
         options, argv, result.plan, source, image_record, paths, device, group.world_size, started
     )
-    if group.is_main:
-        _write_outputs(accelerated, record, paths, options.plot)
-    barrier()  # the outputs are complete when any process returns
+    with agreed_errors():  # the outputs are complete when any process returns
+        if group.is_main:
+            record = _write_outputs(accelerated, record, paths, options.plot)
     return accelerated, record
 
 
@@ -337,13 +392,22 @@ def _record(options, argv, plan, source, image_record, paths, device, world_size
     return record
 
 
-def _write_outputs(accelerated, record: dict, paths: OutputPaths, plot: bool) -> None:
-    """Write OUT.pth, OUT.json, OUT.png (each atomically), then drop the checkpoint."""
+def _write_outputs(accelerated, record: dict, paths: OutputPaths, plot: bool) -> dict:
+    """Write OUT.pth and OUT.json as a pair (the record last, with the weights' sha256), OUT.png,
+    then drop the checkpoint; on a failure the checkpoint stays for --resume. Returns the
+    record."""
     state_dict = {k: v.detach().cpu().contiguous() for k, v in accelerated.state_dict().items()}
-    atomic_torch_save(state_dict, paths.weights)
-    atomic_write_json(record, paths.record)
-    if plot:
-        plot_plan(record, paths.plot)
+    try:
+        record = atomic_save_pair(state_dict, paths.weights, record, paths.record)
+        if plot:
+            plot_plan(record, paths.plot)
+    except AccelDetError as error:
+        if not os.path.exists(paths.checkpoint):
+            raise
+        raise AccelDetError(
+            f"{error}; the solved layers stay in {paths.checkpoint}: make room and rerun with "
+            f"--resume"
+        ) from None
     for path in paths.partials():
         if os.path.exists(path):
             os.remove(path)
@@ -355,6 +419,7 @@ def _write_outputs(accelerated, record: dict, paths: OutputPaths, plot: bool) ->
         f", {paths.plot}" if plot else "",
         record["theoretical_speedup"],
     )
+    return record
 
 
 def check_enough_samples(model, options: CompressOptions) -> None:

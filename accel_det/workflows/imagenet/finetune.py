@@ -28,12 +28,8 @@ from ... import __version__
 from ...data.images import collate_skipping
 from ...errors import AccelDetError
 from ...models.vgg import CROP_SIZE, RESIZE_SIZE, load_checked
-from ...utils.dist import DistInfo, all_reduce_sum, barrier
-from ...utils.io import (
-    atomic_torch_save,
-    atomic_write_json,
-    load_torch_file,
-)
+from ...utils.dist import DistInfo, agreed_errors, all_reduce_sum
+from ...utils.io import atomic_save_pair, atomic_torch_save, load_torch_file
 from .evaluate import eval_loader, evaluate
 from .training import (
     CHECKPOINT,
@@ -291,16 +287,21 @@ def finetune(
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"accel_det": __version__, "torch": torch.__version__},
     }
-    if dist_info.is_main:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_torch_save(state, os.path.join(output, FINAL_WEIGHTS))
-        atomic_write_json(result, os.path.join(output, FINAL_RECORD))
-        logger.info(
-            "wrote %s and %s",
-            os.path.join(output, FINAL_WEIGHTS),
-            os.path.join(output, FINAL_RECORD),
-        )
-    barrier()
+    with agreed_errors():  # a failed write (a full disk) is one line, and no process waits
+        if dist_info.is_main:
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            # the record last: model_final.json on disk means the pair is complete
+            result = atomic_save_pair(
+                state,
+                os.path.join(output, FINAL_WEIGHTS),
+                result,
+                os.path.join(output, FINAL_RECORD),
+            )
+            logger.info(
+                "wrote %s and %s",
+                os.path.join(output, FINAL_WEIGHTS),
+                os.path.join(output, FINAL_RECORD),
+            )
     return result
 
 
@@ -376,18 +377,18 @@ def _evaluate(model, val_set, config, dist_info, log, iteration, epoch, progress
 
 
 def _save_checkpoint(path, model, optimizer, iteration, steps_per_epoch, config, dist_info) -> None:
-    if dist_info.is_main:
-        atomic_torch_save(
-            {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "iteration": iteration,
-                "iterations_per_epoch": steps_per_epoch,
-                "config": json.dumps(asdict(config)),
-            },
-            path,
-        )
-    barrier()
+    with agreed_errors():
+        if dist_info.is_main:
+            atomic_torch_save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "iteration": iteration,
+                    "iterations_per_epoch": steps_per_epoch,
+                    "config": json.dumps(asdict(config)),
+                },
+                path,
+            )
 
 
 def _load_checkpoint(path, model, optimizer, steps_per_epoch, config) -> int:

@@ -14,7 +14,7 @@ from torch.utils.data import Sampler
 
 from ...errors import AccelDetError
 from ...utils.dist import DistInfo, barrier
-from ...utils.io import atomic_write_text, check_writable_folder
+from ...utils.io import atomic_write_text, check_writable_folder, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,14 @@ class MetricsLog:
     def write(self, iteration: int, values: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"iteration": iteration, **values}) + "\n")
+        except OSError as error:
+            failure = write_failure(self.path, error)
+            if failure is None:
+                raise
+            raise failure from None
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and key not in ("epoch",):
@@ -136,7 +142,8 @@ def check_output(folder: str, resume: bool, overwrite: bool, create: bool = True
         return os.path.exists(checkpoint)
     for path in (final, os.path.join(folder, FINAL_RECORD), checkpoint):
         if os.path.exists(path) and not overwrite:
-            hint = " or --resume to continue it" if path == checkpoint else ""
+            # a run stopped while writing model_final.* is finished by --resume
+            hint = " or --resume to continue it" if os.path.exists(checkpoint) else ""
             raise AccelDetError(
                 f"output {path} already exists; pass --overwrite to replace it{hint}"
             )

@@ -1,0 +1,38 @@
+"""Deployment: export to ONNX or OpenVINO IR, checked against PyTorch, and exported models run in
+ONNX Runtime or OpenVINO.
+
+* :mod:`.runtime`: ``load_runtime(path, runtime="onnxruntime"|"openvino", threads=1)``
+* :mod:`.export`: ``export_graph(graph, path, "onnx"|"openvino", tolerance=...)``
+* :mod:`.vgg`: ``vgg16_graph(weights, plan, backbone=...)``, a VGG-16 classifier or its convs
+* :mod:`.detector` (Detectron2): ``detector_graph(cfg)``, Fast R-CNN as image + proposals →
+  scores + boxes
+* :mod:`.evaluate` (Detectron2): ``ExportedDetector``, ``evaluate_exported(cfg, path)``
+
+This package imports no detectron2; its ``detector`` and ``evaluate`` modules do.
+"""
+
+from .export import (
+    DEFAULT_TOLERANCE,
+    FORMATS,
+    ExportResult,
+    Graph,
+    dynamic_dim,
+    export_graph,
+    relative_difference,
+)
+from .runtime import RUNTIMES, Runtime, load_runtime
+from .vgg import vgg16_graph
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "FORMATS",
+    "RUNTIMES",
+    "ExportResult",
+    "Graph",
+    "Runtime",
+    "dynamic_dim",
+    "export_graph",
+    "load_runtime",
+    "relative_difference",
+    "vgg16_graph",
+]

@@ -1,0 +1,239 @@
+"""Export a PyTorch module to ONNX or OpenVINO IR, checked against PyTorch before it is written.
+
+The graph comes from PyTorch's ONNX exporter (``torch.onnx.export(..., dynamo=True)``, the
+``torch.export`` based one; opset 18), which handles any module made of standard PyTorch layers
+(factorized conv and fc layers are plain ``nn.Conv2d`` / ``nn.Linear`` chains) and
+torchvision's RoI pooling. OpenVINO IR is converted from that ONNX graph by OpenVINO's ONNX front
+end, with float32 weights. Each export runs the new file in a runtime (ONNX Runtime for ONNX,
+OpenVINO for IR) on sample inputs and is refused, with nothing written, when an output differs
+from PyTorch's by more than the tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import AccelDetError
+from ..utils.io import atomic_files, refuse_existing
+from .runtime import DISPLAY_NAMES, load_runtime, one_line
+
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
+OPSET = 18
+DEFAULT_TOLERANCE = 1e-3
+
+
+@dataclass
+class Graph:
+    """A module to export: its eval-mode ``module``, sample inputs (the first is traced, every one
+    is checked), the names of inputs and outputs, and the dynamic dimensions of each input
+    (``torch.export.Dim`` per axis; ``None``: all static)."""
+
+    module: nn.Module
+    samples: List[Tuple[torch.Tensor, ...]]
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    dynamic_shapes: Optional[Tuple[Dict[int, object], ...]] = None
+    description: str = ""
+
+
+@dataclass
+class ExportResult:
+    path: str
+    files: List[str]
+    format: str
+    runtime: str
+    # per sample, per output name: max |runtime - torch| / max |torch|
+    differences: List[Dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def max_difference(self) -> float:
+        return max((d for sample in self.differences for d in sample.values()), default=0.0)
+
+
+def output_files(path: str, fmt: str) -> List[str]:
+    """The files an export writes: ``X.onnx``, or OpenVINO's ``X.xml`` and ``X.bin``."""
+    check_format(fmt)
+    return [path] if fmt == "onnx" else [path, path[: -len(".xml")] + ".bin"]
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise AccelDetError(f"unknown export format {fmt!r}: choose {' or '.join(FORMATS)}")
+
+
+def check_output(path: str, fmt: str, overwrite: bool = False) -> List[str]:
+    """Refuse, before any work, an output whose suffix does not match ``fmt`` or that exists
+    (unless ``overwrite``); returns the files the export will write."""
+    check_format(fmt)
+    if not path.endswith(FORMATS[fmt]):
+        raise AccelDetError(f"an {fmt} output must end with {FORMATS[fmt]}, got {path}")
+    files = output_files(path, fmt)
+    refuse_existing(files, overwrite)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise AccelDetError(f"output folder {folder} does not exist")
+    return files
+
+
+def dynamic_dim(name: str, minimum: int = 1, maximum: int = 1 << 16):
+    """A dynamic axis for :class:`Graph` ``dynamic_shapes``."""
+    return torch.export.Dim(name, min=minimum, max=maximum)
+
+
+def to_onnx(graph: Graph, path: str) -> None:
+    """Write ``graph`` as ONNX (opset 18) to ``path`` (not atomically: see
+    :func:`export_graph`)."""
+    module = graph.module.eval()
+    with warnings.catch_warnings(), torch.no_grad(), quiet_loggers():
+        warnings.simplefilter("ignore")  # torch.export's notes on its own internals
+        try:
+            program = torch.onnx.export(
+                module,
+                graph.samples[0],
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=list(graph.input_names),
+                output_names=list(graph.output_names),
+                dynamic_shapes=graph.dynamic_shapes,
+                custom_translation_table=custom_translations(),
+                verbose=False,
+            )
+        except Exception as error:  # torch.export and the translation raise many types
+            raise AccelDetError(
+                f"PyTorch's ONNX exporter cannot export {graph.description or 'the model'}: "
+                f"{one_line(error)} (--debug shows why)"
+            ) from error
+    program.save(path, external_data=False)
+
+
+@contextlib.contextmanager
+def quiet_loggers(names=("onnxscript", "onnx_ir", "torch.onnx", "torch.export")):
+    """The exporter's INFO records (one per rewrite rule and folded constant) held back."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def custom_translations() -> dict:
+    """ONNX translations of ops whose own translation is missing or wrong: torchvision's
+    ``roi_pool`` (onnxscript 0.7's takes another signature) as ONNX ``MaxRoiPool``, whose
+    rounding is Caffe's, as torchvision's is."""
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+    from onnx import TensorProto
+    from onnxscript import opset18 as op
+
+    def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        pooled = op.MaxRoiPool(
+            input, rois, pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale
+        )
+        argmax = op.Cast(pooled, to=TensorProto.INT64)  # roi_pool's second output: unused
+        return pooled, argmax
+
+    return {torch.ops.torchvision.roi_pool.default: roi_pool}
+
+
+def to_openvino(onnx_path: str, xml_path: str) -> None:
+    """Convert an ONNX file to OpenVINO IR (``xml_path`` and the ``.bin`` next to it), keeping
+    float32 weights. ``Core.read_model`` (OpenVINO's ONNX front end) rather than
+    ``ov.convert_model``, which sends usage telemetry unless the user has opted out."""
+    try:
+        import openvino as ov
+    except ImportError:
+        from .runtime import INSTALL_HINT
+
+        raise AccelDetError(f"openvino is not installed: {INSTALL_HINT}") from None
+    ov.save_model(ov.Core().read_model(onnx_path), xml_path, compress_to_fp16=False)
+
+
+def export_graph(
+    graph: Graph,
+    path: str,
+    fmt: str = "onnx",
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    threads: int = 1,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export ``graph`` to ``path`` in ``fmt`` (``onnx`` or ``openvino``), run the result in ONNX
+    Runtime (onnx) or OpenVINO (openvino) on every sample and compare with PyTorch; write it only
+    when the largest relative difference is at most ``tolerance``, else raise
+    :class:`AccelDetError` and leave ``path`` as it was."""
+    files = check_output(path, fmt, overwrite)
+    start = time.perf_counter()
+    result = ExportResult(path=path, files=files, format=fmt, runtime=CHECK_RUNTIME[fmt])
+    with atomic_files(files) as temporaries:
+        if fmt == "onnx":
+            to_onnx(graph, temporaries[0])
+        else:
+            onnx_path = os.path.join(os.path.dirname(temporaries[0]), "graph.onnx")
+            to_onnx(graph, onnx_path)
+            to_openvino(onnx_path, temporaries[0])
+            os.remove(onnx_path)
+        runtime = load_runtime(temporaries[0], result.runtime, threads)
+        runtime.path = path  # for messages: the file is still a temporary one
+        try:
+            result.differences = compare(graph, runtime)
+        except AccelDetError as error:
+            raise AccelDetError(f"{error}: nothing written to {path}") from None
+        worst = max(
+            (d, i, name)
+            for i, sample in enumerate(result.differences)
+            for name, d in sample.items()
+        )
+        if not worst[0] <= tolerance:  # NaN fails too
+            raise AccelDetError(
+                f"the exported model differs from PyTorch in {DISPLAY_NAMES[result.runtime]} by "
+                f"{worst[0]:.3g} (largest relative difference, output {worst[2]}, sample "
+                f"{worst[1] + 1}), above the tolerance {tolerance:g}: nothing written to {path}"
+            )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def compare(graph: Graph, runtime) -> List[Dict[str, float]]:
+    """Per sample, per output: the largest relative difference of ``runtime``'s outputs to the
+    module's (:func:`relative_difference`)."""
+    differences = []
+    for sample in graph.samples:
+        expected = graph.module(*sample)
+        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+        got = runtime(*sample)
+        differences.append(
+            {
+                name: relative_difference(g, e.numpy())
+                for name, g, e in zip(graph.output_names, got, expected)
+            }
+        )
+    return differences
+
+
+def relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected| / max |expected| (infinite for another shape): differences relative
+    to the output's scale, not element by element (which small values would blow up)."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got.shape != expected.shape:
+        return float("inf")
+    if expected.size == 0:
+        return 0.0
+    scale = float(np.abs(expected).max())
+    value = float(np.abs(got - expected).max() / (scale if scale > 0 else 1.0))
+    return value if np.isfinite(value) else float("inf")

@@ -1,0 +1,78 @@
+"""Held-out error: a seeded fraction of the images is kept out of every layer's solve, and the
+error of the approximated responses on them tells whether the solve overfits its samples (too
+few samples per filter), which the in-sample error alone cannot."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils.dist import all_reduce_sum, is_distributed, sum_over_processes
+from .responses import iterate_batches
+
+logger = logging.getLogger(__name__)
+
+# held-out error above OVERFIT × in-sample error (+ a small margin) is worth a warning
+OVERFIT = 1.5
+MARGIN = 0.02
+
+
+def heldout_images(indices: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Which of the images ``indices`` are held out: a fixed choice for each (seed, image), the
+    same in every pass, process and batch size."""
+    if fraction <= 0:
+        return torch.zeros(len(indices), dtype=torch.bool)
+    draws = [np.random.default_rng([seed, int(i), 7]).random() for i in indices.tolist()]
+    return torch.tensor([d < fraction for d in draws], dtype=torch.bool)
+
+
+def split_rows(images: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """The held-out mask of sample rows, from the image of every row."""
+    unique, inverse = torch.unique(images, return_inverse=True)
+    return heldout_images(unique, fraction, seed)[inverse]
+
+
+def output_error(
+    original: nn.Module,
+    approximated: nn.Module,
+    batches: Iterable,
+    fraction: float,
+    seed: int,
+    device=None,
+) -> Tuple[Optional[float], int]:
+    """‖F̂(x) − F(x)‖ / ‖F(x)‖ of the network's output over the held-out images, and their
+    number (under torch.distributed, over all processes)."""
+    squared = torch.zeros(2, dtype=torch.float64)
+    count = 0
+    with torch.inference_mode():
+        for images, indices in iterate_batches(batches, device):
+            keep = heldout_images(indices, fraction, seed)
+            if not keep.any():
+                continue
+            x = images[keep.to(images.device)]
+            truth, approx = original(x).double(), approximated(x).double()
+            squared += torch.stack([(approx - truth).square().sum(), truth.square().sum()]).cpu()
+            count += int(keep.sum())
+    total = sum_over_processes(count)
+    if total == 0:
+        return None, 0
+    if is_distributed():
+        squared = all_reduce_sum(squared)
+    return (float(squared[0].sqrt() / squared[1].sqrt()) if squared[1] > 0 else 0.0), total
+
+
+def overfit_warning(name: str, entry: Mapping, samples: int) -> Optional[str]:
+    """A log line when a layer's held-out error is much larger than its in-sample error."""
+    error, heldout = entry.get("error"), entry.get("heldout_error")
+    if error is None or heldout is None or heldout <= OVERFIT * error + MARGIN:
+        return None
+    filters = entry.get("out_channels", entry.get("out_features", 1)) or 1
+    return (
+        f"{name}: held-out error {heldout:.3f} against {error:.3f} on the samples it was solved "
+        f"from: {samples} samples for {filters} filters ({samples / filters:.1f} per filter) "
+        "overfit; use more images or more samples per image"
+    )

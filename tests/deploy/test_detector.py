@@ -1,0 +1,214 @@
+"""Export of a tiny accelerated Fast R-CNN (random weights) to ONNX and OpenVINO, and evaluation of
+what was exported on a tiny synthetic VOC set: the same detections and AP as PyTorch."""
+
+import copy
+import json
+from collections import OrderedDict
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+
+import accel_det.detection  # noqa: E402,F401
+from accel_det.data.synthetic.voc import make_synthetic_voc  # noqa: E402
+from accel_det.deploy.detector import DetectorGraph, build_detector, detector_graph  # noqa: E402
+from accel_det.deploy.evaluate import ExportedDetector, evaluate_exported  # noqa: E402
+from accel_det.deploy.export import export_graph  # noqa: E402
+from accel_det.detection.config import load_config  # noqa: E402
+from accel_det.detection.datasets import load_voc_instances, register_synthetic_voc  # noqa: E402
+from accel_det.detection.proposals import write_proposal_file  # noqa: E402
+from accel_det.detection.trainer import Trainer, by_dataset  # noqa: E402
+from accel_det.utils.cli import run_tool  # noqa: E402
+from tests.deploy.plans import mixed_plan  # noqa: E402
+from tests.helpers import load_tool  # noqa: E402
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # a class without objects in the 4 test images: Detectron2's VOC evaluator divides by zero
+    pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning"),
+]
+WIDTH = 0.0625
+TOLERANCE = 1e-4
+PREFIX = "deploy_voc"  # registered in this process; the tools' processes use synthetic_voc_*
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A 4-image synthetic test set with proposals around its objects, and a random accelerated
+    detector whose scores are spread out (so that detections pass a low threshold and no two
+    tie)."""
+    root = tmp_path_factory.mktemp("deploy_det")
+    data = root / "datasets" / "synthetic_voc"
+    make_synthetic_voc(str(data), num_trainval=2, num_test=4, image_size=64, seed=1, progress=False)
+    register_synthetic_voc(str(data), prefix=PREFIX)
+    generator = np.random.default_rng(0)
+    ids, boxes = [], []
+    for record in load_voc_instances(str(data), "test", _classes(data)):
+        around = [a["bbox"] for a in record["annotations"] for _ in range(6)]
+        jitter = generator.normal(0, 3, (len(around), 4))
+        noise = generator.uniform(0, 60, (20, 2))
+        boxes.append(np.concatenate([np.array(around) + jitter, np.hstack([noise, noise + 16])]))
+        ids.append(record["image_id"])
+    write_proposal_file(str(root / "proposals.pkl"), ids, boxes)
+    (root / "plan.json").write_text(json.dumps(mixed_plan(WIDTH)))
+    cfg = load_config("demo/accel_vgg16_synthetic", small_opts(root, ""))
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    # fc7 features of random convs are large: scale the predictor to logits of about 2 and
+    # box deltas of about 0.5 (no saturated softmax, and boxes that move)
+    graph = detector_graph(cfg, model)
+    with torch.no_grad():
+        image, proposals = graph.samples[0]
+        x = ((image - graph.module.pixel_mean) / graph.module.pixel_std)[None]
+        rois = torch.cat([torch.zeros(len(proposals), 1), proposals], dim=1)
+        pooled = graph.module.pooler(model.backbone(x)["conv5_3"], rois)
+        norm = model.roi_heads.box_head(pooled).norm(dim=1).mean().item()
+    predictor = model.roi_heads.box_predictor
+    torch.nn.init.normal_(predictor.cls_score.weight, std=2.0 / norm)
+    torch.nn.init.normal_(predictor.bbox_pred.weight, std=0.5 / norm)
+    torch.save({"model": model.state_dict()}, root / "model.pth")
+    cfg = load_config("demo/accel_vgg16_synthetic", small_opts(root, root / "model.pth", PREFIX))
+    cfg.freeze()
+    return {"root": root, "cfg": cfg, "model": build_detector(cfg)}
+
+
+def _classes(data):
+    return json.loads((data / "synthetic_voc.json").read_text())["classes"]
+
+
+def small_opts(root, weights, prefix="synthetic_voc"):
+    return [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.VGG.WIDTH",
+        str(WIDTH),
+        "MODEL.ROI_BOX_HEAD.FC_DIM",
+        "32",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "86",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.01",
+        "MODEL.ACCEL.PLAN",
+        str(root / "plan.json"),
+        "MODEL.WEIGHTS",
+        str(weights),
+        "DATASETS.TEST",
+        f"('{prefix}_test',)",
+        "DATASETS.PROPOSAL_FILES_TEST",
+        f"('{root / 'proposals.pkl'}',)",
+    ]
+
+
+@pytest.fixture(scope="module")
+def pytorch_results(setup):
+    return by_dataset(setup["cfg"], Trainer.test(setup["cfg"], setup["model"]))
+
+
+@pytest.fixture(scope="module")
+def exported(setup):
+    """The detector exported to ONNX and to OpenVINO IR, with the export results."""
+    graph = detector_graph(setup["cfg"], setup["model"])
+    results = {}
+    for fmt, name in (("onnx", "detector.onnx"), ("openvino", "detector.xml")):
+        path = setup["root"] / name
+        results[fmt] = (path, export_graph(graph, str(path), fmt, tolerance=TOLERANCE))
+    return results
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_detector_export_round_trip_equals_pytorch(exported, fmt):
+    path, result = exported[fmt]
+    assert path.is_file() and result.max_difference <= TOLERANCE
+    # a landscape image with 300 proposals and a portrait one with a single proposal
+    assert [set(d) for d in result.differences] == [{"scores", "boxes"}] * 2
+
+
+def test_a_factorized_box_head_exports(setup, tmp_path):
+    """fc6 / fc7 as reduce (no bias) → expand linear pairs, as a factorized box head has them."""
+    model = copy.deepcopy(setup["model"])
+    head = model.roi_heads.box_head
+    for name in ("fc6", "fc7"):
+        fc = getattr(head, name)
+        pair = torch.nn.Sequential(
+            OrderedDict(
+                reduce=torch.nn.Linear(fc.in_features, 8, bias=False),
+                expand=torch.nn.Linear(8, fc.out_features),
+            )
+        )
+        setattr(head, name, pair)
+    result = export_graph(
+        detector_graph(setup["cfg"], model), str(tmp_path / "f.onnx"), tolerance=TOLERANCE
+    )
+    assert result.max_difference <= TOLERANCE
+    graph = onnx.load(str(tmp_path / "f.onnx")).graph
+    assert sum(node.op_type in ("Gemm", "MatMul") for node in graph.node) >= 5  # 4 fc + predictor
+
+
+def test_postprocessing_in_python_gives_detectron2s_detections(setup):
+    """ExportedDetector on the graph run in PyTorch: exactly the model's own detections."""
+    cfg, model = setup["cfg"], setup["model"]
+    graph = DetectorGraph(model).eval()
+
+    class TorchRuntime:
+        path, input_names, output_names = "torch", ["image", "proposals"], ["scores", "boxes"]
+
+        def __call__(self, image, proposals):
+            return [t.numpy() for t in graph(image, proposals)]
+
+    detector = ExportedDetector(TorchRuntime(), cfg)
+    loader = Trainer.build_test_loader(cfg, cfg.DATASETS.TEST[0])
+    detections = 0
+    with torch.no_grad():
+        for inputs in loader:
+            expected = model(inputs)[0]["instances"]
+            got = detector(inputs)[0]["instances"]
+            assert got.image_size == expected.image_size
+            torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+            torch.testing.assert_close(got.scores, expected.scores)
+            assert torch.equal(got.pred_classes, expected.pred_classes)
+            detections += len(got)
+    assert detections > 0
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_evaluation_of_the_exported_detector_gives_pytorchs_ap(
+    setup, exported, pytorch_results, fmt
+):
+    name = setup["cfg"].DATASETS.TEST[0]
+    expected = pytorch_results[name]["bbox"]
+    assert expected["AP50"] > 1.0  # a meaningful comparison: detections that hit objects
+    results = evaluate_exported(setup["cfg"], str(exported[fmt][0]), threads=1)
+    assert abs(results[name]["bbox"]["AP50"] - expected["AP50"]) <= 0.1
+    assert abs(results[name]["bbox"]["AP"] - expected["AP"]) <= 0.1
+
+
+def test_tools_export_then_evaluate(setup, pytorch_results, tmp_path, capsys):
+    """tools/export_model.py --config-file, then tools/evaluate_exported.py, through run_tool (the
+    errors matrix runs them as processes)."""
+    root = setup["root"]
+    opts = small_opts(root, root / "model.pth", PREFIX)
+
+    def tool(name, *args):
+        module = load_tool(name)
+        code = run_tool(module.main, module.build_parser(), [str(a) for a in args])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err[-3000:]
+        return printed.out
+
+    model = tmp_path / "detector.onnx"
+    config = ["--config-file", "demo/accel_vgg16_synthetic"]
+    out = tool("export_model", "--output", model, *config, *opts)
+    assert "inputs image [3, 64, 85], proposals [300, 4], outputs scores, boxes" in out, out
+    assert "largest relative difference to PyTorch in ONNX Runtime: " in out
+    out = tool("evaluate_exported", *config, "--model", model, *opts)
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    expected = pytorch_results[f"{PREFIX}_test"]["bbox"]["AP50"]
+    assert abs(results[f"{PREFIX}_test"]["bbox"]["AP50"] - expected) <= 0.1
+    assert f"{PREFIX}_test: AP " in out and f"results written to {tmp_path}" in out

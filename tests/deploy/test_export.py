@@ -1,0 +1,156 @@
+"""Export of a tiny plain and accelerated VGG-16 to ONNX and OpenVINO: the runtimes' outputs equal
+PyTorch's; tools/export_model.py; refusals leave the output as it was."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import accel_det.deploy.export as export_module
+from accel_det.deploy.export import check_output, export_graph, relative_difference
+from accel_det.deploy.runtime import load_runtime
+from accel_det.deploy.vgg import vgg16_graph
+from accel_det.errors import AccelDetError
+from accel_det.models.vgg import vgg16
+from accel_det.utils.cli import run_tool
+from tests.deploy.plans import mixed_plan
+from tests.helpers import load_tool
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+WIDTH = 0.125
+SIZE = (64, 64)
+TOLERANCE = 1e-4  # tighter than the tools' default: float32 in every runtime
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A plain and an accelerated width-1/8 VGG-16 (10 classes, random weights) in files."""
+    root = tmp_path_factory.mktemp("vgg")
+    plan = mixed_plan(WIDTH)
+    (root / "accel.json").write_text(json.dumps(plan))
+    for name, model_plan in (("plain", None), ("accel", plan)):
+        torch.manual_seed(1)
+        torch.save(
+            vgg16(num_classes=10, width=WIDTH, plan=model_plan).state_dict(), root / f"{name}.pth"
+        )
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+@pytest.mark.parametrize(
+    "kind, backbone, dynamic",
+    [("plain", False, False), ("accel", False, True), ("accel", True, True)],
+    ids=["plain-classifier", "accel-classifier-dynamic-batch", "accel-backbone-dynamic"],
+)
+def test_export_round_trip_equals_pytorch(weights, tmp_path, fmt, kind, backbone, dynamic):
+    graph = vgg16_graph(
+        str(weights / f"{kind}.pth"), backbone=backbone, input_size=SIZE, dynamic=dynamic
+    )
+    if kind == "accel":  # the plan next to the weights was found and applied
+        module = graph.module if backbone else graph.module.features
+        assert {type(m).__name__ for m in module} >= {"FactorizedConv2d"}
+    path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.xml")
+    result = export_graph(graph, str(path), fmt, tolerance=TOLERANCE)
+    assert result.max_difference <= TOLERANCE and len(result.differences) == 1 + dynamic
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.onnx"] if fmt == "onnx" else ["model.xml", "model.bin"]
+    )
+    # the file runs again in both runtimes where they read it, on a new input
+    runtimes = ["onnxruntime", "openvino"] if fmt == "onnx" else ["openvino"]
+    shape = (2, 3, 48, 80) if backbone else (2 if dynamic else 1, 3, *SIZE)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = graph.module(x).numpy()
+    for name in runtimes:
+        run = load_runtime(str(path), name, threads=1)
+        assert run.input_names == ["images"]
+        assert run.output_names == ["features" if backbone else "logits"]
+        (got,) = run(x)
+        assert relative_difference(got, expected) <= TOLERANCE, name
+        (again,) = run(images=x.numpy())
+        np.testing.assert_array_equal(again, got)
+
+
+def test_a_failed_check_writes_nothing_and_keeps_the_earlier_file(weights, tmp_path, monkeypatch):
+    graph = vgg16_graph(str(weights / "plain.pth"), input_size=SIZE)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"earlier export")
+    real = export_module.load_runtime
+
+    def off_by_one_percent(*args, **kwargs):
+        run = real(*args, **kwargs)
+        return lambda *inputs: [o * 1.01 for o in run(*inputs)]
+
+    monkeypatch.setattr(export_module, "load_runtime", off_by_one_percent)
+    with pytest.raises(AccelDetError, match=r"by 0\.01\d* .*above the tolerance 0\.001: nothing"):
+        export_graph(graph, str(path), "onnx", overwrite=True)
+    assert path.read_bytes() == b"earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary left
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    (tmp_path / "old.xml").write_text("x")
+    (tmp_path / "only.bin").write_text("x")
+    with pytest.raises(
+        AccelDetError, match="unknown export format 'tflite': choose onnx or openvino"
+    ):
+        check_output(str(tmp_path / "m.tflite"), "tflite")
+    with pytest.raises(AccelDetError, match="an openvino output must end with .xml"):
+        check_output(str(tmp_path / "m.onnx"), "openvino")
+    with pytest.raises(AccelDetError, match="old.xml already exists; pass --overwrite"):
+        check_output(str(tmp_path / "old.xml"), "openvino")
+    with pytest.raises(AccelDetError, match="only.bin already exists"):  # IR is two files
+        check_output(str(tmp_path / "only.xml"), "openvino")
+    assert check_output(str(tmp_path / "old.xml"), "openvino", overwrite=True)[1].endswith(
+        "old.bin"
+    )
+
+
+def test_relative_difference():
+    a = np.array([[1.0, -4.0], [0.0, 2.0]])
+    assert relative_difference(a, a) == 0.0
+    assert relative_difference(a + np.array([[0.0, 0.0], [0.04, 0.0]]), a) == pytest.approx(0.01)
+    assert relative_difference(a[:1], a) == float("inf")
+    assert relative_difference(a * np.nan, a) == float("inf")
+
+
+def test_runtime_errors(tmp_path):
+    with pytest.raises(AccelDetError, match="exported model file not found"):
+        load_runtime(str(tmp_path / "none.onnx"))
+    (tmp_path / "m.xml").write_text("<net/>")
+    with pytest.raises(AccelDetError, match="is OpenVINO IR: run it with --runtime openvino"):
+        load_runtime(str(tmp_path / "m.xml"), "onnxruntime")
+    with pytest.raises(AccelDetError, match="unknown runtime 'tvm'"):
+        load_runtime(str(tmp_path / "m.xml"), "tvm")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(AccelDetError, match="ONNX Runtime cannot load"):
+        load_runtime(str(tmp_path / "bad.onnx"))
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "xy"]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", value[:1], value[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, str(tmp_path / "relu.onnx"))
+    for name in ("onnxruntime", "openvino"):
+        run = load_runtime(str(tmp_path / "relu.onnx"), name)
+        np.testing.assert_array_equal(run(np.array([-1.0, 2.0]))[0], [0.0, 2.0])  # float32 in
+        with pytest.raises(AccelDetError, match=r"cannot run .*relu.onnx on x \[3\]: "):
+            run(np.zeros(3, np.float32))
+        with pytest.raises(AccelDetError, match="takes the inputs x, got z"):
+            run(z=np.zeros(2, np.float32))
+
+
+def test_tool_exports_an_accelerated_backbone(weights, tmp_path, capsys):
+    out = tmp_path / "features.xml"
+    argv = ["--format", "openvino", "--weights", weights / "accel.pth", "--backbone"]
+    argv += ["--input-size", "64", "96", "--dynamic", "--output", out]
+    tool = load_tool("export_model")
+    code = run_tool(tool.main, tool.build_parser(), [str(a) for a in argv])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "largest relative difference to PyTorch in OpenVINO: " in printed.out
+    assert "inputs images [1, 3, 64, 96], outputs features" in printed.out
+    assert out.is_file() and (tmp_path / "features.bin").is_file()
+    run = load_runtime(str(out), threads=1)
+    assert run.name == "openvino" and run(torch.randn(1, 3, 64, 96))[0].shape == (1, 64, 2, 3)

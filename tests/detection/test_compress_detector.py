@@ -1,0 +1,163 @@
+"""The whole detector accelerated: a factorized box head, tools/compress_detector.py end to end on
+a tiny synthetic set, then tools/train_net.py on its output; resume; bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+
+from detectron2.modeling import build_model  # noqa: E402
+
+import accel_det.detection  # noqa: E402,F401
+from accel_det.detection.config import load_config  # noqa: E402
+from accel_det.nn import FactorizedLinear  # noqa: E402
+from tests.detection.test_train import SMALL, data_opts, one_error, tiny_root, train_net  # noqa: E402,F401
+from tests.helpers import REPO  # noqa: E402
+
+CONFIG = "demo/vgg16_synthetic.yaml"
+
+
+def tiny_opts(root):
+    return [*SMALL, *data_opts(root)]
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_root, tmp_path_factory):  # noqa: F811
+    """A tiny Fast R-CNN's checkpoint (random weights: compression does not need a trained one)."""
+    folder = tmp_path_factory.mktemp("detector")
+    os.environ["DETECTRON2_DATASETS"] = str(tiny_root)
+    torch.manual_seed(0)
+    model = build_model(load_config(CONFIG, tiny_opts(tiny_root)))
+    torch.save({"model": model.state_dict()}, folder / "model.pth")
+    return folder / "model.pth"
+
+
+def compress(root, weights, output, *extra, timeout=600):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
+    command = [
+        sys.executable,
+        "tools/compress_detector.py",
+        "--config-file",
+        CONFIG,
+        "--output",
+        str(output),
+    ]
+    command += [
+        "--num-images",
+        "8",
+        "--samples-per-image",
+        "8",
+        "--fc-samples-per-image",
+        "16",
+        "--no-progress",
+    ]
+    command += ["--iterations", "2", *extra, *tiny_opts(root), "MODEL.WEIGHTS", str(weights)]
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_full_rank_factorized_box_head_equals_the_plain_one(tiny_root, tmp_path):  # noqa: F811
+    torch.manual_seed(0)
+    plain = build_model(load_config(CONFIG, tiny_opts(tiny_root))).eval()
+    head = plain.roi_heads.box_head
+    entries = {
+        n: {"in_features": getattr(head, n).in_features, "out_features": 32, "structure": "channel",
+            "rank": 32}
+        for n in ("fc6", "fc7")
+    }  # fmt: skip
+    plan = {"layers": entries}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    opts = tiny_opts(tiny_root) + ["MODEL.ACCEL.PLAN", str(tmp_path / "plan.json")]
+    accelerated = build_model(load_config(CONFIG, opts)).eval()
+    assert isinstance(accelerated.roi_heads.box_head.fc6, FactorizedLinear)
+    state = plain.state_dict()
+    for name in ("fc6", "fc7"):  # the exact factorization W = I · W
+        prefix = f"roi_heads.box_head.{name}."
+        weight, bias = state.pop(prefix + "weight"), state.pop(prefix + "bias")
+        state.update({prefix + "reduce.weight": weight, prefix + "expand.weight": torch.eye(32),
+                      prefix + "expand.bias": bias})  # fmt: skip
+    accelerated.load_state_dict(state)
+    x = torch.randn(5, head.fc6.in_features)
+    with torch.no_grad():
+        assert torch.equal(accelerated.roi_heads.box_head(x), head(x))
+
+
+def test_compress_detector_then_evaluate_and_fine_tune(tiny_root, detector, tmp_path):  # noqa: F811
+    out = tmp_path / "3x"
+    result = compress(tiny_root, detector, out, "--speedup", "3", "--rois-per-image", "100")
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["rois_per_image"] == 100 and plan["input_hw"] == [64, 86]
+    assert 3.0 <= plan["theoretical_speedup_detector"] <= 3.06
+    assert plan["theoretical_speedup"] < plan["theoretical_speedup_detector"]
+    for name in ("fc6", "fc7"):
+        entry = plan["layers"][name]
+        assert entry["in_features"] > 0 and entry["rank"] >= 1
+        assert entry["error"] is not None
+    state = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert (
+        any(k.startswith("roi_heads.box_head.fc6.") for k in state) and (out / "plan.png").is_file()
+    )
+    assert "fc6" in result.stdout and "network" in result.stdout  # the per-layer table
+
+    accel = [
+        "MODEL.ACCEL.PLAN",
+        str(out / "plan.json"),
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+    ]
+    for mode in (["--eval-only"], ["SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "0"]):
+        run = train_net(
+            tiny_root, "--config", "demo/accel_vgg16_synthetic.yaml", *mode, *tiny_opts(tiny_root),
+            *accel, "OUTPUT_DIR", str(tmp_path / mode[0].strip("-")),
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        results = json.loads((tmp_path / mode[0].strip("-") / "eval_results.json").read_text())
+        assert "AP50" in results["synthetic_voc_test"]["bbox"]
+
+
+def test_resume_after_an_interruption_is_bit_identical(tiny_root, detector, tmp_path):  # noqa: F811
+    args = ["--speedup", "2.5", "--method", "asym"]
+    whole = compress(tiny_root, detector, tmp_path / "whole", *args)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = compress(tiny_root, detector, tmp_path / "resumed", *args, "--stop-after", "conv3_1")
+    assert (
+        stopped.returncode == 1 and (tmp_path / "resumed" / "compression.checkpoint.pth").is_file()
+    )
+    resumed = compress(tiny_root, detector, tmp_path / "resumed", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "resumed" / "compression.checkpoint.pth").exists()
+
+
+def test_bad_input_is_one_line_and_loses_nothing(tiny_root, detector, tmp_path):  # noqa: F811
+    one_error(
+        compress(tiny_root, tmp_path / "nope.pth", tmp_path / "a"), "MODEL.WEIGHTS file not found"
+    )
+    other = tmp_path / "other.pth"
+    torch.manual_seed(1)
+    wide = build_model(
+        load_config(CONFIG, tiny_opts(tiny_root) + ["MODEL.ROI_BOX_HEAD.FC_DIM", "48"])
+    )
+    torch.save({"model": wide.state_dict()}, other)
+    one_error(compress(tiny_root, other, tmp_path / "b"), "do not fit the box head")
+    no_proposals = compress(tiny_root, detector, tmp_path / "c", "MODEL.LOAD_PROPOSALS", "False")
+    one_error(no_proposals, "has no precomputed proposals")
+    one_error(
+        compress(tiny_root, detector, tmp_path / "d", "--speedup", "500"), "impossible", "at most"
+    )
+    done = tmp_path / "done"
+    assert compress(tiny_root, detector, done, "--speedup", "2").returncode == 0
+    before = {p.name: p.read_bytes() for p in done.iterdir()}
+    one_error(
+        compress(tiny_root, detector, done, "--speedup", "3"), "already exists; pass --overwrite"
+    )
+    assert {p.name: p.read_bytes() for p in done.iterdir()} == before

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Compress a trained Fast R-CNN (VGG-16) detector as a whole: its conv layers and fc6/fc7 by the
+paper's data-driven solver, under one multiply-add budget for the whole detector.
+
+    tools/compress_detector.py --config-file vgg16_voc.yaml --speedup 4 --output output/frcnn_4x \\
+        MODEL.WEIGHTS output/vgg16_voc/model_final.pth
+
+compresses on images and proposals of the config's DATASETS.TRAIN and writes DIR/model_final.pth
+(a Detectron2 checkpoint of the accelerated detector), DIR/plan.json and DIR/plan.png; evaluate
+or fine-tune with the accelerated config:
+
+    tools/train_net.py --config accel_vgg16_voc.yaml --eval-only \\
+        MODEL.WEIGHTS output/frcnn_4x/model_final.pth MODEL.ACCEL.PLAN output/frcnn_4x/plan.json
+
+--speedup is the theoretical speedup of the whole detector (all multiply-adds of one image at the
+test size and --rois-per-image RoIs); --speedup-of conv gives the paper's conv-layer target.
+Under torchrun (or --num-gpus N) each process reads a shard of the images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
+
+from accel_det.errors import AccelDetError
+from accel_det.utils.cli import add_common_arguments, run_main, run_tool, setup_logging
+from accel_det.utils.dist import shutdown, under_launcher
+from accel_det.utils.launch import launch
+from accel_det.workflows.detector import FC_METHODS, DetectorCompressOptions, compress_detector
+from accel_det.workflows.options import add_solver_arguments, solver_options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", required=True, help="the trained detector's config (with MODEL.WEIGHTS)"
+    )
+    parser.add_argument(
+        "--output", required=True, help="output folder: model_final.pth, plan.json, plan.png"
+    )
+    add_solver_arguments(parser)
+    parser.add_argument(
+        "--speedup-of",
+        choices=("detector", "conv"),
+        default="detector",
+        help="what --speedup is of: the whole detector (default) or its conv layers (the paper)",
+    )
+    parser.add_argument(
+        "--fc-method",
+        choices=FC_METHODS,
+        default="asym",
+        help="fc6/fc7: asym (data-driven, default), svd (Girshick's truncated SVD of the "
+        "weights), none (kept); nonlinear and linear as for convs",
+    )
+    parser.add_argument(
+        "--fc-ranks",
+        type=int,
+        nargs=2,
+        metavar=("FC6", "FC7"),
+        help="fixed ranks of fc6 and fc7 instead of rank selection (e.g. 1024 256, Fast R-CNN's)",
+    )
+    parser.add_argument(
+        "--num-images", type=int, default=500, help="training images (default: 500)"
+    )
+    parser.add_argument(
+        "--rois-per-image",
+        type=int,
+        help="RoIs per image the budget counts (default: DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)",
+    )
+    parser.add_argument(
+        "--fc-samples-per-image",
+        type=int,
+        default=64,
+        help="RoIs per image whose fc6/fc7 responses are sampled (default: 64)",
+    )
+    parser.add_argument(
+        "--foreground-fraction",
+        type=float,
+        default=0.0,
+        help="share of the sampled RoIs taken among those with IoU >= 0.5 to an object",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input size the multiply-adds are counted at (default: INPUT.MIN/MAX_SIZE_TEST)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from DIR/compression.checkpoint.pth"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes to start, one per GPU")
+    parser.add_argument("--no-plot", action="store_true", help="do not write plan.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--stop-after", help=argparse.SUPPRESS
+    )  # test hook: interrupt after a layer
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides, KEY VALUE ..."
+    )
+    return add_common_arguments(parser)
+
+
+def options_from(args) -> DetectorCompressOptions:
+    return DetectorCompressOptions(
+        config_file=args.config_file,
+        output=args.output,
+        opts=list(args.opts),
+        solver=solver_options(args),
+        fc_method=args.fc_method,
+        fc_ranks=dict(zip(("fc6", "fc7"), args.fc_ranks)) if args.fc_ranks else None,
+        target="conv" if args.speedup_of == "conv" else "network",
+        num_images=args.num_images,
+        rois_per_image=args.rois_per_image,
+        fc_samples_per_image=args.fc_samples_per_image,
+        foreground_fraction=args.foreground_fraction,
+        input_hw=tuple(args.input_size) if args.input_size else None,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+        device=args.device,
+        stop_after=args.stop_after,
+    )
+
+
+def run_in_group(options: DetectorCompressOptions, argv) -> int:
+    try:
+        compress_detector(options, argv)
+    finally:
+        shutdown()
+    return 0
+
+
+def run_process(options: DetectorCompressOptions, argv, debug: bool) -> int:
+    """One process of ``--num-gpus N``: logging, and errors as one line, as the tool itself."""
+    setup_logging()
+    return run_main(lambda _: run_in_group(options, argv), argparse.Namespace(debug=debug))
+
+
+def main(args) -> int:
+    if args.num_gpus < 1:
+        raise AccelDetError(f"--num-gpus must be >= 1, got {args.num_gpus}")
+    options = options_from(args)
+    options.check()
+    if args.num_gpus > 1 and not under_launcher():
+        return launch(run_process, args.num_gpus, (options, sys.argv[1:], args.debug))
+    return run_in_group(options, sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, build_parser()))
