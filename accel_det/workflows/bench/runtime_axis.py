@@ -1,0 +1,141 @@
+"""Time every subject in every form at each thread count, and compare best form with best form.
+
+Each (subject, form) pair is one call of :func:`accel_det.utils.timing.measure_for`: all pairs of
+one case and thread count interleaved, so a slow spell of a shared machine touches all alike.
+Speedups are ratios of medians: a subject against the original in the same form and thread count
+(one runtime), and the subject's fastest form against the original's fastest form (best against
+best, the deployed comparison).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+import torch
+
+from ...utils.timing import measure_for
+from .runtimes import EXPORTED, build_call, export_onnx
+from .subjects import Subject
+
+
+def time_case(
+    case: str,
+    subjects: Sequence[Subject],
+    inputs: tuple,
+    *,
+    forms: Sequence[str],
+    threads: Sequence[int],
+    folder: str,
+    seconds: float = 20.0,
+    device: torch.device = torch.device("cpu"),
+    dynamic_shapes=None,
+    names=None,
+    min_repeats: int = 3,
+    progress: Optional[Callable[[str], None]] = None,
+) -> List[dict]:
+    """Rows ``{case, model, form, threads, median_ms, ...}`` of every subject in every form at
+    every thread count (the exported forms use one ONNX file per subject, made once in
+    ``folder``)."""
+    paths: Dict[str, str] = {}
+    if any(f in EXPORTED for f in forms):
+        for subject in subjects:
+            paths[subject.name] = export_onnx(
+                subject.module,
+                inputs,
+                os.path.join(folder, f"{slug(subject.name)}.onnx"),
+                dynamic_shapes=dynamic_shapes,
+                names=names,
+            )
+    rows = []
+    for count in threads:
+        calls = {}
+        for subject in subjects:
+            for form in forms:
+                calls[(subject.name, form)] = build_call(
+                    form,
+                    subject.module,
+                    inputs,
+                    threads=count,
+                    onnx_path=paths.get(subject.name, ""),
+                    device=device,
+                )
+        keyed = {f"{name}|{form}": call for (name, form), call in calls.items()}
+        timed = measure_for(
+            keyed,
+            threads=count,
+            seconds=seconds,
+            warmup=2,
+            min_repeats=min_repeats,
+            max_repeats=15,
+            device=device,
+        )
+        del calls, keyed
+        for subject in subjects:
+            for form in forms:
+                latency = timed[f"{subject.name}|{form}"]
+                rows.append(
+                    {
+                        "case": case,
+                        "model": subject.name,
+                        "form": form,
+                        "threads": count,
+                        "median_ms": latency["median_ms"],
+                        "min_ms": latency["min_ms"],
+                        "repeats": latency["repeats"],
+                        "macs": subject.macs,
+                        "theoretical": subject.theoretical,
+                    }
+                )
+        if progress:
+            progress(f"{case}, {count} thread(s): {rows[-1]['repeats']} timed rounds")
+    return add_speedups(rows)
+
+
+def add_speedups(rows: List[dict], original: str = "original") -> List[dict]:
+    """Each row's speedup over the original in the same case, form and thread count, and that
+    speedup over the theoretical one (``ratio``)."""
+    base = {
+        (r["case"], r["form"], r["threads"]): r["median_ms"] for r in rows if r["model"] == original
+    }
+    for row in rows:
+        reference = base.get((row["case"], row["form"], row["threads"]))
+        row["speedup"] = reference / row["median_ms"] if reference else None
+        row["ratio"] = row["speedup"] / row["theoretical"] if reference else None
+    return rows
+
+
+def best_against_best(rows: Sequence[Mapping], original: str = "original") -> List[dict]:
+    """Per case and thread count, each subject's fastest form against the original's fastest
+    form: the speedup a user gets who deploys each in its best runtime."""
+    best: Dict[tuple, Mapping] = {}
+    for row in rows:
+        key = (row["case"], row["threads"], row["model"])
+        if key not in best or row["median_ms"] < best[key]["median_ms"]:
+            best[key] = row
+    result = []
+    for (case, count, model), row in best.items():
+        if model == original:
+            continue
+        reference = best[(case, count, original)]
+        speedup = reference["median_ms"] / row["median_ms"]
+        result.append(
+            {
+                "case": case,
+                "threads": count,
+                "model": model,
+                "theoretical": row["theoretical"],
+                "original_form": reference["form"],
+                "original_ms": reference["median_ms"],
+                "form": row["form"],
+                "median_ms": row["median_ms"],
+                "speedup": speedup,
+                "ratio": speedup / row["theoretical"],
+            }
+        )
+    return result
+
+
+def slug(name: str) -> str:
+    """A file-name form of a subject's name."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()

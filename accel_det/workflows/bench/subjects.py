@@ -1,0 +1,164 @@
+"""What the runtime-axis benchmark times: random-weight VGG-16 backbones and Fast R-CNN detectors,
+original and accelerated by the solver's 4× plans (default options of ``compress``: ranks rounded
+to 16), with their multiply-adds and theoretical speedups.
+
+The plans take their ranks from eigenvalues of the random-weight network's responses to generated
+images (no ImageNet or VOC weights here): conv layers at random positions, fc6 / fc7 at random
+RoIs. The whole-detector plan has one budget over conv and fc layers at the detector's test size
+and RoI count (:func:`accel_det.solver.joint.make_network_plan`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ...data.synthetic.shapes import make_task
+from ...models.vgg import init_vgg_weights
+from ...solver.channel import covariance, eigen_descending
+from ...solver.complexity import LinearSpec
+from ...solver.joint import make_network_plan
+from ...solver.network import conv_specs
+from ...solver.options import SolverOptions
+from .forms import accelerated_features, random_features
+from .plans import sampled_eigenvalues, solver_plans
+
+FC_LAYERS = ("fc6", "fc7")
+
+
+@dataclasses.dataclass
+class Subject:
+    """One timed model: its module, its multiply-adds per image and its theoretical speedup over
+    the original (ratio of the two counts)."""
+
+    name: str
+    module: nn.Module
+    macs: int
+    theoretical: float = 1.0
+    plan: Mapping = dataclasses.field(default_factory=dict)
+
+
+def conv_macs(module: nn.Module, inputs: tuple) -> Dict[str, int]:
+    """Multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` of ``module`` on ``inputs``, by
+    qualified name (counted from the shapes each sees in one forward pass)."""
+    counts: Dict[str, int] = {}
+    hooks = []
+
+    def count(name):
+        def hook(layer, args, output):
+            if isinstance(layer, nn.Conv2d):
+                per_position = layer.weight.numel()  # d * c/groups * kh * kw
+                counts[name] = per_position * output.shape[0] * output.shape[2] * output.shape[3]
+            else:
+                counts[name] = layer.weight.numel() * (output.numel() // output.shape[-1])
+
+        return hook
+
+    for name, layer in module.named_modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            hooks.append(layer.register_forward_hook(count(name)))
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts
+
+
+def backbone_subjects(
+    width: float,
+    input_hw: Tuple[int, int],
+    *,
+    speedup: float = 4.0,
+    methods: Sequence[str] = ("asym", "asym3d"),
+    round_to: int = 16,
+    unrounded: bool = False,
+    num_images: int = 8,
+    samples_per_image: int = 100,
+    seed: int = 0,
+) -> List[Subject]:
+    """The original VGG-16 conv layers and the solver's ``speedup`` plans for each method at
+    ``input_hw`` (rounded to ``round_to``; with ``unrounded`` also as solved)."""
+    features = random_features(width, seed)
+    images = make_task(num_images, size=224, seed=seed + 4000)[0]
+    eigenvalues = sampled_eigenvalues(
+        features, images, samples_per_image=samples_per_image, seed=seed
+    )
+    plans = solver_plans(
+        features, eigenvalues, input_hw, speedup=speedup, methods=methods, round_to=round_to
+    )
+    x = (torch.randn(1, 3, *input_hw),)
+    base = sum(conv_macs(features, x).values())
+    subjects = [Subject("original", features, base)]
+    for name, plan in plans.items():
+        if round_to > 1 and not unrounded and "ranks x" not in name:
+            continue
+        model = accelerated_features(features, plan, seed)
+        macs = sum(conv_macs(model, x).values())
+        subjects.append(Subject(name, model, macs, base / macs, plan))
+    return subjects
+
+
+def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:
+    """Eigenvalues (largest first) of the covariance of fc6's and fc7's responses of a Fast R-CNN
+    ``model`` at ``rois_per_image`` random RoIs of each image (fc7 reads ReLU(fc6))."""
+    from detectron2.structures import Boxes
+
+    from ...deploy.detector import sample_inputs
+
+    head, pooler = model.roi_heads.box_head, model.roi_heads.box_pooler
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    with torch.inference_mode():
+        for image in images:
+            feature = model.backbone.features(image[None])
+            _, boxes = sample_inputs(*image.shape[1:], rois_per_image, generator)
+            rows.append(head.fc6(pooler([feature], [Boxes(boxes)]).flatten(1)))
+        y6 = torch.cat(rows)
+        y7 = head.fc7(y6.clamp(min=0))
+    return {n: eigen_descending(covariance(y)[1])[0] for n, y in zip(FC_LAYERS, (y6, y7))}
+
+
+def detector_plan(
+    model, input_hw: Tuple[int, int], rois: int, options: SolverOptions, images: torch.Tensor
+) -> dict:
+    """The whole-detector plan of ``options`` for ``model`` at ``input_hw`` and ``rois`` RoIs per
+    image: conv and fc layers under one budget, the box predictor kept."""
+    features = model.backbone.features
+    eigenvalues = sampled_eigenvalues(features, images, samples_per_image=100, seed=options.seed)
+    eigenvalues.update(fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
+    head, predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
+    linears = [
+        LinearSpec(n, getattr(head, n).in_features, getattr(head, n).out_features, rois)
+        for n in FC_LAYERS
+    ]
+    fixed = rois * sum(m.weight.numel() for m in predictor.modules() if isinstance(m, nn.Linear))
+    return make_network_plan(
+        conv_specs(features, input_hw), linears, eigenvalues, options, fixed_macs=fixed
+    )
+
+
+def random_detector(config: str, opts: Sequence = (), seed: int = 0):
+    """The eval-mode Detectron2 model of ``config`` with random weights (He-initialised convs),
+    its classifier set so that no box passes the score threshold (random weights would make the
+    NMS work arbitrary and different per model; a few ms in a trained detector)."""
+    from detectron2.modeling import build_model
+
+    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
+
+    from ...detection.config import load_config
+
+    torch.manual_seed(seed)
+    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    model = build_model(cfg).eval()
+    init_vgg_weights(model.backbone.features)
+    predictor = model.roi_heads.box_predictor
+    with torch.no_grad():
+        predictor.cls_score.weight.zero_()
+        predictor.cls_score.bias.zero_()
+        predictor.cls_score.bias[-1] = 10.0  # background
+    return cfg, model

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Speed benchmark, runtime axis: the original and accelerated VGG-16 backbone and Fast R-CNN
+detector in the forms users deploy them in (torch eager contiguous / channels_last, frozen
+TorchScript, ONNX Runtime, OpenVINO; on a GPU torch fp32 / fp16 / bf16 channels_last), at one
+thread and all threads, best form against best form, with a per-layer profile of the layers
+furthest from their FLOP ratio and the detector's stages. Prints Markdown tables, writes
+``benchmark_runtimes.json``, ``benchmark_runtimes.md``, the plans and the ONNX files to
+``--output``.
+
+    python tools/benchmark_runtimes.py                 # ~40 minutes on 2 cores (full width)
+    python tools/benchmark_runtimes.py --quick         # backbone at 224x224 and the detector
+                                                       # at 600x1000, one thread (~15 minutes)
+    python tools/benchmark_runtimes.py --device cuda   # on a GPU (tools/benchmark_gpu.sh)
+
+The eager levers of the backbone (memory format, rounding, fused oneDNN, allocator) stay in
+tools/benchmark_speed.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
+
+import torch
+
+from accel_det.errors import AccelDetError
+from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.io import check_writable_folder
+from accel_det.workflows.bench.runtime_run import RuntimeBenchmarkOptions, run
+from accel_det.workflows.bench.runtimes import CPU_FORMS, CUDA_FORMS
+
+
+def size(text: str):
+    height, _, width = text.partition("x")
+    try:
+        value = (int(height), int(width or height))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW or S, got {text!r}") from None
+    if min(value) < 32:
+        raise argparse.ArgumentTypeError(f"{text}: VGG-16 needs at least 32x32")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", default="output/benchmark_runtimes", help="output folder")
+    parser.add_argument("--quick", action="store_true", help="224x224 backbone, one thread")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--forms", nargs="+", choices=CPU_FORMS + CUDA_FORMS, help="default: all of the device's"
+    )
+    parser.add_argument("--threads", type=int, nargs="+", help="default 1 0 (0: all cores)")
+    parser.add_argument(
+        "--backbone-sizes", type=size, nargs="*", metavar="HxW", help="default 224 600x1000"
+    )
+    parser.add_argument("--detector-size", type=size, default=(600, 1000), metavar="HxW")
+    parser.add_argument(
+        "--rois", type=int, nargs="+", default=[2000, 300], help="RoIs per image of the detector"
+    )
+    parser.add_argument("--no-detector", action="store_true", help="the backbone only")
+    parser.add_argument("--no-profile", action="store_true", help="no per-layer profile")
+    parser.add_argument("--speedup", type=float, default=4.0, help="theoretical speedup")
+    parser.add_argument(
+        "--round-ranks", type=int, default=16, help="d' and d'' multiple (compress's default 16)"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="timing budget per case")
+    parser.add_argument(
+        "--width", type=float, default=1.0, help="VGG-16 channel multiplier (smaller for tests)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    return add_common_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.speedup <= 1 or args.round_ranks < 1 or args.seconds <= 0:
+        raise AccelDetError("--speedup must be above 1, --round-ranks at least 1, --seconds > 0")
+    if any(r < 1 for r in args.rois) or any(t < 0 for t in args.threads or []):
+        raise AccelDetError("--rois must be at least 1 and --threads at least 0")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AccelDetError(f"--device {args.device}: CUDA is not available")
+    sizes = args.backbone_sizes
+    if sizes is None:
+        sizes = [(224, 224)] if args.quick else [(224, 224), (600, 1000)]
+    options = RuntimeBenchmarkOptions(
+        output=check_writable_folder(args.output),
+        width=args.width,
+        speedup=args.speedup,
+        round_ranks=args.round_ranks,
+        backbone_sizes=sizes,
+        detector_size=args.detector_size,
+        rois=args.rois,
+        threads=args.threads or ([1] if args.quick else [1, 0]),
+        forms=args.forms or (),
+        device=str(device),
+        seconds=args.seconds,
+        detector=not args.no_detector,
+        profile=not args.no_profile,
+        seed=args.seed,
+        command=" ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+    )
+    run(options, progress=lambda text: print(text, flush=True))
+    print(f"wrote {os.path.join(options.output, 'benchmark_runtimes.md')} and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main, build_parser()))
