@@ -21,6 +21,24 @@ def load_tool(name: str):
     return module
 
 
+# a tiny Detectron2 detector (config overrides): an iteration or an evaluation takes seconds
+TINY_DETECTOR = (
+    "MODEL.VGG.WIDTH",
+    "0.0625",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "32",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "32",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "86",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "86",
+)
+
 SHORT = ((0.01, 3), (1.0, 3))  # a short lambda schedule for the nonlinear solver
 
 

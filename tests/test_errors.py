@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accel_det.errors import AccelDetError  # noqa: E402
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import REPO, TINY_DETECTOR  # noqa: E402
 from tests.workflows.test_imagenet_tools import COMPRESS, SMALL, THREADS, run_in_process, work  # noqa: E402,F401
 from tests.write_fault import failing_writes  # noqa: E402
 
@@ -111,20 +111,7 @@ D2_SETUP = ()
 D2_RUN = ("config.yaml", "log.txt", "metrics.json", "events.out.tfevents.*", "eval_results.json")
 # a tiny detector: 1 training iteration takes seconds
 D2_TINY = (
-    "MODEL.VGG.WIDTH",
-    "0.0625",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "32",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "32",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "86",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "INPUT.MAX_SIZE_TEST",
-    "86",
+    *TINY_DETECTOR,
     "SOLVER.MAX_ITER",
     "1",
     "SOLVER.WARMUP_ITERS",

@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--round-ranks", type=int, default=16, help="d' and d'' multiple (compress's default 16)"
     )
+    parser.add_argument(
+        "--skip", nargs="*", default=["conv1_1"], help="layers the plans keep (compress's default)"
+    )
+    parser.add_argument(
+        "--also-keep",
+        nargs="*",
+        default=["conv1_2"],
+        metavar="LAYER",
+        help="also time the backbone plans that keep these layers too (default conv1_2; none: "
+        "--also-keep with no layer)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timing budget per case")
     parser.add_argument(
         "--width", type=float, default=1.0, help="VGG-16 channel multiplier (smaller for tests)"
@@ -99,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
         forms=args.forms or (),
         device=str(device),
         seconds=args.seconds,
+        skip=args.skip,
+        also_keep=args.also_keep,
         detector=not args.no_detector,
         profile=not args.no_profile,
         seed=args.seed,

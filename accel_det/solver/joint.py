@@ -34,7 +34,13 @@ from .complexity import (
     structure_macs,
 )
 from .options import SolverOptions
-from .planning import make_plan, plan_from_structures, spatial_layers, structure_of
+from .planning import (
+    make_plan,
+    plan_from_structures,
+    record_selection,
+    spatial_layers,
+    structure_of,
+)
 from .ranks import (
     channel_cost_table,
     layer_multiples,
@@ -200,15 +206,7 @@ def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ra
         rank_cost=options.rank_cost,
         skip=sorted(skip, key=[s.name for s in convs].index),
     )
-    for spec in convs:
-        rank = ranks.get(spec.name)
-        plan["layers"][spec.name].update(
-            pca_energy=pca_energy(eigenvalues[spec.name], rank) if rank else 1.0,
-            error=None,
-            seconds=None,
-        )
-    if options.round_ranks_to > 1:
-        plan["round_ranks_to"] = int(options.round_ranks_to)
+    record_selection(plan, convs, ranks, eigenvalues, options)
     fc = {s.name: fc_ranks.get(s.name, ranks.get(s.name)) for s in linears}
     return plan, fc
 

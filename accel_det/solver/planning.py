@@ -112,15 +112,7 @@ def make_plan(
         rank_cost=options.rank_cost,
         skip=sorted(skip, key=[s.name for s in specs].index),
     )
-    for spec in specs:
-        rank = ranks.get(spec.name)
-        plan["layers"][spec.name].update(
-            pca_energy=pca_energy(eigenvalues[spec.name], rank) if rank else 1.0,
-            error=None,
-            seconds=None,
-        )
-    if options.round_ranks_to > 1:
-        plan["round_ranks_to"] = int(options.round_ranks_to)
+    record_selection(plan, specs, ranks, eigenvalues, options)
     if options.rank_selection and options.rank_cost == "latency":
         plan["latency"] = latency_record(specs, ranks, options)
     return plan
@@ -169,6 +161,20 @@ def latency_record(specs, ranks, options: SolverOptions) -> dict:
         "predicted_ms": predicted_ms,
         "predicted_speedup": original_ms / predicted_ms,
     }
+
+
+def record_selection(plan: dict, specs, ranks, eigenvalues, options) -> None:
+    """Each selected layer's PCA energy at its rank (eq. 14's factor), errors still unsolved, and
+    the rank multiple of the plan."""
+    for spec in specs:
+        rank = ranks.get(spec.name)
+        plan["layers"][spec.name].update(
+            pca_energy=pca_energy(eigenvalues[spec.name], rank) if rank else 1.0,
+            error=None,
+            seconds=None,
+        )
+    if options.round_ranks_to > 1:
+        plan["round_ranks_to"] = int(options.round_ranks_to)
 
 
 def plan_from_structures(

@@ -13,23 +13,10 @@ pytest.importorskip("detectron2")
 import accel_det.detection  # noqa: E402,F401
 from accel_det.data.synthetic.voc import make_synthetic_voc  # noqa: E402
 from accel_det.detection.proposals import make_proposals, write_proposal_file  # noqa: E402
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import REPO, TINY_DETECTOR  # noqa: E402
 
 SMALL = [
-    "MODEL.VGG.WIDTH",
-    "0.0625",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "32",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
-    "32",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "86",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "INPUT.MAX_SIZE_TEST",
-    "86",
+    *TINY_DETECTOR,
     "DATALOADER.NUM_WORKERS",
     "0",
     "MODEL.DEVICE",

@@ -143,7 +143,10 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     assert cases == {"backbone 64x64", "detector 64x96, 40 RoIs"}
     backbone = [r for r in rows if r["case"] == "backbone 64x64"]
     models = {r["model"] for r in backbone}
-    assert {"original", "asym, ranks x16", "asym3d, ranks x16", "asym", "asym3d"} == models
+    assert models == {
+        "original", "asym", "asym3d", "asym, ranks x16", "asym3d, ranks x16",
+        "asym, ranks x16, conv1_2 kept", "asym3d, ranks x16, conv1_2 kept",
+    }  # fmt: skip
     assert len(backbone) == len(models) * len(runtimes.CPU_FORMS)
     for row in rows:  # speedups are the ratio of the two medians
         base = next(
@@ -194,3 +197,20 @@ def test_the_gpu_forms_compute_what_eager_pytorch_computes(form, tolerance):
     with torch.inference_mode():
         got = call().float()
     assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_targets_judge_the_default_plans_worst_case():
+    from accel_det.workflows.bench.runtime_tables import target_lines
+
+    best = [
+        {"case": "backbone 224x224", "threads": 1, "model": "asym, ranks x16", "ratio": 0.93},
+        {"case": "backbone 600x1000", "threads": 1, "model": "asym, ranks x16", "ratio": 0.88},
+        {"case": "backbone 600x1000", "threads": 1, "model": "asym, ranks x16, conv1_2 kept",
+         "ratio": 0.97},
+        {"case": "backbone 224x224", "threads": 2, "model": "asym, ranks x16", "ratio": 0.1},
+        {"case": "backbone 224x224", "threads": 1, "model": "asym3d, ranks x16", "ratio": 0.86},
+    ]  # fmt: skip
+    lines = target_lines([], best)
+    assert lines[0].endswith("measured 0.88 (worst case): NOT met (keeping more layers: 0.97)")
+    assert lines[1].endswith("measured 0.86 (worst case): met")
+    assert lines[2].endswith("not measured") and lines[3].endswith("not measured")

@@ -44,6 +44,8 @@ class RuntimeBenchmarkOptions:
     device: str = "cpu"
     seconds: float = 20.0
     unrounded: bool = True  # also the plans as solved, at the first backbone size
+    skip: Sequence[str] = ("conv1_1",)  # compress's default
+    also_keep: Sequence[str] = ("conv1_2",)  # plans that keep these layers too
     detector: bool = True
     profile: bool = True
     seed: int = 0
@@ -76,6 +78,8 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
             speedup=options.speedup,
             round_to=options.round_ranks,
             unrounded=options.unrounded and number == 0,
+            skip=options.skip,
+            also_keep=options.also_keep,
             seed=options.seed,
         )
         case = f"backbone {size[0]}x{size[1]}"
@@ -158,7 +162,7 @@ def detector_benchmark(options, forms, threads, folder, device, progress):
     images = torch.stack([sample_inputs(*size, 1, generator)[0] for _ in range(4)])
     images = (images - original.pixel_mean) / original.pixel_std
     solver = SolverOptions(
-        speedup=options.speedup, method="asym3d", skip=("conv1_1",),
+        speedup=options.speedup, method="asym3d", skip=tuple(options.skip),
         round_ranks_to=options.round_ranks, seed=options.seed,
     )  # fmt: skip
     plans = {

@@ -77,20 +77,31 @@ def backbone_subjects(
     methods: Sequence[str] = ("asym", "asym3d"),
     round_to: int = 16,
     unrounded: bool = False,
+    skip: Sequence[str] = ("conv1_1",),
+    also_keep: Sequence[str] = (),
     num_images: int = 8,
     samples_per_image: int = 100,
     seed: int = 0,
 ) -> List[Subject]:
     """The original VGG-16 conv layers and the solver's ``speedup`` plans for each method at
-    ``input_hw`` (rounded to ``round_to``; with ``unrounded`` also as solved)."""
+    ``input_hw`` with ``skip`` kept (rounded to ``round_to``; with ``unrounded`` also as solved),
+    and, with ``also_keep``, the rounded plans that keep those layers too."""
     features = random_features(width, seed)
     images = make_task(num_images, size=224, seed=seed + 4000)[0]
     eigenvalues = sampled_eigenvalues(
         features, images, samples_per_image=samples_per_image, seed=seed
     )
     plans = solver_plans(
-        features, eigenvalues, input_hw, speedup=speedup, methods=methods, round_to=round_to
-    )
+        features, eigenvalues, input_hw, speedup=speedup, methods=methods, round_to=round_to,
+        skip=skip,
+    )  # fmt: skip
+    if also_keep:
+        kept = solver_plans(
+            features, eigenvalues, input_hw, speedup=speedup, methods=methods, round_to=round_to,
+            skip=tuple(skip) + tuple(also_keep),
+        )  # fmt: skip
+        label = "+".join(also_keep)
+        plans.update({f"{n}, {label} kept": p for n, p in kept.items() if "ranks x" in n})
     x = (torch.randn(1, 3, *input_hw),)
     base = sum(conv_macs(features, x).values())
     subjects = [Subject("original", features, base)]
