@@ -11,6 +11,8 @@ furthest from their FLOP ratio and the detector's stages. Prints Markdown tables
     python tools/benchmark_runtimes.py --quick         # backbone at 224x224 and the detector
                                                        # at 600x1000, one thread (~15 minutes)
     python tools/benchmark_runtimes.py --device cuda   # on a GPU (tools/benchmark_gpu.sh)
+    python tools/benchmark_runtimes.py --plan output/vgg16_4x.json \
+        --detector-plan output/accel_vgg16_voc/plan.json   # also time plans made elsewhere
 
 The eager levers of the backbone (memory format, rounding, fused oneDNN, allocator) stay in
 tools/benchmark_speed.py.
@@ -42,6 +44,20 @@ def size(text: str):
     if min(value) < 32:
         raise argparse.ArgumentTypeError(f"{text}: VGG-16 needs at least 32x32")
     return value
+
+
+def named_paths(items):
+    """``[NAME=]PATH`` items as (name, path), the name defaulting to the file's stem; each file
+    must exist."""
+    pairs = []
+    for item in items:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        if not os.path.isfile(path):
+            raise AccelDetError(f"plan file not found: {path}")
+        pairs.append((name or os.path.splitext(os.path.basename(path))[0], path))
+    if len({n for n, _ in pairs}) < len(pairs):
+        raise AccelDetError("two plans have the same name: name them, --plan NAME=PATH")
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time the backbone plans that keep these layers too (default conv1_2; none: "
         "--also-keep with no layer)",
     )
+    parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="also time this backbone plan (tools/compress_backbone.py's OUT.json); repeatable",
+    )
+    parser.add_argument(
+        "--detector-plan",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="also time this detector plan (tools/compress_detector.py's DIR/plan.json)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timing budget per case")
     parser.add_argument(
         "--width", type=float, default=1.0, help="VGG-16 channel multiplier (smaller for tests)"
@@ -112,6 +142,8 @@ def main(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         skip=args.skip,
         also_keep=args.also_keep,
+        plans=named_paths(args.plan),
+        detector_plans=named_paths(args.detector_plan),
         detector=not args.no_detector,
         profile=not args.no_profile,
         seed=args.seed,

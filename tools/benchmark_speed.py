@@ -591,13 +591,13 @@ def _rows_from_matrix(case, matrix, features, models, plans, threads, check):
     timings = matrix["timings"][str(threads)]
     all_models = {speed.ORIGINAL_NAME: features, **{n: models[n] for n in plans}}
     timed = {n: timings[n]["channels_last"] for n in all_models}
-    macs = {n: macs.features_macs(m, case.hw) for n, m in all_models.items()}
+    counts = {n: macs.features_macs(m, case.hw) for n, m in all_models.items()}
     checked = (
         {n: macs.fvcore_macs(m, (torch.randn(1, 3, *case.hw),)) for n, m in all_models.items()}
         if check
         else {}
     )
-    return speed.grid_rows(case, timed, macs, macs, checked, plans, torch.float32)
+    return speed.grid_rows(case, timed, counts, counts, checked, plans, torch.float32)
 
 
 def _markdown(record, families) -> str:

@@ -214,3 +214,41 @@ def test_targets_judge_the_default_plans_worst_case():
     assert lines[0].endswith("measured 0.88 (worst case): NOT met (keeping more layers: 0.97)")
     assert lines[1].endswith("measured 0.86 (worst case): met")
     assert lines[2].endswith("not measured") and lines[3].endswith("not measured")
+
+
+def test_a_plan_made_elsewhere_is_timed_and_one_that_does_not_fit_is_refused():
+    from accel_det.errors import AccelDetError
+    from accel_det.solver import plan_from_structures
+    from accel_det.solver.network import conv_specs
+    from accel_det.workflows.bench.forms import random_features
+
+    def plan_at(width):
+        specs = conv_specs(random_features(width), (64, 64))
+        return plan_from_structures(specs, {"conv2_1": {"structure": "channel", "rank": 4}})
+
+    found = subjects.backbone_subjects(
+        0.25, (64, 64), speedup=2, extra_plans={"mine": plan_at(0.25)}, num_images=2,
+        samples_per_image=20,
+    )  # fmt: skip
+    mine = next(s for s in found if s.name == "mine")
+    layers_ = [
+        {"name": s.name, "in_channels": s.in_channels, "out_channels": s.out_channels,
+         "kernel_size": (3, 3), "out_hw": s.out_hw}
+        for s in conv_specs(random_features(0.25), (64, 64))
+    ]  # fmt: skip
+    from tests.helpers import hand_speedup
+
+    assert mine.theoretical == pytest.approx(hand_speedup(layers_, {"conv2_1": 4}))
+    with pytest.raises(AccelDetError, match="plan wide does not fit VGG-16 at width 0.25"):
+        subjects.backbone_subjects(
+            0.25, (64, 64), speedup=2, extra_plans={"wide": plan_at(0.5)}, num_images=2,
+            samples_per_image=20,
+        )  # fmt: skip
+
+
+def test_a_missing_plan_file_is_refused_in_one_line(tmp_path, capsys):
+    tool = load_tool("benchmark_runtimes")
+    argv = ["--plan", str(tmp_path / "nope.json"), "--output", str(tmp_path)]
+    code = tool.run_tool(tool.main, tool.build_parser(), argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: plan file not found: {tmp_path / 'nope.json'}"

@@ -339,6 +339,33 @@ def _tool():
     return load_tool("benchmark_speed")
 
 
+def test_speed_tool_reuses_the_lever_timings_for_the_same_backbone_case(tmp_path):
+    """The grid's backbone case at the lever size, batch 1, is the levers' channels_last
+    measurement, not a second one (and its multiply-adds are still counted)."""
+    out = tmp_path / "speed"
+    argv = (
+        "--width 0.125 --lever-size 32 --lever-threads 1 --threads 1 --cases backbone:32:1 "
+        "--no-table6 --seconds 0.2 --num-images 2 --samples-per-image 5 --speedup 2 "
+        "--round-ranks 4 --fvcore none --output"
+    ).split() + [str(out)]
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark_speed.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "benchmark_speed.json").read_text())
+    timings = record["lever_matrix"]["timings"]["1"]
+    features = vgg16_features(0.125)
+    assert record["grid"]
+    for row in record["grid"]:
+        assert row["median_ms"] == timings[row["model"]]["channels_last"]["median_ms"]
+    original = next(r for r in record["grid"] if r["model"] == "original")
+    assert original["macs"] == sum(hand_macs(asdict(s)) for s in conv_specs(features, (32, 32)))
+
+
 def test_speed_tool_refuses_bad_options_in_one_line(tmp_path, capsys):
     tool = _tool()
     bad = tmp_path / "bad.json"

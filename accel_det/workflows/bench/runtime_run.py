@@ -16,6 +16,7 @@ import torch
 
 from ...deploy.detector import DetectorGraph, sample_inputs
 from ...deploy.export import dynamic_dim
+from ...plan import Plan
 from ...solver.options import SolverOptions
 from ...utils.io import atomic_write_json, atomic_write_text, json_safe
 from ...utils.timing import device_name, machine
@@ -46,6 +47,8 @@ class RuntimeBenchmarkOptions:
     unrounded: bool = True  # also the plans as solved, at the first backbone size
     skip: Sequence[str] = ("conv1_1",)  # compress's default
     also_keep: Sequence[str] = ("conv1_2",)  # plans that keep these layers too
+    plans: Sequence[Tuple[str, str]] = ()  # (name, path) of backbone plans made elsewhere
+    detector_plans: Sequence[Tuple[str, str]] = ()  # (name, path) of whole-detector plans
     detector: bool = True
     profile: bool = True
     seed: int = 0
@@ -80,6 +83,7 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
             unrounded=options.unrounded and number == 0,
             skip=options.skip,
             also_keep=options.also_keep,
+            extra_plans={name: Plan.read(path) for name, path in options.plans},
             seed=options.seed,
         )
         case = f"backbone {size[0]}x{size[1]}"
@@ -151,10 +155,8 @@ def backbone_profile(subjects: Sequence[Subject], x, folder: str, threads: int) 
 
 
 def detector_benchmark(options, forms, threads, folder, device, progress):
-    """The detectors (original; conv layers alone at the speedup, as the paper; the whole
-    detector at the speedup) timed at each RoI count, and their stages at one thread."""
-    from ...plan import Plan
-
+    """The detectors (original; the whole detector at the speedup; plans given) timed at each RoI
+    count, and their stages at one thread."""
     size, top = tuple(options.detector_size), max(options.rois)
     opts = ["MODEL.VGG.WIDTH", options.width]
     _, original = random_detector("vgg16_voc.yaml", opts, options.seed)
@@ -171,9 +173,12 @@ def detector_benchmark(options, forms, threads, folder, device, progress):
         ),
     }
     subjects = [Subject("original", DetectorGraph(original).eval(), 0)]
+    files = {name: path for name, path in options.detector_plans}
+    plans.update({name: Plan.read(path) for name, path in files.items()})
     for name, plan in plans.items():
-        path = os.path.join(folder, slug(name) + ".plan.json")
-        atomic_write_json(json_safe(Plan(plan)), path)
+        path = files.get(name) or os.path.join(folder, slug(name) + ".plan.json")
+        if name not in files:
+            atomic_write_json(json_safe(Plan(plan)), path)
         _, model = random_detector(
             "accel_vgg16_voc.yaml", opts + ["MODEL.ACCEL.PLAN", path], options.seed
         )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...data.synthetic.shapes import make_task
+from ...errors import AccelDetError
 from ...models.vgg import init_vgg_weights
 from ...solver.channel import covariance, eigen_descending
 from ...solver.complexity import LinearSpec
@@ -79,13 +80,15 @@ def backbone_subjects(
     unrounded: bool = False,
     skip: Sequence[str] = ("conv1_1",),
     also_keep: Sequence[str] = (),
+    extra_plans: Mapping[str, Mapping] = None,
     num_images: int = 8,
     samples_per_image: int = 100,
     seed: int = 0,
 ) -> List[Subject]:
     """The original VGG-16 conv layers and the solver's ``speedup`` plans for each method at
     ``input_hw`` with ``skip`` kept (rounded to ``round_to``; with ``unrounded`` also as solved),
-    and, with ``also_keep``, the rounded plans that keep those layers too."""
+    and, with ``also_keep``, the rounded plans that keep those layers too; then ``extra_plans``
+    (name to plan, e.g. read from ``tools/compress_backbone.py``'s output)."""
     features = random_features(width, seed)
     images = make_task(num_images, size=224, seed=seed + 4000)[0]
     eigenvalues = sampled_eigenvalues(
@@ -102,13 +105,20 @@ def backbone_subjects(
         )  # fmt: skip
         label = "+".join(also_keep)
         plans.update({f"{n}, {label} kept": p for n, p in kept.items() if "ranks x" in n})
+    plans.update(extra_plans or {})
     x = (torch.randn(1, 3, *input_hw),)
     base = sum(conv_macs(features, x).values())
     subjects = [Subject("original", features, base)]
     for name, plan in plans.items():
-        if round_to > 1 and not unrounded and "ranks x" not in name:
+        unrounded_plan = round_to > 1 and "ranks x" not in name
+        if unrounded_plan and not unrounded and name not in (extra_plans or {}):
             continue
-        model = accelerated_features(features, plan, seed)
+        try:
+            model = accelerated_features(features, plan, seed)
+        except (AccelDetError, KeyError, TypeError, ValueError) as error:
+            raise AccelDetError(
+                f"plan {name} does not fit VGG-16 at width {width:g}: {error}"
+            ) from None
         macs = sum(conv_macs(model, x).values())
         subjects.append(Subject(name, model, macs, base / macs, plan))
     return subjects
