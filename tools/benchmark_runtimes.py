@@ -4,7 +4,7 @@ detector in the forms users deploy them in (torch eager contiguous / channels_la
 TorchScript, ONNX Runtime, OpenVINO; on a GPU torch fp32 / fp16 / bf16 channels_last), at one
 thread and all threads, best form against best form, with a per-layer profile of the layers
 furthest from their FLOP ratio and the detector's stages. Prints Markdown tables, writes
-``benchmark_runtimes.json``, ``benchmark_runtimes.md``, the plans and the ONNX files to
+``benchmark_runtimes.json``, ``.md``, ``.png``, the plans and the ONNX files to
 ``--output``.
 
     python tools/benchmark_runtimes.py                 # ~40 minutes on 2 cores (full width)

@@ -142,3 +142,45 @@ def plot_plan(plan: Mapping, path: str, title: Optional[str] = None) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
     plt.close(figure)
+
+
+def plot_runtime_speedups(rows, path: str, threads: int = 1) -> None:
+    """Write a PNG of the runtime benchmark: per case (one panel each, at ``threads``), each
+    model's measured speedup over the original in every form (bars) and its theoretical speedup
+    (a dashed mark). Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["threads"] == threads and r["model"] != "original"]
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    if not cases:
+        return
+    colors = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(r["form"] for r in rows))}
+    figure, axes = plt.subplots(len(cases), 1, figsize=(11, 3.2 * len(cases)), squeeze=False)
+    for ax, case in zip(axes[:, 0], cases):
+        cell = [r for r in rows if r["case"] == case]
+        models = list(dict.fromkeys(r["model"] for r in cell))
+        forms = list(dict.fromkeys(r["form"] for r in cell))
+        width = 0.8 / len(forms)
+        for j, form in enumerate(forms):
+            values = [
+                next((r["speedup"] for r in cell if r["model"] == m and r["form"] == form), 0)
+                for m in models
+            ]
+            ax.bar([i + (j - (len(forms) - 1) / 2) * width for i in range(len(models))], values,
+                   width, label=form, color=colors[form])  # fmt: skip
+        for i, model in enumerate(models):
+            theory = next(r["theoretical"] for r in cell if r["model"] == model)
+            ax.plot([i - 0.45, i + 0.45], [theory, theory], "k--", linewidth=1)
+        ax.set_xticks(range(len(models)))
+        ax.set_xticklabels([m.replace(", ", "\n") for m in models], fontsize=8)
+        ax.set_ylabel("speedup over the original")
+        ax.set_title(f"{case}, {threads} thread(s); dashed: theoretical", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=len(forms), loc="lower right")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)

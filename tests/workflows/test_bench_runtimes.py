@@ -166,6 +166,7 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
         "backbone", "RoI pooling", "fc6", "fc7", "predictor", "post-processing",
     }  # fmt: skip
     assert record["profiles"]["backbone 64x64"]["asym, ranks x16"][0]["layer"].startswith("conv")
+    assert (out / "benchmark_runtimes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "benchmark_runtimes.md").read_text()
     assert "## Best form against best form" in text and "## Targets" in text
 

@@ -20,6 +20,7 @@ from ...plan import Plan
 from ...solver.options import SolverOptions
 from ...utils.io import atomic_write_json, atomic_write_text, json_safe
 from ...utils.timing import device_name, machine
+from ..plots import plot_runtime_speedups
 from . import runtime_tables as tables
 from .layers import detector_stages, eager_conv_ms, layer_profile, onnxruntime_conv_ms
 from .runtime_axis import best_against_best, slug, time_case
@@ -127,6 +128,7 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
     progress("\n" + markdown)
     atomic_write_json(json_safe(record), os.path.join(folder, "benchmark_runtimes.json"))
     atomic_write_text(markdown, os.path.join(folder, "benchmark_runtimes.md"))
+    plot_runtime_speedups(rows, os.path.join(folder, "benchmark_runtimes.png"), threads[0])
     os.makedirs(os.path.join(folder, "plans"), exist_ok=True)
     for name, plan in plans.items():
         atomic_write_json(json_safe(plan), os.path.join(folder, "plans", slug(name) + ".json"))
@@ -206,7 +208,7 @@ def detector_benchmark(options, forms, threads, folder, device, progress):
                 s.name: detector_stages(s.module, image, proposals, threads=threads[0], repeats=3)
                 for s in subjects
             }
-    return rows, stages, {f"{name}": plan for name, plan in plans.items()}
+    return rows, stages, plans
 
 
 def plan_summary(plan) -> dict:

@@ -57,20 +57,16 @@ def forms_for(device: torch.device, requested: Sequence[str] = ()) -> Tuple[str,
 
 def export_onnx(module: nn.Module, inputs: tuple, path: str, dynamic_shapes=None, names=None):
     """``module`` as ONNX at ``path``, checked against PyTorch on ``inputs``."""
-    if True:
-        input_names, output_names = names or (
-            [f"input{i}" for i in range(len(inputs))],
-            ["output"],
-        )
-        graph = Graph(
-            copy.deepcopy(module).eval(),
-            [inputs],
-            input_names,
-            output_names,
-            dynamic_shapes=dynamic_shapes,
-            description=os.path.basename(path),
-        )
-        export_graph(graph, path, "onnx", overwrite=True)
+    input_names, output_names = names or ([f"input{i}" for i in range(len(inputs))], ["output"])
+    graph = Graph(
+        copy.deepcopy(module).eval(),
+        [inputs],
+        input_names,
+        output_names,
+        dynamic_shapes=dynamic_shapes,
+        description=os.path.basename(path),
+    )
+    export_graph(graph, path, "onnx", overwrite=True)
     return path
 
 
