@@ -43,12 +43,10 @@ def main(args) -> int:
     import accel_det.detection  # noqa: F401  (registers the data sets)
     from accel_det.deploy.evaluate import evaluate_exported
     from accel_det.detection.config import load_config
-    from accel_det.detection.trainer import save_results
+    from accel_det.detection.trainer import RESULTS_FILE, save_results
     from accel_det.utils.io import check_writable_folder
 
-    output = args.output or os.path.join(
-        os.path.dirname(os.path.abspath(args.model)), "eval_results.json"
-    )
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.model)), RESULTS_FILE)
     check_writable_folder(os.path.dirname(os.path.abspath(output)), create=False)
     cfg = load_config(args.config_file, args.opts)
     results = evaluate_exported(cfg, args.model, args.runtime, args.threads)

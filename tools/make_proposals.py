@@ -69,7 +69,6 @@ def main(args) -> int:
     import accel_det.detection  # noqa: F401  (registers the data sets)
     from accel_det.detection.datasets import (
         check_dataset_layout,
-        dataset_image_ids,
         dataset_images,
     )
     from accel_det.detection.proposals import (
@@ -83,12 +82,14 @@ def main(args) -> int:
     for folder in (os.path.dirname(os.path.abspath(args.output)), args.output + ".parts"):
         sweep_temporaries(folder)  # what a killed run left
 
+    images = None
     if args.from_mat:
         ids = record = None
         if args.dataset:
             check_dataset_layout(args.dataset)
-            ids = dataset_image_ids(args.dataset)
-            record = dataset_record(args.dataset, dataset_images(args.dataset))
+            images = dataset_images(args.dataset)
+            ids = [i for i, _ in images]
+            record = dataset_record(args.dataset, images)
         summary = convert_mat(
             args.from_mat,
             args.output,
@@ -100,9 +101,9 @@ def main(args) -> int:
         if not args.dataset:
             raise AccelDetError("give --dataset (a registered data set) or --from-mat")
         check_dataset_layout(args.dataset)
-        images = [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(args.dataset)]
+        catalog = [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(args.dataset)]
         summary = make_proposals(
-            images,
+            catalog,
             args.output,
             mode=args.mode,
             min_size=args.min_size,
@@ -112,12 +113,8 @@ def main(args) -> int:
             dataset_name=args.dataset,
         )
     if args.dataset:
-        check_proposal_file(
-            args.output,
-            dataset_image_ids(args.dataset),
-            args.dataset,
-            dataset_images(args.dataset),
-        )
+        images = images or dataset_images(args.dataset)
+        check_proposal_file(args.output, [i for i, _ in images], args.dataset, images)
     print(json.dumps(summary))
     return 0
 

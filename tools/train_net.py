@@ -46,7 +46,8 @@ def setup(args):
     args.config_file = resolve_config_file(args.config_file)
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
-    check_inputs(cfg, train=not args.eval_only)
+    if args.num_gpus * args.num_machines == 1:  # else run() checked them once, before launching
+        check_inputs(cfg, train=not args.eval_only)
     default_setup(cfg, args)
     return cfg
 

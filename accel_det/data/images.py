@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..errors import AccelDetError
+from ..errors import AccelDetError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,9 @@ def try_read(path, transform: Optional[Callable] = None, name: Optional[str] = N
     try:
         image = read_rgb(path)
     except UNREADABLE as error:
-        logger.warning("skipping unreadable image %s (%s)", name or path, _first_line(error))
+        logger.warning("skipping unreadable image %s (%s)", name or path, first_line(error))
         return None
     return transform(image) if transform is not None else image
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --------------------------------------------------------------------------- labelled images

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import AccelDetError
 from ..utils.io import atomic_files, refuse_existing
-from .runtime import DISPLAY_NAMES, load_runtime, one_line
+from .runtime import DISPLAY_NAMES, import_runtime, load_runtime, one_line
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -154,12 +154,7 @@ def to_openvino(onnx_path: str, xml_path: str) -> None:
     """Convert an ONNX file to OpenVINO IR (``xml_path`` and the ``.bin`` next to it), keeping
     float32 weights. ``Core.read_model`` (OpenVINO's ONNX front end) rather than
     ``ov.convert_model``, which sends usage telemetry unless the user has opted out."""
-    try:
-        import openvino as ov
-    except ImportError:
-        from .runtime import INSTALL_HINT
-
-        raise AccelDetError(f"openvino is not installed: {INSTALL_HINT}") from None
+    ov = import_runtime("openvino")
     ov.save_model(ov.Core().read_model(onnx_path), xml_path, compress_to_fp16=False)
 
 

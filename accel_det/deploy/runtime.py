@@ -67,7 +67,7 @@ class Runtime:
 class OnnxRuntime(Runtime):
     def __init__(self, path: str, threads: int = 1):
         super().__init__("onnxruntime", path, threads)
-        ort = _import("onnxruntime")
+        ort = import_runtime("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, all cores
         options.inter_op_num_threads = 1
@@ -87,7 +87,7 @@ class OnnxRuntime(Runtime):
 class OpenVinoRuntime(Runtime):
     def __init__(self, path: str, threads: int = 1, precision: str = "f32"):
         super().__init__("openvino", path, threads)
-        ov = _import("openvino")
+        ov = import_runtime("openvino")
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -131,7 +131,8 @@ def as_array(value) -> np.ndarray:
     return array.astype(np.float32) if array.dtype == np.float64 else array
 
 
-def _import(module: str):
+def import_runtime(module: str):
+    """The module ``onnxruntime`` or ``openvino``, or one line saying how to install it."""
     import importlib
 
     try:

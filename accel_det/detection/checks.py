@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 
-from ..errors import AccelDetError
+from ..errors import AccelDetError, first_line
 from ..utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -132,8 +132,7 @@ def _decode_error(record: dict) -> Optional[str]:
     try:
         image = read_image(record["file_name"], format="RGB")
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, ...
-        text = str(error).strip().splitlines()
-        return f"it does not decode ({text[0] if text else type(error).__name__})"
+        return f"it does not decode ({first_line(error)})"
     height, width = image.shape[:2]
     expected = (record.get("width", width), record.get("height", height))
     if (width, height) != expected:

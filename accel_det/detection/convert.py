@@ -94,8 +94,7 @@ def vgg16_to_detectron2(
             for old, new in HEAD_KEYS.items():
                 if key.startswith(f"{old}."):  # classifier.0.weight, or classifier.0.reduce.weight
                     out[new + key[len(old) :]] = value.detach().clone()
-        fc6_in = linear_shape(state, "classifier.0")[1]
-        fc_dim = linear_shape(state, "classifier.0")[0]
+        fc_dim, fc6_in = linear_shape(state, "classifier.0")
         conv5_channels = max(
             v.shape[0] for k, v in state.items() if k.startswith("features.") and v.dim() == 4
         )

@@ -23,7 +23,7 @@ from .checkpoint import (
     read_checkpoint_state,
 )
 from .checks import check_dataset_files
-from .datasets import check_dataset_layout, dataset_image_ids, dataset_images
+from .datasets import check_dataset_layout, dataset_images
 from .proposals import check_proposal_file
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def check_data(cfg, train: bool = True) -> None:
                     f"{len(proposal_files)} files for {len(names)} data sets in DATASETS.{which}"
                 )
             for name, path in zip(names, proposal_files):
-                check_proposal_file(path, dataset_image_ids(name), name, dataset_images(name))
+                images = dataset_images(name)
+                check_proposal_file(path, [i for i, _ in images], name, images)
 
 
 def by_dataset(cfg, results: Mapping) -> Mapping:

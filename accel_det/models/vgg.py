@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import VGG
 
-from ..errors import AccelDetError
+from ..errors import AccelDetError, first_line
 from ..nn.chain import apply_plan, apply_plan_to_linear, conv_names
 from ..plan import Plan
 from ..utils.io import load_torch_file, sha256_file
@@ -161,7 +161,7 @@ def load_hub_weights(url: str, what: str = "weights") -> Dict[str, torch.Tensor]
             url, map_location="cpu", progress=True, check_hash=True, weights_only=True
         )
     except Exception as error:  # download, hash and unpickling errors of many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         if os.path.isfile(cached):  # downloaded and checked (or checked above): a load error
             raise AccelDetError(f"cannot read {what} {cached}: {first}") from None
         raise AccelDetError(

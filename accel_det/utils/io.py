@@ -18,7 +18,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
-from ..errors import AccelDetError
+from ..errors import AccelDetError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def load_torch_file(path: str, what: str = "weights") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise AccelDetError(f"cannot read {what} file {path}: {first}") from None
 
 

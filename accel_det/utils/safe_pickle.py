@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..errors import AccelDetError
+from ..errors import AccelDetError, first_line
 
 Global = Tuple[str, str]  # (module, name) as the pickle spells it
 
@@ -105,5 +105,5 @@ def load_pickle(
     except AccelDetError:
         raise
     except Exception as error:  # corrupt pickles raise many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise AccelDetError(f"cannot read {what} {path}: {first}") from None

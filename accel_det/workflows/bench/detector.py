@@ -36,6 +36,16 @@ def detector_inputs(case: Case, proposals: int = 300, seed: int = 0, device="cpu
     return inputs
 
 
+def silence_classifier(model: nn.Module) -> None:
+    """Set a Fast R-CNN's classifier so that every box scores as background: no box passes
+    ``SCORE_THRESH_TEST``, so random weights leave no arbitrary NMS work to time."""
+    predictor = model.roi_heads.box_predictor
+    with torch.no_grad():
+        predictor.cls_score.weight.zero_()
+        predictor.cls_score.bias.zero_()
+        predictor.cls_score.bias[-1] = 10.0  # background
+
+
 def build_detectors(
     plans: Mapping[str, Mapping],
     plan_files: Mapping[str, str],
@@ -60,11 +70,7 @@ def build_detectors(
     base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, "MODEL.WEIGHTS", "", *opts]
     torch.manual_seed(seed)
     original = build_model(load_config("vgg16_voc.yaml", base)).eval()
-    predictor = original.roi_heads.box_predictor
-    with torch.no_grad():
-        predictor.cls_score.weight.zero_()
-        predictor.cls_score.bias.zero_()
-        predictor.cls_score.bias[-1] = 10.0  # background
+    silence_classifier(original)
     heads = {k: v for k, v in original.state_dict().items() if not k.startswith("backbone.")}
     detectors = {ORIGINAL_NAME: original}
     for name in plans:

@@ -78,6 +78,16 @@ class FusedConv2d(nn.Module):
         )
 
 
+def conv_leaves(features: nn.Sequential) -> List[tuple]:
+    """``(layer index, module)`` of every leaf of ``features`` in order, a factorized layer's
+    convs each under the index of the layer they replace."""
+    leaves = []
+    for index, module in enumerate(features):
+        children = module.children() if isinstance(module, FactorizedConv2d) else [module]
+        leaves += [(index, child) for child in children]
+    return leaves
+
+
 def fusion_available() -> bool:
     """Whether this PyTorch has oneDNN's fused conv op (CPU builds with mkldnn)."""
     return bool(torch.backends.mkldnn.is_available()) and hasattr(
@@ -94,9 +104,7 @@ def fuse_for_inference(features: nn.Sequential, example: torch.Tensor) -> nn.Seq
             "this PyTorch build has no oneDNN fused convolution "
             "(torch.ops.mkldnn._convolution_pointwise)"
         )
-    leaves: List[nn.Module] = []
-    for module in features:
-        leaves += list(module.children()) if isinstance(module, FactorizedConv2d) else [module]
+    leaves = [module for _, module in conv_leaves(features)]
     fused: List[nn.Module] = []
     x = example.contiguous(memory_format=torch.channels_last)
     index = 0

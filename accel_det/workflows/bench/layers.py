@@ -9,6 +9,7 @@ the graph being a chain).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import statistics
@@ -19,24 +20,14 @@ import torch
 from torch import nn
 
 from ...nn.chain import conv_names
-from ...nn.factorized import FactorizedConv2d
 from ...utils.timing import measure_many, time_chain
+from .forms import conv_leaves
 from .subjects import conv_macs
-
-
-def conv_leaves(features: nn.Sequential) -> List[tuple]:
-    """``(layer index, module)`` of every leaf of ``features`` in order, a factorized layer's
-    convs each under the index of the layer they replace."""
-    leaves = []
-    for index, module in enumerate(features):
-        children = module.children() if isinstance(module, FactorizedConv2d) else [module]
-        leaves += [(index, child) for child in children]
-    return leaves
 
 
 def eager_conv_ms(features: nn.Sequential, x: torch.Tensor, threads: int = 1) -> Dict[int, float]:
     """Median milliseconds of each conv layer's convs (channels_last), by layer index."""
-    model = features.to(memory_format=torch.channels_last)
+    model = copy.deepcopy(features).to(memory_format=torch.channels_last)
     leaves = conv_leaves(model)
     seconds = time_chain(
         [m for _, m in leaves], x.contiguous(memory_format=torch.channels_last), threads=threads
@@ -127,6 +118,7 @@ def detector_stages(
     score threshold, per-class NMS and top-k), each on its own input."""
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 
+    graph = copy.deepcopy(graph)
     graph.backbone.to(memory_format=torch.channels_last)
     head = graph.box_head
     size = tuple(image.shape[1:])

@@ -13,6 +13,7 @@ import time
 from typing import List, Sequence, Tuple
 
 import torch
+from torch import nn
 
 from ...deploy.detector import DetectorGraph, sample_inputs
 from ...deploy.export import dynamic_dim
@@ -23,9 +24,17 @@ from ...utils.timing import device_name, machine
 from ..plots import plot_runtime_speedups
 from . import runtime_tables as tables
 from .layers import detector_stages, eager_conv_ms, layer_profile, onnxruntime_conv_ms
+from .macs import features_macs
+from .plans import plan_summary
 from .runtime_axis import best_against_best, slug, time_case
 from .runtimes import forms_for
-from .subjects import Subject, backbone_subjects, conv_macs, detector_plan, random_detector
+from .subjects import (
+    Subject,
+    backbone_eigenvalues,
+    backbone_subjects,
+    detector_plan,
+    random_detector,
+)
 
 FORMAT = "accel-det-runtimes/1"
 logger = logging.getLogger(__name__)
@@ -75,6 +84,8 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
     exported = os.path.join(folder, "onnx")
     os.makedirs(exported, exist_ok=True)
     rows, profiles, stages, plans = [], {}, {}, {}
+    eigenvalues = backbone_eigenvalues(options.width, seed=options.seed)
+    given = {name: Plan.read(path) for name, path in options.plans}
     for number, size in enumerate(options.backbone_sizes):
         subjects = backbone_subjects(
             options.width,
@@ -84,7 +95,8 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
             unrounded=options.unrounded and number == 0,
             skip=options.skip,
             also_keep=options.also_keep,
-            extra_plans={name: Plan.read(path) for name, path in options.plans},
+            extra_plans=given,
+            eigenvalues=eigenvalues,
             seed=options.seed,
         )
         case = f"backbone {size[0]}x{size[1]}"
@@ -120,7 +132,13 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         "best": best,
         "profiles": profiles,
         "stages": stages,
-        "plans": {name: plan_summary(plan) for name, plan in plans.items()},
+        "plans": {
+            name: {
+                **plan_summary(plan),
+                "theoretical_speedup_network": plan.get("theoretical_speedup_network"),
+            }
+            for name, plan in plans.items()
+        },
         "seconds": time.perf_counter() - started,
     }
     record["targets"] = tables.target_lines(rows, best)
@@ -185,14 +203,19 @@ def detector_benchmark(options, forms, threads, folder, device, progress):
             "accel_vgg16_voc.yaml", opts + ["MODEL.ACCEL.PLAN", path], options.seed
         )
         subjects.append(Subject(name, DetectorGraph(model).eval(), 0, plan=plan))
+    # multiply-adds: the backbone's at the test size, the box head's and predictor's per RoI
+    conv = {s.name: features_macs(s.module.backbone.features, size) for s in subjects}
+    fc = {
+        s.name: sum(m.weight.numel() for m in s.module.modules() if isinstance(m, nn.Linear))
+        for s in subjects
+    }
     rows, stages = [], {}
     for rois in options.rois:
         image, proposals = sample_inputs(*size, rois, torch.Generator().manual_seed(rois))
         case = f"detector {size[0]}x{size[1]}, {rois} RoIs"
         for subject in subjects:
-            subject.macs = sum(conv_macs(subject.module, (image, proposals)).values())
-        for subject in subjects:
-            subject.theoretical = subjects[0].macs / subject.macs
+            subject.macs = conv[subject.name] + rois * fc[subject.name]
+            subject.theoretical = (conv["original"] + rois * fc["original"]) / subject.macs
         progress(f"{case}: {', '.join(s.name for s in subjects)} in {', '.join(forms)}")
         dims = (
             {1: dynamic_dim("height", 32), 2: dynamic_dim("width", 32)},
@@ -209,18 +232,6 @@ def detector_benchmark(options, forms, threads, folder, device, progress):
                 for s in subjects
             }
     return rows, stages, plans
-
-
-def plan_summary(plan) -> dict:
-    """Method, theoretical speedups, d' and d'' (and fc ranks) per layer."""
-    layers = plan.get("layers", {})
-    return {
-        "method": plan.get("method"),
-        "theoretical_speedup": plan.get("theoretical_speedup"),
-        "theoretical_speedup_network": plan.get("theoretical_speedup_network"),
-        "ranks": {n: e.get("rank") for n, e in layers.items() if e.get("rank")},
-        "spatial_ranks": {n: e["spatial_rank"] for n, e in layers.items() if e.get("spatial_rank")},
-    }
 
 
 def report(record: dict, forms: Sequence[str]) -> str:

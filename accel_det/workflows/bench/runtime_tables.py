@@ -3,7 +3,7 @@ asserted)."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import List, Mapping, Sequence
 
 from ...utils.tables import markdown_table
 from .runtimes import DESCRIPTIONS
@@ -21,11 +21,11 @@ def form_tables(rows: Sequence[Mapping]) -> str:
     """Per case and thread count: models down, forms across; the original's median ms, each
     model's speedup over the original in that form and (actual / theoretical)."""
     parts = []
-    for case, count in unique((r["case"], r["threads"]) for r in rows):
+    for case, count in dict.fromkeys((r["case"], r["threads"]) for r in rows):
         cell = [r for r in rows if r["case"] == case and r["threads"] == count]
-        forms = unique(r["form"] for r in cell)
+        forms = list(dict.fromkeys(r["form"] for r in cell))
         body = []
-        for model in unique(r["model"] for r in cell):
+        for model in dict.fromkeys(r["model"] for r in cell):
             line = [
                 model if model == "original" else f"{model} (theor. {theoretical(cell, model)})"
             ]
@@ -133,10 +133,3 @@ def form_notes(forms: Sequence[str]) -> List[str]:
 
 def theoretical(rows: Sequence[Mapping], model: str) -> str:
     return f"{next(r['theoretical'] for r in rows if r['model'] == model):.2f}x"
-
-
-def unique(items) -> List:
-    seen: Dict = {}
-    for item in items:
-        seen.setdefault(item, None)
-    return list(seen)

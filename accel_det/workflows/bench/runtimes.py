@@ -25,13 +25,13 @@ from ...deploy.runtime import load_runtime
 from ...errors import AccelDetError
 
 CPU_FORMS = ("eager", "channels_last", "torchscript", "onnxruntime", "openvino")
-CUDA_FORMS = ("cuda fp32 channels_last", "cuda fp16 channels_last", "cuda bf16 channels_last")
 EXPORTED = ("onnxruntime", "openvino")
 CUDA_DTYPES = {
     "cuda fp32 channels_last": torch.float32,
     "cuda fp16 channels_last": torch.float16,
     "cuda bf16 channels_last": torch.bfloat16,
 }
+CUDA_FORMS = tuple(CUDA_DTYPES)
 # what a form's name means, for the tables' footnotes
 DESCRIPTIONS = {
     "eager": "torch eager, contiguous (NCHW)",

@@ -20,14 +20,13 @@ from ...data.synthetic.shapes import make_task
 from ...errors import AccelDetError
 from ...models.vgg import init_vgg_weights
 from ...solver.channel import covariance, eigen_descending
-from ...solver.complexity import LinearSpec
 from ...solver.joint import make_network_plan
 from ...solver.network import conv_specs
 from ...solver.options import SolverOptions
+from .detector import silence_classifier
 from .forms import accelerated_features, random_features
+from .macs import features_macs
 from .plans import sampled_eigenvalues, solver_plans
-
-FC_LAYERS = ("fc6", "fc7")
 
 
 @dataclasses.dataclass
@@ -81,6 +80,7 @@ def backbone_subjects(
     skip: Sequence[str] = ("conv1_1",),
     also_keep: Sequence[str] = (),
     extra_plans: Mapping[str, Mapping] = None,
+    eigenvalues: Mapping[str, torch.Tensor] = None,
     num_images: int = 8,
     samples_per_image: int = 100,
     seed: int = 0,
@@ -88,12 +88,11 @@ def backbone_subjects(
     """The original VGG-16 conv layers and the solver's ``speedup`` plans for each method at
     ``input_hw`` with ``skip`` kept (rounded to ``round_to``; with ``unrounded`` also as solved),
     and, with ``also_keep``, the rounded plans that keep those layers too; then ``extra_plans``
-    (name to plan, e.g. read from ``tools/compress_backbone.py``'s output)."""
+    (name to plan, e.g. read from ``tools/compress_backbone.py``'s output). ``eigenvalues``:
+    :func:`backbone_eigenvalues`'s, computed here when not given."""
     features = random_features(width, seed)
-    images = make_task(num_images, size=224, seed=seed + 4000)[0]
-    eigenvalues = sampled_eigenvalues(
-        features, images, samples_per_image=samples_per_image, seed=seed
-    )
+    if eigenvalues is None:
+        eigenvalues = backbone_eigenvalues(width, num_images, samples_per_image, seed)
     plans = solver_plans(
         features, eigenvalues, input_hw, speedup=speedup, methods=methods, round_to=round_to,
         skip=skip,
@@ -106,8 +105,7 @@ def backbone_subjects(
         label = "+".join(also_keep)
         plans.update({f"{n}, {label} kept": p for n, p in kept.items() if "ranks x" in n})
     plans.update(extra_plans or {})
-    x = (torch.randn(1, 3, *input_hw),)
-    base = sum(conv_macs(features, x).values())
+    base = features_macs(features, input_hw)
     subjects = [Subject("original", features, base)]
     for name, plan in plans.items():
         unrounded_plan = round_to > 1 and "ranks x" not in name
@@ -119,9 +117,20 @@ def backbone_subjects(
             raise AccelDetError(
                 f"plan {name} does not fit VGG-16 at width {width:g}: {error}"
             ) from None
-        macs = sum(conv_macs(model, x).values())
+        macs = features_macs(model, input_hw)
         subjects.append(Subject(name, model, macs, base / macs, plan))
     return subjects
+
+
+def backbone_eigenvalues(
+    width: float, num_images: int = 8, samples_per_image: int = 100, seed: int = 0
+) -> Dict[str, torch.Tensor]:
+    """Per conv layer, the eigenvalues rank selection reads: responses of the random-weight
+    VGG-16 (:func:`random_features`) to ``num_images`` generated 224×224 images (they do not
+    depend on the input size the plans are made for)."""
+    images = make_task(num_images, size=224, seed=seed + 4000)[0]
+    features = random_features(width, seed)
+    return sampled_eigenvalues(features, images, samples_per_image=samples_per_image, seed=seed)
 
 
 def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:
@@ -130,6 +139,7 @@ def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int =
     from detectron2.structures import Boxes
 
     from ...deploy.detector import sample_inputs
+    from ..detector.compress import FC_LAYERS
 
     head, pooler = model.roi_heads.box_head, model.roi_heads.box_pooler
     generator = torch.Generator().manual_seed(seed)
@@ -152,12 +162,9 @@ def detector_plan(
     features = model.backbone.features
     eigenvalues = sampled_eigenvalues(features, images, samples_per_image=100, seed=options.seed)
     eigenvalues.update(fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
-    head, predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
-    linears = [
-        LinearSpec(n, getattr(head, n).in_features, getattr(head, n).out_features, rois)
-        for n in FC_LAYERS
-    ]
-    fixed = rois * sum(m.weight.numel() for m in predictor.modules() if isinstance(m, nn.Linear))
+    from ..detector.compress import linear_specs
+
+    linears, fixed = linear_specs(model, rois)
     return make_network_plan(
         conv_specs(features, input_hw), linears, eigenvalues, options, fixed_macs=fixed
     )
@@ -177,9 +184,5 @@ def random_detector(config: str, opts: Sequence = (), seed: int = 0):
     cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
     model = build_model(cfg).eval()
     init_vgg_weights(model.backbone.features)
-    predictor = model.roi_heads.box_predictor
-    with torch.no_grad():
-        predictor.cls_score.weight.zero_()
-        predictor.cls_score.bias.zero_()
-        predictor.cls_score.bias[-1] = 10.0  # background
+    silence_classifier(model)
     return cfg, model

@@ -131,7 +131,7 @@ def load_detector(options: DetectorCompressOptions, device):
     return cfg, model.eval()
 
 
-def linear_specs(cfg, model, rois: int) -> Tuple[list, int]:
+def linear_specs(model, rois: int) -> Tuple[list, int]:
     """fc6 and fc7 as :class:`LinearSpec` at ``rois`` RoIs per image, and the multiply-adds per
     image of the box predictor (kept as it is)."""
     head = model.roi_heads.box_head
@@ -171,7 +171,7 @@ def compress_detector(
     if group.is_main:
         check_writable_folder(paths["folder"])
     barrier()
-    linears, fixed = linear_specs(cfg, model, rois)
+    linears, fixed = linear_specs(model, rois)
     fc_method = None if options.fc_method == "none" else get_method(options.fc_method)
     fc_eigenvalues = {}
     if fc_method is not None:

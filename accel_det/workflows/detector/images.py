@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import numpy as np
 import torch
@@ -29,7 +29,6 @@ class DetectorImages:
     images: List[torch.Tensor] = field(default_factory=list)  # 3×H×W uint8, resized
     rois: List[torch.Tensor] = field(default_factory=list)  # R×4 boxes in the resized image
     indices: List[int] = field(default_factory=list)  # global image numbers (shards of processes)
-    files: List[str] = field(default_factory=list)
 
     def preprocessed(self, number: int) -> torch.Tensor:
         """Image ``number`` as the backbone's input: normalised, padded as the model pads."""
@@ -102,7 +101,6 @@ def sample_detector_images(
         result.images.append(image)
         result.rois.append(boxes[picked])
         result.indices.append(number)
-        result.files.append(record["file_name"])
     return result
 
 
@@ -118,8 +116,3 @@ def pick_rois(boxes, gt_boxes, count: int, foreground_fraction: float, rng) -> t
     fg = rng.permutation(np.flatnonzero(foreground))[:wanted]
     rest = rng.permutation(np.flatnonzero(~np.isin(np.arange(len(boxes)), fg)))[: count - len(fg)]
     return torch.from_numpy(np.sort(np.concatenate([fg, rest]))).long()
-
-
-def first_image_hw(images: DetectorImages) -> Optional[tuple]:
-    """The (padded) input size of the first image, or None without images."""
-    return tuple(images.preprocessed(0).shape[-2:]) if len(images) else None
