@@ -146,6 +146,7 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
             "name": os.path.basename(folder.rstrip(os.sep)),
             "ap50": _file_ap50(results),
             "theoretical_speedup": float(plan.get("theoretical_speedup", 1.0)) if plan else 1.0,
+            "theoretical_speedup_detector": detector_speedup(plan),
             "plan": plan_path,
             "output_dir": folder,
         }
@@ -162,6 +163,30 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
     if name:
         record["name"] = name
     return record
+
+
+def detector_speedup(plan: Optional[Mapping]) -> Optional[float]:
+    """The whole detector's theoretical speedup a plan records (``tools/compress_detector.py``'s:
+    all multiply-adds of one image at its input size and RoIs); None without one (the baseline,
+    or a plan of the conv layers alone)."""
+    if plan is None:
+        return None
+    value = plan.get("theoretical_speedup_detector", plan.get("theoretical_speedup_network"))
+    return float(value) if value is not None else None
+
+
+def distinct_names(folders: Sequence[str]) -> List[str]:
+    """A name per run folder that tells it from the others: the shortest ending of its path
+    (``frcnn_4x/eval`` and ``frcnn_3x/eval``, not ``eval`` twice)."""
+    parts = [os.path.abspath(f).rstrip(os.sep).split(os.sep) for f in folders]
+    names = []
+    for mine in parts:
+        others = [p for p in parts if p is not mine]
+        depth = 1
+        while depth < len(mine) and any(p[-depth:] == mine[-depth:] for p in others):
+            depth += 1
+        names.append("/".join(mine[-depth:]))
+    return names
 
 
 def attach_speed(
