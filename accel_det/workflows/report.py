@@ -23,7 +23,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import AccelDetError
-from ..plan import Plan, plan_fingerprint
+from ..plan import Plan, linear_entries, plan_fingerprint
 from ..utils.io import atomic_path, atomic_write_text, load_json, load_json_object
 from ..utils.tables import markdown_table as table
 
@@ -160,6 +160,7 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
     record["plan_fingerprint"] = (
         plan_fingerprint(plan) if plan is not None or not record.get("plan") else None
     )
+    record["fc_layers"] = factored_fc_layers(plan)
     if name:
         record["name"] = name
     return record
@@ -173,6 +174,13 @@ def detector_speedup(plan: Optional[Mapping]) -> Optional[float]:
         return None
     value = plan.get("theoretical_speedup_detector", plan.get("theoretical_speedup_network"))
     return float(value) if value is not None else None
+
+
+def factored_fc_layers(plan: Optional[Mapping]) -> List[str]:
+    """The fc layers (fc6, fc7) a plan factors: its latency must have been measured with them."""
+    if plan is None or not isinstance(plan.get("layers"), Mapping):
+        return []
+    return sorted(n for n, e in linear_entries(plan).items() if e.get("structure") == "channel")
 
 
 def distinct_names(folders: Sequence[str]) -> List[str]:
@@ -226,6 +234,15 @@ def attach_speed(
     notes = []
     for record in records:
         name = models.get(record.get("plan_fingerprint"))
+        fc = record.get("fc_layers")
+        if name is not None and fc and not (speed["models"][name] or {}).get("fc_layers"):
+            record.pop("latency", None)  # timed with plain fc layers: not this model's latency
+            notes.append(
+                f"{record.get('name')}: its plan factors {', '.join(fc)}, which the speed JSON's "
+                "timing of it does not (tools/benchmark_speed.py times the conv layers' "
+                "structures; tools/benchmark_runtimes.py --detector-plan the whole detector)"
+            )
+            continue
         if name is None:
             record.pop("latency", None)
             notes.append(

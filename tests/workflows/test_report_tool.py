@@ -187,10 +187,12 @@ def test_whole_detector_runs_show_both_speedups_and_rows_are_told_apart(runs, tm
     """Two evaluations in folders of the same name ("eval") are named by the shortest distinct
     ending of their paths; a whole-detector plan's theoretical speedup (tools/compress_detector.py
     records it) has its column, – for a plan of the conv layers alone."""
-    folders, _ = runs
+    folders, speed = runs
     evals = []
+    fc6 = {"in_features": 25088, "out_features": 4096, "structure": "channel", "rank": 512}
     for name, detector in (("frcnn_4x", 4.04), ("frcnn_3x", 3.0)):
         plan = dict(_plan(16), theoretical_speedup_detector=detector)
+        plan["layers"] = {**plan["layers"], "fc6": fc6}
         _write(tmp_path / name / "plan.json", plan)
         evals.append(tmp_path / name / "eval")
         _write(
@@ -207,6 +209,14 @@ def test_whole_detector_runs_show_both_speedups_and_rows_are_told_apart(runs, tm
     assert "| frcnn_4x/eval | 4.00× | 4.04× | – | 60.0 | -6.9 |" in table, table
     assert "| frcnn_3x/eval | 4.00× | 3.00× |" in table and "| accel_16 | 4.00× | – |" in table
     assert "| vgg16_voc | 1.00× | 1.00× |" in table
+    # benchmark_speed.py times a plan's conv structures with plain fc layers: such a timing is
+    # not a whole-detector plan's latency (a note, no measured speedup)
+    record, timed = report.record_from_run(str(evals[0])), json.loads(speed.read_text())
+    timed["models"]["w4"] = {"fingerprint": record["plan_fingerprint"]}
+    timed["grid"] += [dict(r, model="w4") for r in timed["grid"] if r["model"] == "a16"]
+    notes = report.attach_speed([record], timed)
+    assert record["fc_layers"] == ["fc6"] and "latency" not in record
+    assert len(notes) == 1 and "its plan factors fc6, which the speed JSON's timing" in notes[0]
     argv = [str(folders[0]), str(evals[0]), f"{evals[1]}=eval", "--output", str(tmp_path / "r")]
     assert tool.run_tool(tool.main, tool.build_parser(), argv) == 2
     assert "two runs are named 'eval'" in capsys.readouterr().err
