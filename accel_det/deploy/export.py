@@ -47,7 +47,7 @@ class Graph:
     output_names: Sequence[str]
     dynamic_shapes: Optional[Tuple[Dict[int, object], ...]] = None
     description: str = ""
-    # what the model was made from and expects, for the record next to the export (.record)
+    # what the model was made from and expects: written to the record next to it (see .record)
     provenance: Dict[str, object] = field(default_factory=dict)
 
 
@@ -210,8 +210,9 @@ def export_graph(
 
 
 def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tolerance: float):
-    """The record (:mod:`.record`) of an export whose files are still ``temporaries`` (the record's
-    the last)."""
+    """Write the record (:mod:`.record`) of an export whose files are still ``temporaries``, the
+    record's the last: input shapes (dynamic axes by name), outputs, ``graph.provenance``, the
+    sha256 of the model's files and the check against PyTorch."""
     dims = graph.dynamic_shapes or [None] * len(graph.input_names)
     shapes = {}  # per input: its first sample's shape, a dynamic axis by its name
     for name, sample, axes in zip(graph.input_names, graph.samples[0], dims):

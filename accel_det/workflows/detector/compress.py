@@ -253,7 +253,7 @@ def compress_detector(
 
 def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -> Plan:
     """``DIR/plan.json``: the plan extended with how it was obtained."""
-    options_paths = output_paths(options.output)
+    paths = output_paths(options.output)
     record = Plan(plan)
     record.update(
         theoretical_speedup_detector=plan["theoretical_speedup_network"],
@@ -277,8 +277,8 @@ def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -
             "rois": images.num_rois,
         },
         outputs={
-            "weights": options_paths["weights"],
-            "plot": options_paths["plot"] if options.plot else None,
+            "weights": paths["weights"],
+            "plot": paths["plot"] if options.plot else None,
         },
         created=datetime.datetime.now().isoformat(timespec="seconds"),
         total_seconds=round(time.perf_counter() - started, 2),
