@@ -42,7 +42,8 @@ from accel_det.errors import AccelDetError  # noqa: E402
 from accel_det.utils.cli import ignore_file_size_signal  # noqa: E402
 from accel_det.utils.io import write_failure  # noqa: E402
 
-logger = logging.getLogger("accel_det.train_net")
+# under Detectron2's logger, which default_setup configures (to the console and OUTPUT_DIR/log.txt)
+logger = logging.getLogger("detectron2.train_net")
 
 
 def setup(args):
@@ -57,7 +58,7 @@ def setup(args):
         moved = prepare_run(cfg, args)
     default_setup(cfg, args)
     if moved:
-        logging.getLogger("detectron2").info(moved)
+        logger.info(moved)
     return cfg
 
 
