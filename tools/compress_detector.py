@@ -6,14 +6,20 @@ paper's data-driven solver, under one multiply-add budget for the whole detector
         MODEL.WEIGHTS output/vgg16_voc/model_final.pth
 
 compresses on images and proposals of the config's DATASETS.TRAIN and writes DIR/model_final.pth
-(a Detectron2 checkpoint of the accelerated detector), DIR/plan.json and DIR/plan.png; evaluate
-or fine-tune with the accelerated config:
+(a Detectron2 checkpoint of the accelerated detector) and DIR/plan.json as a pair (the plan
+records the weights' sha256), and DIR/plan.png; evaluate or fine-tune with the accelerated
+config, each run in its own OUTPUT_DIR:
 
     tools/train_net.py --config accel_vgg16_voc.yaml --eval-only \\
-        MODEL.WEIGHTS output/frcnn_4x/model_final.pth MODEL.ACCEL.PLAN output/frcnn_4x/plan.json
+        MODEL.WEIGHTS output/frcnn_4x/model_final.pth MODEL.ACCEL.PLAN output/frcnn_4x/plan.json \\
+        OUTPUT_DIR output/frcnn_4x/eval
 
 --speedup is the theoretical speedup of the whole detector (all multiply-adds of one image at the
-test size and --rois-per-image RoIs); --speedup-of conv gives the paper's conv-layer target.
+test size and --rois-per-image RoIs); --speedup-of conv gives the paper's conv-layer target; a
+speedup the layers' shapes cannot reach is refused before any image is read. Every solved conv
+layer is checkpointed to DIR/compression.checkpoint.pth: --resume continues (or, when writing the
+outputs failed, finishes) an interrupted run; a checkpoint is never thrown away without
+--overwrite, and existing outputs are replaced only with --overwrite.
 Under torchrun (or --num-gpus N) each process reads a shard of the images.
 """
 
@@ -91,9 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="input size the multiply-adds are counted at (default: INPUT.MIN/MAX_SIZE_TEST)",
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from DIR/compression.checkpoint.pth"
+        "--resume",
+        action="store_true",
+        help="continue (or finish writing) the run of DIR/compression.checkpoint.pth",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (and start over)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes to start, one per GPU")
     parser.add_argument("--no-plot", action="store_true", help="do not write plan.png")

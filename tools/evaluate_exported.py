@@ -8,8 +8,12 @@ The same evaluation as ``tools/train_net.py --eval-only``: DATASETS.TEST with it
 proposals (DATASETS.PROPOSAL_FILES_TEST), Detectron2's test-time resize (INPUT.MIN_SIZE_TEST,
 INPUT.MAX_SIZE_TEST), the data set's evaluator (PascalVOCDetectionEvaluator for VOC), and
 Detectron2's score threshold, per-class NMS and top-k (MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-NMS_THRESH_TEST, TEST.DETECTIONS_PER_IMAGE) run on the runtime's scores and boxes. Results are
-printed and written to eval_results.json next to --model (or to --output).
+NMS_THRESH_TEST, TEST.DETECTIONS_PER_IMAGE) run on the runtime's scores and boxes. The model's
+record (``X.onnx.json``, written by tools/export_model.py) is checked against the config first: a
+model exported for another test size, pixel format or classes is refused. Results are printed
+and written to ``X.onnx.<runtime>.eval_results.json`` next to the model (one file per model and
+runtime; or to --output, which replaces an existing file only with --overwrite, and never the
+model, its record, the config or a proposal file).
 """
 
 import argparse
@@ -19,6 +23,8 @@ import sys
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.utils.files import not_found  # noqa: E402
+from accel_det.utils.io import refuse_existing  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=1, help="runtime threads (0: all cores)")
     parser.add_argument(
-        "--output", help="results JSON to write (default: eval_results.json next to --model)"
+        "--output",
+        help="results JSON to write (default: X.onnx.<runtime>.eval_results.json next to --model)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     add_common_arguments(parser)
     return parser
@@ -41,22 +49,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     import accel_det.detection  # noqa: F401  (registers the data sets)
-    from accel_det.deploy.evaluate import evaluate_exported
-    from accel_det.detection.config import load_config
-    from accel_det.detection.trainer import RESULTS_FILE, save_results
+    from accel_det.deploy.evaluate import (
+        check_export_record,
+        check_results_output,
+        evaluate_exported,
+        results_path,
+    )
+    from accel_det.deploy.runtime import check_runtime
+    from accel_det.detection.config import load_config, resolve_config_file
+    from accel_det.detection.trainer import save_results
     from accel_det.utils.io import check_writable_folder
 
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.model)), RESULTS_FILE)
-    check_writable_folder(os.path.dirname(os.path.abspath(output)), create=False)
+    runtime = check_runtime(args.model, args.runtime)
+    output = args.output or results_path(args.model, runtime)
     cfg = load_config(args.config_file, args.opts)
-    results = evaluate_exported(cfg, args.model, args.runtime, args.threads)
+    check_results_output(output, args.model, cfg, resolve_config_file(args.config_file))
+    if not os.path.isfile(args.model):
+        raise not_found("exported model file", args.model)
+    check_export_record(cfg, args.model)
+    refuse_existing([output], args.overwrite)
+    check_writable_folder(os.path.dirname(os.path.abspath(output)), create=False)
+    results = evaluate_exported(cfg, args.model, runtime, args.threads, check_record=False)
     check_writable_folder(os.path.dirname(os.path.abspath(output)))
-    save_results(results, output)
+    save_results(
+        {
+            **results,
+            "evaluated": {
+                "model": os.path.abspath(args.model),
+                "runtime": runtime,
+                "threads": args.threads,
+                "config_file": resolve_config_file(args.config_file),
+                "config_overrides": list(args.opts),
+            },
+        },
+        output,
+    )
     for name, result in results.items():
         ap = result.get("bbox", {})
         print(
             f"{name}: AP {ap.get('AP', float('nan')):.2f}, AP50 {ap.get('AP50', float('nan')):.2f}"
-            f", AP75 {ap.get('AP75', float('nan')):.2f} ({args.model})"
+            f", AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime})"
         )
     print(f"results written to {output}")
     return 0

@@ -17,9 +17,13 @@ boxes in that image) and returns ``scores`` (N×(K+1)) and ``boxes`` (N×4K); sc
 NMS run after it, in Python (tools/evaluate_exported.py). The exported model is run on sample
 inputs (ONNX Runtime for onnx, OpenVINO for openvino) and refused, with nothing written, when its
 outputs differ from PyTorch's by more than --tolerance (relative to each output's largest value).
+Next to it, ``X.onnx.json`` (``X.xml.json``) records what it was made from and expects: input
+size and pixel format, normalization, classes, plan, precision (fp32), weights, config keys, and
+the sha256 of the files; tools/evaluate_exported.py checks it against its config.
 """
 
 import argparse
+import os
 import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
@@ -96,9 +100,11 @@ def main(args) -> int:
     else:
         import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
         from accel_det.deploy.detector import detector_graph
-        from accel_det.detection.config import load_config
+        from accel_det.detection.config import load_config, resolve_config_file
 
         graph = detector_graph(load_config(args.config_file, args.opts))
+        graph.provenance["config_file"] = os.path.abspath(resolve_config_file(args.config_file))
+        graph.provenance["config_overrides"] = list(args.opts)
     result = export_graph(
         graph,
         args.output,

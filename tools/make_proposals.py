@@ -13,7 +13,10 @@ or the classic Fast R-CNN selective-search ``.mat`` file (data/selective_search_
 
 With ``--dataset`` the result is checked to cover every image of the data set, and it records
 the data set's name and, per image id, the file's name and size, so that ``tools/train_net.py``
-refuses it for another data set whose ids happen to match.
+refuses it for another data set whose ids happen to match. ``OUTPUT.json`` records the settings,
+the images and the file's sha256: a finished OUTPUT made with the same settings for the same
+images is kept (nothing is computed again); one made otherwise is replaced only with
+--overwrite.
 """
 
 import argparse
@@ -59,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-resume", action="store_true", help="start over instead of continuing a stopped run"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished OUTPUT made with other settings or images",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -75,9 +83,13 @@ def main(args) -> int:
         check_proposal_file,
         convert_mat,
         dataset_record,
+        existing_proposals,
+        image_list_digest,
         make_proposals,
+        write_summary,
     )
-    from accel_det.utils.io import sweep_temporaries
+    from accel_det.utils.files import not_found
+    from accel_det.utils.io import sha256_file, sweep_temporaries
 
     for folder in (os.path.dirname(os.path.abspath(args.output)), args.output + ".parts"):
         sweep_temporaries(folder)  # what a killed run left
@@ -90,13 +102,24 @@ def main(args) -> int:
             images = dataset_images(args.dataset)
             ids = [i for i, _ in images]
             record = dataset_record(args.dataset, images)
-        summary = convert_mat(
-            args.from_mat,
-            args.output,
-            image_ids=ids,
-            dataset_name=args.dataset or "",
-            dataset=record,
-        )
+        if not os.path.isfile(args.from_mat):
+            raise not_found("selective search .mat file", args.from_mat)
+        settings = {
+            "source": os.path.abspath(args.from_mat),
+            "source_sha256": sha256_file(args.from_mat),
+            "dataset": args.dataset,
+            "images_sha256": image_list_digest(images) if images else None,
+        }
+        summary = existing_proposals(args.output, settings, args.overwrite)
+        if summary is None:
+            summary = convert_mat(
+                args.from_mat,
+                args.output,
+                image_ids=ids,
+                dataset_name=args.dataset or "",
+                dataset=record,
+            )
+            summary = write_summary(args.output, {**settings, **summary})
     else:
         if not args.dataset:
             raise AccelDetError("give --dataset (a registered data set) or --from-mat")
@@ -111,6 +134,7 @@ def main(args) -> int:
             workers=args.workers,
             resume=not args.no_resume,
             dataset_name=args.dataset,
+            overwrite=args.overwrite,
         )
     if args.dataset:
         images = images or dataset_images(args.dataset)

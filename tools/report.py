@@ -64,9 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     records = []
+    unnamed = [item for item in args.runs if "=" not in item]
+    defaults = dict(zip(unnamed, report.distinct_names(unnamed)))
     for item in args.runs:
         folder, _, name = item.partition("=")
-        records.append(report.record_from_run(folder, name=name or None))
+        record = report.record_from_run(folder, name=name or None)
+        if not name and record.get("output_dir"):  # named after its folder: tell them apart
+            record["name"] = defaults[item]
+        records.append(record)
+    names = [r.get("name") for r in records]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise AccelDetError(
+            f"two runs are named {twice!r}: name them apart with RUN=NAME (or give a folder once)"
+        )
     notes = []
     if args.speed:
         speed = load_json(args.speed, "speed JSON")
@@ -103,9 +114,15 @@ def main(args: argparse.Namespace) -> int:
     png = os.path.join(folder, "mAP_vs_speedup.png")
     report.plot_map_vs_speedup(rows, png, title=args.title)
     notes.append(
-        "Theoretical speedup: multiply-adds of all conv "
-        "layers (the paper's definition), from each run's plan."
+        "Theoretical speedup (conv): multiply-adds of all conv layers (the paper's definition), "
+        "from each run's plan."
     )
+    if any(r.get("theoretical_speedup_detector") for r in records):
+        notes.append(
+            "Theoretical speedup (detector): all multiply-adds of one image at the plan's input "
+            "size and RoIs per image (whole-detector plans of tools/compress_detector.py; – for a "
+            "plan of the conv layers alone)."
+        )
     path = os.path.join(folder, "report.md")
     report.write_report(
         path,

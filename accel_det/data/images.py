@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import AccelDetError, first_line
+from ..utils.files import not_found
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def check_folder(root: str, what: str = "image folder") -> str:
     """``root`` with ``~`` expanded; a clear error when it is missing or not a readable folder."""
     path = os.path.expanduser(root)
     if not os.path.exists(path):
-        raise AccelDetError(f"{what} not found: {root}")
+        raise not_found(what, root)
     if not os.path.isdir(path):
         raise AccelDetError(f"{what} {root} is not a folder")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -131,7 +132,7 @@ def collate_skipping(batch):
 def read_class_list(path: str) -> List[str]:
     """Class names, one per line; the first word counts (so Caffe's ``synset_words.txt`` works)."""
     if not os.path.isfile(path):
-        raise AccelDetError(f"class list file not found: {path}")
+        raise not_found("class list file", path)
     with open(path, encoding="utf-8") as f:
         names = [
             line.split()[0] for line in f if line.strip() and not line.lstrip().startswith("#")
@@ -182,7 +183,7 @@ def label_file_samples(
     """Samples of a flat folder whose labels come from ``label_file`` (see the module docstring)."""
     path = check_folder(root)
     if not os.path.isfile(label_file):
-        raise AccelDetError(f"label file not found: {label_file}")
+        raise not_found("label file", label_file)
     on_disk = list_images(path)
     if not on_disk:
         raise AccelDetError(f"no images (JPEG/PNG/...) found in {root}")

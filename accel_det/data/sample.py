@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
 from ..utils.dist import all_gather_objects
+from ..utils.files import not_found
 from .images import list_images, try_read
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,8 @@ def sample_images(
         raise AccelDetError(f"no images (JPEG/PNG/...) found in {where}")
     if len(files) < num_images:
         raise AccelDetError(
-            f"found {len(files)} images in {where}, fewer than the {num_images} asked for"
+            f"found {len(files)} images in {where}, fewer than the {num_images} asked for "
+            "(--num-images)"
         )
     order = np.random.default_rng(seed).permutation(len(files))
     kept: Dict[int, torch.Tensor] = {}  # read here (all of them in a single process)
@@ -179,7 +181,7 @@ def sample_images(
         if position >= len(order):
             raise AccelDetError(
                 f"found {len(files)} images in {where} but only {len(readable)} are readable "
-                f"({len(skipped)} unreadable), fewer than the {num_images} asked for"
+                f"({len(skipped)} unreadable), fewer than the {num_images} asked for (--num-images)"
             )
         chosen = [int(i) for i in order[position : position + wanted]]
         position += len(chosen)
@@ -244,7 +246,7 @@ def listed_images(root: str, list_file: str) -> List[str]:
     word of each line is a path relative to ``root``, with or without its extension, so VOC's
     ``ImageSets/Main/trainval.txt`` (ids such as ``000005``) lists ``JPEGImages/000005.jpg``."""
     if not os.path.isfile(list_file):
-        raise AccelDetError(f"image list not found: {list_file}")
+        raise not_found("image list", list_file)
     by_name: Dict[str, str] = {}
     for relative in list_images(root):
         by_name.setdefault(relative, relative)

@@ -11,11 +11,13 @@ Detectron2's own functions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from torch import nn
 from torch.nn import functional as F
@@ -23,8 +25,41 @@ from torch.nn import functional as F
 from ..detection.backbone import load_plan
 from ..detection.checkpoint import REMOTE_PREFIXES, load_detector_weights
 from ..errors import AccelDetError
+from ..utils.files import not_found
+from ..utils.io import json_safe
 from .export import Graph, dynamic_dim
+from .record import plan_summary, weights_summary
 
+# the config keys an exported detector's record keeps
+RECORDED_KEYS = (
+    "INPUT.FORMAT",
+    "INPUT.MIN_SIZE_TEST",
+    "INPUT.MAX_SIZE_TEST",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "MODEL.PIXEL_MEAN",
+    "MODEL.PIXEL_STD",
+    "MODEL.BACKBONE.NAME",
+    "MODEL.VGG.WIDTH",
+    "MODEL.ACCEL.PLAN",
+    "MODEL.WEIGHTS",
+    "MODEL.ROI_BOX_HEAD.NAME",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+    "DATASETS.TEST",
+    "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "TEST.DETECTIONS_PER_IMAGE",
+)
+# the keys an evaluation must share with the export: the images the graph is given and its
+# classes (thresholds, NMS and top-k run in Python, after the graph: they may differ)
+EVALUATED_KEYS = (
+    "INPUT.FORMAT",
+    "INPUT.MIN_SIZE_TEST",
+    "INPUT.MAX_SIZE_TEST",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+)
 INPUTS = ("image", "proposals")
 OUTPUTS = ("scores", "boxes")
 MIN_SIZE = 32
@@ -90,10 +125,10 @@ def build_detector(cfg) -> nn.Module:
     weights = cfg.MODEL.WEIGHTS
     remote = weights.startswith(REMOTE_PREFIXES)
     if weights and not remote and not os.path.isfile(os.path.expanduser(weights)):
-        raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
+        raise not_found("MODEL.WEIGHTS file", weights)
     model = build_model(cfg)
     if weights:
-        load_detector_weights(model, weights)
+        load_detector_weights(model, weights, complete=True)
     else:
         logger.warning("MODEL.WEIGHTS is empty: the detector has random weights")
     return model.eval()
@@ -141,4 +176,49 @@ def detector_graph(cfg, model: nn.Module = None, proposals: int = 300, seed: int
         output_names=list(OUTPUTS),
         dynamic_shapes=dims,
         description=f"Fast R-CNN ({cfg.MODEL.BACKBONE.NAME}, {cfg.MODEL.ROI_BOX_HEAD.NAME})",
+        provenance=detector_provenance(cfg),
     )
+
+
+def config_value(cfg, key: str):
+    """The value of a dotted config key, as JSON has it (tuples as lists)."""
+    return json_safe(functools.reduce(getattr, key.split("."), cfg))
+
+
+def test_classes(cfg) -> Optional[list]:
+    """The class names of the config's first test set (its metadata), when it has them."""
+    if not cfg.DATASETS.TEST:
+        return None
+    names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes")
+    return list(names) if names else None
+
+
+def detector_provenance(cfg) -> dict:
+    """What an exported detector expects and was made from (:mod:`.record`): the image input
+    (pixel format, test-time resize), the normalization in the graph, the classes, the plan, the
+    weights and the config keys of :data:`RECORDED_KEYS`."""
+    plan_path = cfg.MODEL.ACCEL.PLAN
+    plan = load_plan(plan_path) if plan_path else None
+    return {
+        "model": "detector",
+        "image": {
+            "format": cfg.INPUT.FORMAT,
+            "pixels": "raw 0-255, float32, 3xHxW",
+            "resize": "ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)",
+            "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+            "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+        },
+        "normalization": {
+            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": list(cfg.MODEL.PIXEL_STD),
+            "where": "in the graph",
+        },
+        "classes": {
+            "num_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "names": test_classes(cfg),
+            "dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None,
+        },
+        "plan": plan_summary(plan, plan_path),
+        "weights": weights_summary(cfg.MODEL.WEIGHTS),
+        "config": {key: config_value(cfg, key) for key in RECORDED_KEYS},
+    }

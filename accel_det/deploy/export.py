@@ -12,6 +12,7 @@ from PyTorch's by more than the tolerance.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_files, refuse_existing
+from ..utils.io import atomic_files, json_safe, refuse_existing
+from .record import export_record, files_digest, model_files, record_path
 from .runtime import DISPLAY_NAMES, import_runtime, load_runtime, one_line
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
@@ -45,6 +47,8 @@ class Graph:
     output_names: Sequence[str]
     dynamic_shapes: Optional[Tuple[Dict[int, object], ...]] = None
     description: str = ""
+    # what the model was made from and expects: written to the record next to it (see .record)
+    provenance: Dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,9 +67,10 @@ class ExportResult:
 
 
 def output_files(path: str, fmt: str) -> List[str]:
-    """The files an export writes: ``X.onnx``, or OpenVINO's ``X.xml`` and ``X.bin``."""
+    """The files an export writes: ``X.onnx``, or OpenVINO's ``X.xml`` and ``X.bin``, and the
+    record of what the model was made from (``X.onnx.json``, :mod:`.record`)."""
     check_format(fmt)
-    return [path] if fmt == "onnx" else [path, path[: -len(".xml")] + ".bin"]
+    return model_files(path, fmt) + [record_path(path)]
 
 
 def check_format(fmt: str) -> None:
@@ -199,8 +204,40 @@ def export_graph(
                 f"{worst[0]:.3g} (largest relative difference, output {worst[2]}, sample "
                 f"{worst[1] + 1}), above the tolerance {tolerance:g}: nothing written to {path}"
             )
+        write_record(graph, result, temporaries, tolerance)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tolerance: float):
+    """Write the record (:mod:`.record`) of an export whose files are still ``temporaries``, the
+    record's the last: input shapes (dynamic axes by name), outputs, ``graph.provenance``, the
+    sha256 of the model's files and the check against PyTorch."""
+    dims = graph.dynamic_shapes or [None] * len(graph.input_names)
+    shapes = {}  # per input: its first sample's shape, a dynamic axis by its name
+    for name, sample, axes in zip(graph.input_names, graph.samples[0], dims):
+        axes = axes or {}
+        shapes[name] = [
+            getattr(axes[i], "__name__", size) if i in axes else size
+            for i, size in enumerate(sample.shape)
+        ]
+    provenance = {"input_shapes": shapes, "outputs": list(graph.output_names), **graph.provenance}
+    record = export_record(
+        provenance,
+        description=graph.description,
+        export_format=result.format,
+        opset=OPSET,
+        files=files_digest(temporaries[:-1], result.files[:-1]),
+        check={
+            "runtime": result.runtime,
+            "max_relative_difference": result.max_difference,
+            "tolerance": tolerance,
+            "samples": len(result.differences),
+        },
+    )
+    with open(temporaries[-1], "w", encoding="utf-8") as f:
+        json.dump(json_safe(record), f, indent=2)
+        f.write("\n")
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import AccelDetError
+from ..utils.files import not_found
 
 RUNTIMES = ("onnxruntime", "openvino")
 DISPLAY_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
@@ -104,17 +105,23 @@ class OpenVinoRuntime(Runtime):
         return [np.array(results[output]) for output in self.model.outputs]
 
 
+def check_runtime(path: str, runtime: Optional[str] = None) -> str:
+    """The runtime that runs ``path``: ``runtime``, checked, or the default for its suffix."""
+    runtime = runtime or default_runtime(path)
+    if runtime not in RUNTIMES:
+        raise AccelDetError(f"unknown runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
+    return runtime
+
+
 def load_runtime(
     path: str, runtime: Optional[str] = None, threads: int = 1, precision: str = "f32"
 ) -> Runtime:
     """``path`` (an exported ``.onnx`` or OpenVINO ``.xml``) loaded in ``runtime`` (default: by
     the file's suffix) with ``threads`` threads (0: the runtime's default, all cores), on the CPU.
     ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` (``f32``, ``bf16``, ``f16``)."""
-    runtime = runtime or default_runtime(path)
-    if runtime not in RUNTIMES:
-        raise AccelDetError(f"unknown runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
+    runtime = check_runtime(path, runtime)
     if not os.path.isfile(path):
-        raise AccelDetError(f"exported model file not found: {path}")
+        raise not_found("exported model file", path)
     if runtime == "onnxruntime":
         if path.endswith(".xml"):
             raise AccelDetError(f"{path} is OpenVINO IR: run it with --runtime openvino")

@@ -7,9 +7,11 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..data.transforms import preprocessing_record
 from ..errors import AccelDetError
 from ..models.vgg import load_vgg16
 from .export import Graph, dynamic_dim
+from .record import plan_summary, weights_summary
 
 MIN_SIZE = 32  # VGG-16's five 2×2 max-pools
 
@@ -33,7 +35,9 @@ def vgg16_graph(
     height, width = (int(v) for v in input_size)
     if min(height, width) < MIN_SIZE:
         raise AccelDetError(f"--input-size must be at least {MIN_SIZE}x{MIN_SIZE} for VGG-16")
-    model, plan, _ = load_vgg16(weights if isinstance(weights, Mapping) else str(weights), plan)
+    model, plan, plan_path = load_vgg16(
+        weights if isinstance(weights, Mapping) else str(weights), plan
+    )
     module = (model.features if backbone else model).eval()
     generator = torch.Generator().manual_seed(seed)
     shapes: list = [(1, height, width)]
@@ -53,6 +57,14 @@ def vgg16_graph(
         output_names=["features" if backbone else "logits"],
         dynamic_shapes=dynamic_shapes,
         description=f"{what}{' (accelerated)' if plan is not None else ''}",
+        provenance={
+            "model": "vgg16_backbone" if backbone else "vgg16",
+            "image": {"input_size": [height, width], "dynamic": dynamic},
+            "normalization": {**preprocessing_record(), "where": "before the graph"},
+            "classes": {"num_classes": None if backbone else model.classifier[-1].out_features},
+            "plan": plan_summary(plan, plan_path),
+            "weights": None if isinstance(weights, Mapping) else weights_summary(str(weights)),
+        },
     )
 
 

@@ -17,6 +17,8 @@ from ..plan import linear_entries
 from .backbone import load_plan
 from .registry import register_once
 
+FC_LAYERS = ("fc6", "fc7")
+
 
 class VGG16BoxHead(nn.Sequential):
     """flatten → fc6 → ReLU → dropout → fc7 → ReLU → dropout, as VGG-16's classifier without fc8.
@@ -51,8 +53,15 @@ class VGG16BoxHead(nn.Sequential):
         self.add_module("drop7", nn.Dropout(dropout))
         for layer in (self.fc6, self.fc7):
             weight_init.c2_xavier_fill(layer)
+        self.plan = dict(plan) if plan is not None else None
         if plan is not None:
-            for name in ("fc6", "fc7"):
+            unknown = sorted(set(linear_entries(plan)) - set(FC_LAYERS))
+            if unknown:
+                raise AccelDetError(
+                    f"the plan (MODEL.ACCEL.PLAN) has fc entries the box head does not have: "
+                    f"{', '.join(unknown)} (VGG16BoxHead has {', '.join(FC_LAYERS)})"
+                )
+            for name in FC_LAYERS:
                 try:
                     setattr(self, name, apply_plan_to_linear(getattr(self, name), name, plan))
                 except AccelDetError as error:
@@ -69,7 +78,7 @@ class VGG16BoxHead(nn.Sequential):
             "input_shape": input_shape,
             "fc_dim": cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
             "dropout": cfg.MODEL.ROI_BOX_HEAD.DROPOUT,
-            "plan": plan if plan is not None and linear_entries(plan) else None,
+            "plan": plan,
         }
 
     @property

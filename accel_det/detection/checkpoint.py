@@ -1,9 +1,11 @@
 """Checking that ``MODEL.WEIGHTS`` fits the model before Detectron2 loads it.
 
 Detectron2's ``DetectionCheckpointer`` only *warns* about missing keys and shape mismatches and
-then trains from random weights; for a backbone built from a plan that silently wastes a run.
-:func:`check_weights_fit` turns a backbone or fc6/fc7 mismatch into one error that names the
-layer and both shapes. Box-predictor mismatches stay warnings (a new data set has other classes).
+then trains from random weights; for a backbone built from a plan that silently wastes a run, and
+an evaluation or export gives a wrong number. :func:`check_weights_fit` turns a backbone or
+fc6/fc7 mismatch (a missing, left-over or misshapen tensor) into one error that names the layer
+and both shapes. Box-predictor mismatches stay warnings when training (a new data set has other
+classes) and are refused when the model is evaluated or exported.
 :class:`AtomicCheckpointer` is the checkpointer accel-det trains and loads with: it writes
 Detectron2's checkpoints atomically.
 """
@@ -21,6 +23,7 @@ from torch import nn
 
 from ..errors import AccelDetError
 from ..models.fit import first_mismatch, keys_under
+from ..utils.files import not_found
 from ..utils.io import atomic_torch_save, atomic_write_text, load_torch_file
 from ..utils.safe_pickle import load_pickle
 
@@ -48,14 +51,17 @@ def read_checkpoint_state(path: str) -> Dict[str, tuple]:
     }
 
 
-def check_weights_fit(model: nn.Module, path: str) -> None:
+def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> None:
     """Raise :class:`AccelDetError` unless the checkpoint at ``path`` holds every backbone tensor of
-    ``model`` (and fc6/fc7 when it has them) with the right shapes; naming the VGG layer."""
+    ``model`` with the right shapes (naming the VGG layer) and a box head that is exactly the
+    model's (:func:`check_box_head_fit`). ``complete`` (evaluation, export): every tensor of the
+    model, the box predictor's too; otherwise a box predictor of other classes only warns, as in
+    Detectron2 (a new data set)."""
     if not path or path.startswith(REMOTE_PREFIXES):
         return
     path = os.path.expanduser(path)
     if not os.path.exists(path):
-        raise AccelDetError(f"MODEL.WEIGHTS file not found: {path}")
+        raise not_found("MODEL.WEIGHTS file", path)
     shapes = read_checkpoint_state(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     backbone = getattr(model, "backbone", None)
@@ -94,32 +100,72 @@ def check_weights_fit(model: nn.Module, path: str) -> None:
             f"model expects {what}, the file has {found_text}. Use the weights made with the same "
             f"plan (MODEL.ACCEL.PLAN) and MODEL.VGG.WIDTH"
         )
-    for key, shape in expected.items():
-        if key.startswith(HEAD_PREFIX) and key in shapes and shapes[key] != shape:
+    check_box_head_fit(model, shapes, path, complete)
+    if complete:
+        mismatch = first_mismatch(expected, shapes)
+        if mismatch is not None:
+            found = "is missing" if mismatch.found is None else f"is {list(mismatch.found)}"
+            raise AccelDetError(
+                f"weights {path} do not hold the whole model: {mismatch.key} {found}, the model "
+                f"expects {list(mismatch.expected)}; evaluated or exported, that layer would keep "
+                "its random initial weights"
+            )
+
+
+def check_box_head_fit(model: nn.Module, shapes: Mapping, path: str, complete: bool) -> None:
+    """Raise :class:`AccelDetError` unless the file's box-head tensors (``shapes``) are exactly
+    those of the model's :class:`~.box_head.VGG16BoxHead` (fc6/fc7, plain or factorized as the plan
+    says): none missing, none left over. A file with no box head at all is refused when
+    ``complete`` (evaluation, export), else the head starts from random weights with a warning
+    (training from a backbone-only checkpoint). Other box heads are Detectron2's business."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wanted = [k for k in expected if k.startswith(HEAD_PREFIX)]
+    have = [k for k in shapes if k.startswith(HEAD_PREFIX)]
+    head = getattr(getattr(model, "roi_heads", None), "box_head", None)
+    if not hasattr(head, "plan"):  # another head than VGG16BoxHead: a new head, as Detectron2 has
+        wanted = []
+    if not wanted or (not have and not complete):
+        if wanted:
+            logger.warning(
+                "%s has no box head (%s*): it starts from random weights", path, HEAD_PREFIX
+            )
+        return
+    for key in wanted:
+        if key in shapes and shapes[key] != expected[key]:
             raise AccelDetError(
                 f"weights {path} do not fit the box head: {key} is {list(shapes[key])} in the "
-                f"file, the model expects {list(shape)} (check MODEL.ROI_BOX_HEAD.FC_DIM, "
+                f"file, the model expects {list(expected[key])} (check MODEL.ROI_BOX_HEAD.FC_DIM, "
                 f"POOLER_RESOLUTION and MODEL.VGG.WIDTH)"
             )
-    missing_head = [k for k in expected if k.startswith(HEAD_PREFIX) and k not in shapes]
-    factorized = [k for k in missing_head if ".reduce." in k or ".expand." in k]
-    if factorized:  # a plan's fc6/fc7 structure the file does not have
-        layer = factorized[0][len(HEAD_PREFIX) :].split(".")[0]
-        entry = ((getattr(backbone, "plan", None) or {}).get("layers") or {}).get(layer, {})
-        found = keys_under(shapes, f"{HEAD_PREFIX}{layer}.", kinds=("",))
-        found_text = (
-            ", ".join(f"{k} {list(v)}" for k, v in found.items()) or "nothing for this layer"
-        )
-        raise AccelDetError(
-            f"weights {path} do not fit the box head at {layer} (the plan makes it "
-            f"{entry.get('structure', 'channel')}, rank={entry.get('rank')}): the model expects "
-            f"{factorized[0]} {list(expected[factorized[0]])}, the file has {found_text}. Use the "
-            "weights made with the same plan (MODEL.ACCEL.PLAN)"
-        )
-    if missing_head:
-        logger.warning(
-            "%s has no %s: the box head starts from random weights", path, ", ".join(missing_head)
-        )
+    odd = [k for k in wanted if k not in shapes] + [k for k in have if k not in expected]
+    if not odd:
+        return
+    layer = odd[0][len(HEAD_PREFIX) :].split(".")[0]
+    prefix = f"{HEAD_PREFIX}{layer}."
+    found = keys_under(shapes, prefix, kinds=("",))
+    model_keys = keys_under(expected, prefix, kinds=("",))
+    raise AccelDetError(
+        f"weights {path} do not fit the box head at {layer} ({_head_plan_text(model, layer)}): "
+        f"the model expects {_listed(model_keys)}, the file has {_listed(found)}. Use the weights "
+        "made with the same plan (MODEL.ACCEL.PLAN); a layer the file does not fill would keep "
+        "random weights"
+    )
+
+
+def _head_plan_text(model: nn.Module, layer: str) -> str:
+    """What the plan makes of box-head ``layer``, in words."""
+    head = getattr(getattr(model, "roi_heads", None), "box_head", None)
+    plan = getattr(head, "plan", None) or getattr(getattr(model, "backbone", None), "plan", None)
+    if plan is None:
+        return "no plan: the model's fc layers are plain"
+    entry = (plan.get("layers") or {}).get(layer)
+    if entry is None:
+        return f"the plan has no {layer} entry: the model's {layer} is plain"
+    return f"the plan makes it {entry.get('structure', 'original')}, rank={entry.get('rank')}"
+
+
+def _listed(shapes: Mapping) -> str:
+    return ", ".join(f"{k} {list(v)}" for k, v in shapes.items()) or "nothing for this layer"
 
 
 def _layer_name(backbone: Optional[nn.Module], key: str) -> Optional[str]:
@@ -129,12 +175,13 @@ def _layer_name(backbone: Optional[nn.Module], key: str) -> Optional[str]:
 
 
 def load_detector_weights(
-    model: nn.Module, path: str, save_dir: str = "", resume: bool = False
+    model: nn.Module, path: str, save_dir: str = "", resume: bool = False, complete: bool = False
 ) -> None:
-    """Check (:func:`check_weights_fit`) then load what Detectron2 would load: with ``resume``,
-    the last checkpoint in ``save_dir`` when there is one, else ``path``."""
+    """Check (:func:`check_weights_fit`, ``complete`` for a model to evaluate or export) then load
+    what Detectron2 would load: with ``resume``, the last checkpoint in ``save_dir`` when there is
+    one, else ``path``."""
     checkpointer = AtomicCheckpointer(model, save_dir=save_dir)
-    check_weights_fit(model, checkpoint_to_load(checkpointer, path, resume))
+    check_weights_fit(model, checkpoint_to_load(checkpointer, path, resume), complete)
     checkpointer.resume_or_load(path, resume=resume)
 
 

@@ -125,9 +125,14 @@ def load_config(config_file: str, opts=()) -> CN:
         cfg.merge_from_file(
             path, allow_unsafe=False
         )  # plain YAML only: no Python objects from a config
-        cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError, yaml.YAMLError) as error:
         raise AccelDetError(f"cannot load config {path}: {' '.join(str(error).split())}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as error:
+        raise AccelDetError(
+            f"KEY VALUE override on the command line: {' '.join(str(error).split())}"
+        ) from None
     _fall_back_to_cpu(cfg)
     return cfg
 

@@ -21,7 +21,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_path, atomic_write_json
+from ..utils.files import not_found
+from ..utils.io import atomic_path, atomic_write_json, sha256_file
 from ..utils.safe_pickle import load_pickle
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def make_proposals(
     resume: bool = True,
     progress: bool = True,
     dataset_name: str = "",
+    overwrite: bool = False,
 ) -> dict:
     """Selective search over ``images`` (``(image_id, file_name)`` pairs), written as Detectron2's
     proposal file ``out_file``. Parts of ``CHUNK`` images are kept in ``<out_file>.parts/`` as they
@@ -120,11 +122,12 @@ def make_proposals(
     list of images, files unchanged; otherwise it starts over); the parts are removed at the end.
     Returns a summary (images, mean boxes per image, settings), also written to
     ``<out_file>.json``. The file records which images it was made for (:func:`dataset_record`,
-    under ``dataset_name``)."""
+    under ``dataset_name``). An existing ``out_file`` made with the same settings for the same
+    images is kept and its summary returned; another one is refused unless ``overwrite``
+    (:func:`existing_proposals`)."""
     if not images:
         raise AccelDetError("no images to run selective search on")
     parts_dir = out_file + ".parts"
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     settings = {
         "mode": mode,
         "min_size": min_size,
@@ -132,6 +135,10 @@ def make_proposals(
         "num_images": len(images),
         "images_sha256": image_list_digest(images),  # parts are reused for the same list only
     }
+    kept = existing_proposals(out_file, settings, overwrite)
+    if kept is not None:
+        return kept
+    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     settings_file = os.path.join(parts_dir, "settings.json")
     if os.path.isdir(parts_dir):
         try:
@@ -198,8 +205,54 @@ def make_proposals(
         mean_boxes=float(np.mean([len(b) for b in boxes])),
         file=os.path.abspath(out_file),
     )
+    return write_summary(out_file, summary)
+
+
+def write_summary(out_file: str, summary: dict) -> dict:
+    """``<out_file>.json``: ``summary`` (settings and counts) with the sha256 of the proposal file,
+    so that it is never taken for another file's. Returns it."""
+    summary = dict(summary, file_sha256=sha256_file(out_file))
     atomic_write_json(summary, out_file + ".json")
     return summary
+
+
+def existing_proposals(out_file: str, settings: dict, overwrite: bool) -> Optional[dict]:
+    """The summary of ``out_file`` when it exists and was made with ``settings`` (its
+    ``<out_file>.json`` records them and the file's sha256): it is kept (logged). None when there is
+    no such file, or when ``overwrite`` lets another be replaced; else one
+    :class:`AccelDetError` that says why it is not reused."""
+    if not os.path.exists(out_file):
+        return None
+    summary_file = out_file + ".json"
+    try:
+        with open(summary_file, encoding="utf-8") as f:
+            summary = json.load(f)
+        summary = summary if isinstance(summary, dict) else {}
+    except (OSError, ValueError):
+        summary = {}
+    other = [k for k in settings if summary.get(k) != settings[k]]
+    if not summary:
+        why = f"it has no summary {summary_file} to compare settings with"
+    elif summary.get("file_sha256") != sha256_file(out_file):
+        why = f"{summary_file} was written for another file"
+    elif other:
+        why = "it was made with " + ", ".join(
+            f"{k}={_short(summary.get(k))} (this run: {_short(settings[k])})" for k in other
+        )
+    else:
+        logger.info("%s was made with these settings for these images: kept", out_file)
+        return summary
+    if overwrite:
+        return None
+    raise AccelDetError(
+        f"proposal file {out_file} already exists and is not reused ({why}); pass --overwrite to "
+        "replace it"
+    )
+
+
+def _short(value) -> str:
+    """A digest cut to 12 characters, anything else as it is."""
+    return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
 
 
 def image_list_digest(images: Sequence[Tuple[str, str]]) -> str:
@@ -347,7 +400,7 @@ def convert_mat(
     from scipy.io import loadmat
 
     if not os.path.isfile(mat_file):
-        raise AccelDetError(f"selective search .mat file not found: {mat_file}")
+        raise not_found("selective search .mat file", mat_file)
     try:
         raw = loadmat(mat_file)
     except NotImplementedError:

@@ -8,12 +8,16 @@ import os
 from collections import OrderedDict
 from typing import Mapping
 
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.modeling import build_model
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_write_json, json_safe, sweep_temporaries
+from ..plan import linear_entries
+from ..utils.files import not_found
+from ..utils.io import atomic_write_json, json_safe
 from .backbone import load_plan
 from .checkpoint import (
     REMOTE_PREFIXES,
@@ -27,8 +31,6 @@ from .datasets import check_dataset_layout, dataset_images
 from .proposals import check_proposal_file
 
 logger = logging.getLogger(__name__)
-
-RESULTS_FILE = "eval_results.json"  # in OUTPUT_DIR: what tools/report.py reads
 
 
 class Trainer(DefaultTrainer):
@@ -69,23 +71,46 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def check_inputs(cfg, train: bool = True) -> None:
+def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
     """Fail early, with one clear message, on a missing plan or weights file, a data set folder
     without the VOC layout, an image that does not decode, a test annotation the evaluator cannot
     read (:mod:`.checks`) or a proposal file that misses images or was made for other images
     (before Detectron2 starts and fails deep inside). Proposal files and ``.pkl`` weights, which
     Detectron2 unpickles, are read here first with the allow-list unpickler, so a pickle that
-    would run code is refused unrun. Whether the weights fit the model is checked when they are
-    loaded."""
-    if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone":
-        load_plan(cfg.MODEL.ACCEL.PLAN)
+    would run code is refused unrun. The model is built (without memory: on the meta device) to
+    check that the plan fits the config and that the weights the run will load (``MODEL.WEIGHTS``,
+    or with ``resume`` the last checkpoint of ``OUTPUT_DIR``) fit the model: completely when it is
+    only evaluated (not ``train``)."""
+    plan = None
+    if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone" or cfg.MODEL.ACCEL.PLAN:
+        plan = load_plan(cfg.MODEL.ACCEL.PLAN)
+    if plan is not None and linear_entries(plan) and cfg.MODEL.ROI_BOX_HEAD.NAME != "VGG16BoxHead":
+        raise AccelDetError(
+            f"the plan {cfg.MODEL.ACCEL.PLAN} has fc entries ({', '.join(linear_entries(plan))}) "
+            f"that only VGG16BoxHead builds, but MODEL.ROI_BOX_HEAD.NAME is "
+            f"{cfg.MODEL.ROI_BOX_HEAD.NAME}"
+        )
     weights = cfg.MODEL.WEIGHTS
     if weights and not weights.startswith(REMOTE_PREFIXES):
         if not os.path.isfile(os.path.expanduser(weights)):
-            raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
+            raise not_found("MODEL.WEIGHTS file", weights)
         if weights.endswith(".pkl"):  # Detectron2 unpickles it in full: read it as data first
             read_checkpoint_state(os.path.expanduser(weights))
+    check_model_weights(cfg, complete=not train, resume=resume)
     check_data(cfg, train)
+
+
+def check_model_weights(cfg, complete: bool = False, resume: bool = False) -> None:
+    """Build ``cfg``'s model on the meta device (shapes only: the plan checked against the config)
+    and check that the weights a run loads fit it (:func:`check_weights_fit`): ``MODEL.WEIGHTS``,
+    or with ``resume`` the last checkpoint of ``OUTPUT_DIR`` when there is one."""
+    meta = cfg.clone()
+    meta.defrost()
+    meta.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(meta)
+    checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    check_weights_fit(model, checkpoint_to_load(checkpointer, cfg.MODEL.WEIGHTS, resume), complete)
 
 
 def check_data(cfg, train: bool = True) -> None:
@@ -114,17 +139,6 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
     if results and "bbox" in results and len(cfg.DATASETS.TEST) == 1:
         return OrderedDict([(cfg.DATASETS.TEST[0], results)])
     return results
-
-
-def start_run(output_dir: str) -> None:
-    """What the main process does when a run starts in ``output_dir``: remove the temporaries of
-    a killed run and the evaluation results of an earlier one (a run that fails must not leave
-    them next to its own config.yaml for tools/report.py)."""
-    sweep_temporaries(output_dir)
-    stale = os.path.join(output_dir, RESULTS_FILE)
-    if os.path.isfile(stale):
-        os.remove(stale)
-        logger.info("removed %s of an earlier run", stale)
 
 
 def save_results(results: Mapping, path: str) -> None:

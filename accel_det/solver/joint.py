@@ -35,6 +35,7 @@ from .complexity import (
 )
 from .options import SolverOptions
 from .planning import (
+    check_reachable,
     make_plan,
     plan_from_structures,
     record_selection,
@@ -139,8 +140,33 @@ def make_network_plan(
     return plan
 
 
-def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ranks):
-    """Conv and fc ranks from one greedy over both, then d'' (with a spatial step)."""
+def check_network_reachable(
+    convs: Sequence[ConvSpec],
+    linears: Sequence[LinearSpec],
+    options: SolverOptions,
+    *,
+    fixed_macs: int = 0,
+    target: str = "network",
+    fc_ranks: Optional[Mapping[str, int]] = None,
+    select_fc: bool = True,
+) -> None:
+    """Refuse, from the layers' shapes alone (before any response is sampled), a speedup that
+    :func:`make_network_plan` would find impossible: rank 1 everywhere cannot reach it.
+    ``select_fc``: the fc layers not in ``fc_ranks`` take part in the selection (they have
+    eigenvalues); otherwise they stay as they are."""
+    fc_ranks = dict(fc_ranks or {})
+    selected = [s for s in linears if select_fc and s.name not in fc_ranks]
+    if target == "fc":
+        return
+    if target == "conv" or not selected:
+        check_reachable(convs, options)
+        return
+    _budget_tables(convs, linears, selected, options, fixed_macs, fc_ranks)
+
+
+def _budget_tables(convs, linears, selected, options, fixed_macs, fc_ranks):
+    """The multiply-add budget of the layers that are solved, their cost tables (per rank) and the
+    splittable convs; raises when even the cheapest ranks exceed the budget."""
     method = options.solver
     if not method.channel:
         raise AccelDetError(
@@ -174,6 +200,15 @@ def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ra
             f"speedup {options.speedup:g} is impossible for method {options.method} with these "
             f"conv and fc layers: at most {best:.1f}x"
         )
+    return budget, tables, solved, splittable
+
+
+def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ranks):
+    """Conv and fc ranks from one greedy over both, then d'' (with a spatial step)."""
+    budget, tables, solved, splittable = _budget_tables(
+        convs, linears, selected, options, fixed_macs, fc_ranks
+    )
+    skip = set(options.skip)
     values = {name: eigenvalues[name] for name in tables}
     multiples = layer_multiples(solved + selected, options.round_ranks_to)
     if options.rank_selection:

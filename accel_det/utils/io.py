@@ -18,7 +18,8 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
-from ..errors import AccelDetError, first_line
+from ..errors import AccelDetError
+from .files import not_found, not_weights, torch_load_reason
 
 logger = logging.getLogger(__name__)
 
@@ -262,17 +263,19 @@ def load_torch_file(path: str, what: str = "weights") -> Any:
     """``torch.load(path, weights_only=True)`` with one clear error for a missing or corrupt
     file."""
     if not os.path.isfile(path):
-        raise AccelDetError(f"{what} file not found: {path}")
+        raise not_found(f"{what} file", path)
+    wrong_kind = not_weights(path, what)
+    if wrong_kind is not None:
+        raise wrong_kind
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
-        first = first_line(error)
-        raise AccelDetError(f"cannot read {what} file {path}: {first}") from None
+        raise AccelDetError(f"cannot read {what} file {path}: {torch_load_reason(error)}") from None
 
 
 def load_json(path: str, what: str = "JSON") -> Any:
     if not os.path.isfile(path):
-        raise AccelDetError(f"{what} file not found: {path}")
+        raise not_found(f"{what} file", path)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -23,7 +23,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import AccelDetError
-from ..plan import Plan, plan_fingerprint
+from ..plan import Plan, linear_entries, plan_fingerprint
 from ..utils.io import atomic_path, atomic_write_text, load_json, load_json_object
 from ..utils.tables import markdown_table as table
 
@@ -146,6 +146,7 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
             "name": os.path.basename(folder.rstrip(os.sep)),
             "ap50": _file_ap50(results),
             "theoretical_speedup": float(plan.get("theoretical_speedup", 1.0)) if plan else 1.0,
+            "theoretical_speedup_detector": detector_speedup(plan),
             "plan": plan_path,
             "output_dir": folder,
         }
@@ -159,9 +160,41 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
     record["plan_fingerprint"] = (
         plan_fingerprint(plan) if plan is not None or not record.get("plan") else None
     )
+    record["fc_layers"] = factored_fc_layers(plan)
     if name:
         record["name"] = name
     return record
+
+
+def detector_speedup(plan: Optional[Mapping]) -> Optional[float]:
+    """The whole detector's theoretical speedup a plan records (``tools/compress_detector.py``'s:
+    all multiply-adds of one image at its input size and RoIs); None without one (the baseline,
+    or a plan of the conv layers alone)."""
+    if plan is None:
+        return None
+    value = plan.get("theoretical_speedup_detector", plan.get("theoretical_speedup_network"))
+    return float(value) if value is not None else None
+
+
+def factored_fc_layers(plan: Optional[Mapping]) -> List[str]:
+    """The fc layers (fc6, fc7) a plan factors: its latency must have been measured with them."""
+    if plan is None or not isinstance(plan.get("layers"), Mapping):
+        return []
+    return sorted(n for n, e in linear_entries(plan).items() if e.get("structure") == "channel")
+
+
+def distinct_names(folders: Sequence[str]) -> List[str]:
+    """A name per run folder that tells it from the others: the shortest ending of its path
+    (``frcnn_4x/eval`` and ``frcnn_3x/eval``, not ``eval`` twice)."""
+    parts = [os.path.abspath(f).rstrip(os.sep).split(os.sep) for f in folders]
+    names = []
+    for mine in parts:
+        others = [p for p in parts if p is not mine]
+        depth = 1
+        while depth < len(mine) and any(p[-depth:] == mine[-depth:] for p in others):
+            depth += 1
+        names.append("/".join(mine[-depth:]))
+    return names
 
 
 def attach_speed(
@@ -201,6 +234,15 @@ def attach_speed(
     notes = []
     for record in records:
         name = models.get(record.get("plan_fingerprint"))
+        fc = record.get("fc_layers")
+        if name is not None and fc and not (speed["models"][name] or {}).get("fc_layers"):
+            record.pop("latency", None)  # timed with plain fc layers: not this model's latency
+            notes.append(
+                f"{record.get('name')}: its plan factors {', '.join(fc)}, which the speed JSON's "
+                "timing of it does not (tools/benchmark_speed.py times the conv layers' "
+                "structures; tools/benchmark_runtimes.py --detector-plan the whole detector)"
+            )
+            continue
         if name is None:
             record.pop("latency", None)
             notes.append(

@@ -21,7 +21,9 @@ from accel_det.detection.config import load_config  # noqa: E402
 from accel_det.detection.datasets import load_voc_instances, register_synthetic_voc  # noqa: E402
 from accel_det.detection.proposals import write_proposal_file  # noqa: E402
 from accel_det.detection.trainer import Trainer, by_dataset  # noqa: E402
+from accel_det.plan import plan_fingerprint  # noqa: E402
 from accel_det.utils.cli import run_tool  # noqa: E402
+from accel_det.utils.io import sha256_file  # noqa: E402
 from tests.deploy.plans import mixed_plan  # noqa: E402
 from tests.helpers import load_tool  # noqa: E402
 
@@ -195,20 +197,38 @@ def test_tools_export_then_evaluate(setup, pytorch_results, tmp_path, capsys):
     root = setup["root"]
     opts = small_opts(root, root / "model.pth", PREFIX)
 
-    def tool(name, *args):
+    def tool(name, *args, code=0):
         module = load_tool(name)
-        code = run_tool(module.main, module.build_parser(), [str(a) for a in args])
+        returned = run_tool(module.main, module.build_parser(), [str(a) for a in args])
         printed = capsys.readouterr()
-        assert code == 0, printed.err[-3000:]
-        return printed.out
+        assert returned == code, printed.err[-3000:]
+        return printed.out if code == 0 else printed.err
 
     model = tmp_path / "detector.onnx"
     config = ["--config-file", "demo/accel_vgg16_synthetic"]
     out = tool("export_model", "--output", model, *config, *opts)
     assert "inputs image [3, 64, 85], proposals [300, 4], outputs scores, boxes" in out, out
     assert "largest relative difference to PyTorch in ONNX Runtime: " in out
+    # what the model was made from and expects, next to it
+    record = json.loads((tmp_path / "detector.onnx.json").read_text())
+    assert record["precision"] == "fp32" and record["model"] == "detector"
+    assert record["image"]["min_size_test"] == 64 and record["image"]["format"] == "RGB"
+    assert record["normalization"]["pixel_mean"] == list(setup["cfg"].MODEL.PIXEL_MEAN)
+    assert record["classes"]["num_classes"] == 5 and len(record["classes"]["names"]) == 5
+    assert record["plan"]["fingerprint"] == plan_fingerprint(mixed_plan(WIDTH))
+    assert record["config"]["MODEL.VGG.WIDTH"] == WIDTH and record["files"]["detector.onnx"]
+    assert record["weights"]["sha256"] == sha256_file(str(root / "model.pth"))
+    # a config with another test size: refused, not evaluated into a wrong AP
+    err = tool("evaluate_exported", *config, "--model", model, *opts, "INPUT.MIN_SIZE_TEST", "48",
+               code=2)  # fmt: skip
+    assert "was exported for INPUT.MIN_SIZE_TEST 64 (its record " in err, err
     out = tool("evaluate_exported", *config, "--model", model, *opts)
-    results = json.loads((tmp_path / "eval_results.json").read_text())
+    results = json.loads((tmp_path / "detector.onnx.onnxruntime.eval_results.json").read_text())
     expected = pytorch_results[f"{PREFIX}_test"]["bbox"]["AP50"]
     assert abs(results[f"{PREFIX}_test"]["bbox"]["AP50"] - expected) <= 0.1
+    assert results["evaluated"]["runtime"] == "onnxruntime"
     assert f"{PREFIX}_test: AP " in out and f"results written to {tmp_path}" in out
+    (tmp_path / "detector.onnx").write_bytes(model.read_bytes() + b" ")  # not the recorded one
+    again = ["--output", tmp_path / "again.json"]
+    err = tool("evaluate_exported", *config, "--model", model, *again, *opts, code=2)
+    assert "detector.onnx.json was written for another model than " in err, err

@@ -55,9 +55,15 @@ def test_export_round_trip_equals_pytorch(weights, tmp_path, fmt, kind, backbone
     path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.xml")
     result = export_graph(graph, str(path), fmt, tolerance=TOLERANCE)
     assert result.max_difference <= TOLERANCE and len(result.differences) == 1 + dynamic
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["model.onnx"] if fmt == "onnx" else ["model.xml", "model.bin"]
-    )
+    files = ["model.onnx"] if fmt == "onnx" else ["model.xml", "model.bin"]
+    record = f"{files[0]}.json"  # what the model was made from and expects
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*files, record])
+    record = json.loads((tmp_path / record).read_text())
+    assert record["precision"] == "fp32" and record["image"]["input_size"] == list(SIZE)
+    assert record["model"] == ("vgg16_backbone" if backbone else "vgg16")
+    assert record["normalization"]["mean"] == [0.485, 0.456, 0.406]
+    assert list(record["files"]) == files and (record["plan"] is not None) == (kind == "accel")
+    assert record["input_shapes"]["images"][0] == ("batch" if dynamic else 1)
     # the file runs again in both runtimes where they read it, on a new input
     runtimes = ["onnxruntime", "openvino"] if fmt == "onnx" else ["openvino"]
     shape = (2, 3, 48, 80) if backbone else (2 if dynamic else 1, 3, *SIZE)

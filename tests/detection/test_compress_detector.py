@@ -1,6 +1,7 @@
 """The whole detector accelerated: a factorized box head, tools/compress_detector.py end to end on
 a tiny synthetic set, then tools/train_net.py on its output; resume; bad input."""
 
+import errno
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from detectron2.modeling import build_model  # noqa: E402
 import accel_det.detection  # noqa: E402,F401
 from accel_det.detection.config import load_config  # noqa: E402
 from accel_det.nn import FactorizedLinear  # noqa: E402
+from accel_det.utils.io import sha256_file  # noqa: E402
 from tests.detection.test_train import SMALL, data_opts, one_error, tiny_root, train_net  # noqa: E402,F401
 from tests.helpers import REPO  # noqa: E402
 
@@ -37,10 +39,14 @@ def detector(tiny_root, tmp_path_factory):  # noqa: F811
     return folder / "model.pth"
 
 
-def compress(root, weights, output, *extra, timeout=600):
+def compress(root, weights, output, *extra, timeout=600, failing=None):
+    """tools/compress_detector.py on the tiny set; ``failing``: writes to this file name fail
+    (disk full, tests/write_fault.py)."""
     env = dict(os.environ, DETECTRON2_DATASETS=str(root), OMP_NUM_THREADS="1")
+    fault = ["tests/write_fault.py", failing, str(errno.ENOSPC)] if failing else []
     command = [
         sys.executable,
+        *fault,
         "tools/compress_detector.py",
         "--config-file",
         CONFIG,
@@ -100,6 +106,8 @@ def test_compress_detector_then_evaluate_and_fine_tune(tiny_root, detector, tmp_
         entry = plan["layers"][name]
         assert entry["in_features"] > 0 and entry["rank"] >= 1
         assert entry["error"] is not None
+    # written as a pair: the plan records the sha256 of the weights next to it
+    assert plan["outputs"]["weights_sha256"] == sha256_file(str(out / "model_final.pth"))
     state = torch.load(out / "model_final.pth", weights_only=True)["model"]
     assert (
         any(k.startswith("roi_heads.box_head.fc6.") for k in state) and (out / "plan.png").is_file()
@@ -123,14 +131,19 @@ def test_compress_detector_then_evaluate_and_fine_tune(tiny_root, detector, tmp_
 
 
 def test_resume_after_an_interruption_is_bit_identical(tiny_root, detector, tmp_path):  # noqa: F811
+    """Stopped after conv3_1, then resumed into a full disk (plan.json cannot be written: neither
+    output is, the checkpoint stays and the line says that --resume finishes), then resumed: the
+    same weights as an uninterrupted run."""
     args = ["--speedup", "2.5", "--method", "asym"]
     whole = compress(tiny_root, detector, tmp_path / "whole", *args)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    stopped = compress(tiny_root, detector, tmp_path / "resumed", *args, "--stop-after", "conv3_1")
-    assert (
-        stopped.returncode == 1 and (tmp_path / "resumed" / "compression.checkpoint.pth").is_file()
-    )
-    resumed = compress(tiny_root, detector, tmp_path / "resumed", *args, "--resume")
+    out = tmp_path / "resumed"
+    stopped = compress(tiny_root, detector, out, *args, "--stop-after", "conv3_1")
+    assert stopped.returncode == 1 and (out / "compression.checkpoint.pth").is_file()
+    full = compress(tiny_root, detector, out, *args, "--resume", failing="plan.json")
+    one_error(full, "plan.json: no space left on device; the solved layers stay in ", "--resume")
+    assert sorted(os.listdir(out)) == ["compression.checkpoint.pth"]  # no half pair, no temporary
+    resumed = compress(tiny_root, detector, out, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)["model"]

@@ -1,5 +1,6 @@
 """Synthetic VOC generator, VOC registration and layout checks, proposal files, VOC evaluation."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -327,6 +328,35 @@ def test_selective_search_is_resumable(tiny_voc, tmp_path, monkeypatch):
     assert resumed["ids"] == reference["ids"]
     for a, b in zip(resumed["boxes"], reference["boxes"]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_finished_proposal_file_is_reused_for_the_same_settings_only(
+    tiny_voc, tmp_path, monkeypatch
+):
+    """Rerun with the same settings and images: the file is kept, nothing is searched again;
+    with other settings or other images it is refused without overwrite; its summary records
+    the file's sha256 (a summary of another file is never taken for it)."""
+    images = [
+        (d["image_id"], d["file_name"])
+        for d in load_voc_instances(str(tiny_voc), "trainval", DEFAULT_CLASSES)
+    ]
+    out = str(tmp_path / "p.pkl")
+    first = make_proposals(images, out, min_size=4, progress=False)
+    data = open(out, "rb").read()
+    searched = []
+    monkeypatch.setattr(proposals_module, "_search_file", lambda job: searched.append(job))
+    assert make_proposals(images, out, min_size=4, progress=False) == first and searched == []
+    for settings in ({"min_size": 4, "mode": "quality"}, {"min_size": 8}):
+        with pytest.raises(AccelDetError, match="already exists and is not reused .*--overwrite"):
+            make_proposals(images, out, progress=False, **settings)
+    with pytest.raises(AccelDetError, match=r"\(it was made with num_images=8 \(this run: 3\)"):
+        make_proposals(images[:3], out, min_size=4, progress=False)
+    assert open(out, "rb").read() == data and not searched
+    summary = json.loads(open(out + ".json").read())  # the summary of another file: refused
+    summary["file_sha256"] = "0" * 64
+    open(out + ".json", "w").write(json.dumps(summary))
+    with pytest.raises(AccelDetError, match=r"p.pkl.json was written for another file"):
+        make_proposals(images, out, min_size=4, progress=False)
 
 
 def _stopped_search(images, out, monkeypatch):

@@ -337,6 +337,47 @@ def test_weights_that_do_not_fit_name_the_layer(tmp_path):
         check_weights_fit(plain, str(tmp_path / "nothing.pth"))
 
 
+def test_weights_that_the_box_head_would_not_fully_consume_are_refused(tmp_path):
+    """fc6/fc7 as the plan makes them, none missing, none left over: a factorized head with a
+    plan that has no (or a misspelled) fc entry, a plain head with factorized weights, an unknown
+    fc entry. A file without any box head only warns when training (a backbone-only checkpoint),
+    and is refused, as a missing box predictor is, for a model to evaluate or export."""
+    fc = {"out_features": 32, "structure": "channel", "rank": 4}
+    plain = build_model(tiny_cfg())
+    head = plain.roi_heads.box_head
+    layers = {n: {**fc, "in_features": getattr(head, n).in_features} for n in ("fc6", "fc7")}
+
+    def with_plan(plan):
+        path = write_plan(tmp_path, plan)
+        return build_model(tiny_cfg("Base-FastRCNN-VGG16.yaml", "MODEL.ACCEL.PLAN", path))
+
+    factorized = with_plan({"layers": layers})
+    path = str(tmp_path / "factorized.pth")
+    torch.save({"model": factorized.state_dict()}, path)
+    check_weights_fit(factorized, path, complete=True)  # fits
+    with pytest.raises(
+        AccelDetError,
+        match=r"box head at fc6 \(no plan: the model's fc layers "
+        r"are plain\): the model expects roi_heads.box_head.fc6.weight",
+    ):
+        check_weights_fit(plain, path)  # fmt: skip
+    misspelled = {"layers": {"fc6": layers["fc6"], "fc_7": layers["fc7"]}}
+    with pytest.raises(AccelDetError, match="has fc entries the box head does not have: fc_7"):
+        with_plan(misspelled)
+    with pytest.raises(AccelDetError, match=r"box head at fc7 \(the plan has no fc7 entry"):
+        check_weights_fit(with_plan({"layers": {"fc6": layers["fc6"]}}), path)
+    state = {k: v for k, v in plain.state_dict().items() if ".box_head." not in k}
+    torch.save({"model": state}, tmp_path / "no_head.pth")
+    check_weights_fit(plain, str(tmp_path / "no_head.pth"))  # training: warns
+    with pytest.raises(AccelDetError, match=r"box head at fc6 .*the file has nothing"):
+        check_weights_fit(plain, str(tmp_path / "no_head.pth"), complete=True)
+    state = {k: v for k, v in plain.state_dict().items() if "box_predictor" not in k}
+    torch.save({"model": state}, tmp_path / "no_predictor.pth")
+    check_weights_fit(plain, str(tmp_path / "no_predictor.pth"))  # training: a new data set
+    with pytest.raises(AccelDetError, match=r"do not hold the whole model: roi_heads.box_pred"):
+        check_weights_fit(plain, str(tmp_path / "no_predictor.pth"), complete=True)
+
+
 def run_tool(*args):
     return subprocess.run(
         [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300

@@ -318,30 +318,69 @@ def test_resume_checks_the_checkpoint_it_would_load(tiny_root, tmp_path):
     assert (out / "model_final.pth").read_bytes() == checkpoint
 
 
-def test_a_run_removes_the_results_of_an_earlier_run_when_it_starts(tiny_root, tmp_path):
-    """A rerun into the same OUTPUT_DIR that fails must not leave the earlier run's
-    eval_results.json (next to its own config.yaml) for tools/report.py."""
-    import torch
+def test_an_output_dir_with_another_run_is_refused_or_moved_aside_whole(tmp_path):
+    """OUTPUT_DIR policy (tools/train_net.py before default_setup): a folder with a finished or
+    interrupted run is refused unless --resume continues it, --eval-only evaluates its own model
+    again or --overwrite starts over; a run that starts moves what it replaces to
+    previous_runs/<time>/ (the config file in use is copied: Detectron2 reads it again)."""
+    from types import SimpleNamespace
 
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "eval_results.json").write_text('{"synthetic_voc_test": {"bbox": {"AP50": 99.0}}}\n')
-    weights = tmp_path / "other.pth"  # a detector of another width
-    torch.save({"model": {"backbone.features.0.weight": torch.zeros(8, 3, 3, 3)}}, weights)
-    result = train_net(
-        tiny_root,
-        "--config",
-        "demo/vgg16_synthetic.yaml",
-        "--eval-only",
-        *SMALL,
-        *data_opts(tiny_root),
-        "MODEL.WEIGHTS",
-        str(weights),
-        "OUTPUT_DIR",
-        str(out),
+    from accel_det.detection.run_folder import (
+        CONTINUE,
+        NEW,
+        OVERWRITE,
+        check_run_folder,
+        start_run,
     )
-    one_error(result, "do not fit the model at backbone layer conv1_1")
-    assert (out / "config.yaml").exists() and not (out / "eval_results.json").exists()
+    from accel_det.errors import AccelDetError
+
+    def cfg(folder, weights=""):
+        return SimpleNamespace(OUTPUT_DIR=str(folder), MODEL=SimpleNamespace(WEIGHTS=str(weights)))
+
+    def check(folder, weights="", eval_only=False, resume=False, overwrite=False):
+        flags = dict(eval_only=eval_only, resume=resume, overwrite=overwrite)
+        return check_run_folder(cfg(folder, weights), **flags)
+
+    run, other = tmp_path / "run", tmp_path / "other.pth"
+    assert check(run) == NEW  # not there yet
+    run.mkdir()
+    (run / "config.yaml").write_text("MODEL:\n  WEIGHTS: trained_from.pth\n")
+    (run / "log.txt").write_text("a failed run: nothing to protect\n")
+    assert check(run) == NEW
+    (run / "last_checkpoint").write_text("model_0000999.pth")
+    (run / "model_0000999.pth").write_bytes(b"interrupted")
+    with pytest.raises(
+        AccelDetError,
+        match=r"holds an interrupted run \(last_checkpoint: "
+        r"model_0000999.pth\): give this run another OUTPUT_DIR, pass --resume",
+    ):
+        check(run)  # fmt: skip
+    (run / "model_final.pth").write_bytes(b"finished")
+    (run / "eval_results.json").write_text("{}")
+    finished = r"holds a finished run \(model_final.pth, eval_results.json\)"
+    with pytest.raises(AccelDetError, match=finished + r": give this run another OUTPUT_DIR"):
+        check(run, other)
+    with pytest.raises(AccelDetError, match=finished + r" of another model than MODEL.WEIGHTS"):
+        check(run, other, eval_only=True)
+    with pytest.raises(AccelDetError, match=r"is in OUTPUT_DIR .*, whose earlier run --overwrite"):
+        check(run, run / "model_final.pth", overwrite=True)
+    assert check(run, other, resume=True) == CONTINUE
+    assert check(run, run / "model_final.pth", eval_only=True) == CONTINUE  # its own model
+    assert check(run, "trained_from.pth", eval_only=True) == CONTINUE  # what config.yaml names
+    assert check(run, other, overwrite=True) == OVERWRITE
+
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    config = run / "config.yaml"
+    moved = start_run(str(run), CONTINUE, in_use=[str(config)])
+    (aside,) = (run / "previous_runs").iterdir()
+    assert "eval_results.json, config.yaml" in moved and str(aside) in moved
+    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "eval_results.json"]
+    assert config.exists() and not (run / "eval_results.json").exists()  # copied / moved
+    assert start_run(str(run), CONTINUE) == ""  # no results: nothing to move
+    start_run(str(run), OVERWRITE)
+    assert sorted(p.name for p in run.iterdir()) == ["previous_runs"]
+    kept = {p.name: p.read_bytes() for p in (run / "previous_runs").rglob("*") if p.is_file()}
+    assert all(kept.get(name) == data for name, data in before.items())  # nothing lost
 
 
 def test_detectron2_checkpoints_are_written_atomically(tmp_path, monkeypatch):

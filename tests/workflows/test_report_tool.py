@@ -183,6 +183,45 @@ def test_report_tool_builds_the_table_and_the_png(runs, tmp_path):
     )
 
 
+def test_whole_detector_runs_show_both_speedups_and_rows_are_told_apart(runs, tmp_path, capsys):
+    """Two evaluations in folders of the same name ("eval") are named by the shortest distinct
+    ending of their paths; a whole-detector plan's theoretical speedup (tools/compress_detector.py
+    records it) has its column, – for a plan of the conv layers alone."""
+    folders, speed = runs
+    evals = []
+    fc6 = {"in_features": 25088, "out_features": 4096, "structure": "channel", "rank": 512}
+    for name, detector in (("frcnn_4x", 4.04), ("frcnn_3x", 3.0)):
+        plan = dict(_plan(16), theoretical_speedup_detector=detector)
+        plan["layers"] = {**plan["layers"], "fc6": fc6}
+        _write(tmp_path / name / "plan.json", plan)
+        evals.append(tmp_path / name / "eval")
+        _write(
+            evals[-1] / "config.yaml",
+            "MODEL:\n  BACKBONE:\n    NAME: build_accel_vgg16_backbone\n  ACCEL:\n"
+            f"    PLAN: {tmp_path / name / 'plan.json'}\n",
+        )
+        _write(evals[-1] / "eval_results.json", _eval(60.0))
+    assert report.distinct_names(["a/x/eval", "b/y/eval", "c/z"]) == ["x/eval", "y/eval", "z"]
+    tool = load_tool("report")
+    argv = [*map(str, folders), *map(str, evals), "--output", str(tmp_path / "report")]
+    assert tool.run_tool(tool.main, tool.build_parser(), argv) == 0
+    table = capsys.readouterr().out
+    assert "| frcnn_4x/eval | 4.00× | 4.04× | – | 60.0 | -6.9 |" in table, table
+    assert "| frcnn_3x/eval | 4.00× | 3.00× |" in table and "| accel_16 | 4.00× | – |" in table
+    assert "| vgg16_voc | 1.00× | 1.00× |" in table
+    # benchmark_speed.py times a plan's conv structures with plain fc layers: such a timing is
+    # not a whole-detector plan's latency (a note, no measured speedup)
+    record, timed = report.record_from_run(str(evals[0])), json.loads(speed.read_text())
+    timed["models"]["w4"] = {"fingerprint": record["plan_fingerprint"]}
+    timed["grid"] += [dict(r, model="w4") for r in timed["grid"] if r["model"] == "a16"]
+    notes = report.attach_speed([record], timed)
+    assert record["fc_layers"] == ["fc6"] and "latency" not in record
+    assert len(notes) == 1 and "its plan factors fc6, which the speed JSON's timing" in notes[0]
+    argv = [str(folders[0]), str(evals[0]), f"{evals[1]}=eval", "--output", str(tmp_path / "r")]
+    assert tool.run_tool(tool.main, tool.build_parser(), argv) == 2
+    assert "two runs are named 'eval'" in capsys.readouterr().err
+
+
 def test_records_from_runs_and_errors(runs, tmp_path, capsys):
     folders, speed = runs
     record = report.record_from_run(str(folders[1]))

@@ -17,7 +17,7 @@ logger = logging.getLogger("accel_det.demo")
 def load_model(cfg, weights: str) -> torch.nn.Module:
     """``build_model(cfg)`` in eval mode with ``weights`` checked and loaded."""
     model = build_model(cfg)
-    load_detector_weights(model, weights)
+    load_detector_weights(model, weights, complete=True)
     return model.eval()
 
 

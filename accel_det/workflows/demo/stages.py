@@ -141,6 +141,7 @@ class DemoRun:
                     workers=o.workers,
                     progress=o.progress,
                     dataset_name=name,
+                    overwrite=True,
                 )
             files[split] = path
         mean = proposal_stats(files["test"])["mean_boxes"]

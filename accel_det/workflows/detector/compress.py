@@ -30,15 +30,15 @@ from ...detection.checkpoint import load_detector_weights
 from ...detection.config import load_config
 from ...errors import AccelDetError
 from ...plan import Plan
-from ...solver import SolverOptions, compress, get_method
+from ...solver import SolverOptions, compress, conv_specs, get_method
 from ...solver.channel import covariance, eigen_descending
 from ...solver.complexity import LinearSpec
 from ...solver.heldout import split_rows
-from ...solver.joint import make_network_plan
+from ...solver.joint import check_network_reachable, make_network_plan
 from ...solver.linear import compress_linear_chain
 from ...solver.pipeline import log_layer
 from ...utils.dist import agreed_errors, barrier, broadcast_parameters, init_distributed
-from ...utils.io import atomic_torch_save, check_writable_folder, refuse_existing, sha256_file
+from ...utils.io import atomic_save_pair, check_writable_folder, refuse_existing, sha256_file
 from ..plots import plan_table, plot_plan
 from .images import sample_detector_images
 from .responses import fc6_responses, fc_targets
@@ -109,6 +109,27 @@ def output_paths(output: str) -> dict:
     }
 
 
+def check_outputs(paths: dict, options: DetectorCompressOptions) -> None:
+    """Refuse before any work, as ``tools/compress_backbone.py`` does: an unwritable folder,
+    existing outputs (without --overwrite, or --resume with a checkpoint to finish), a checkpoint
+    that would be thrown away (without --resume or --overwrite)."""
+    check_writable_folder(paths["folder"], create=False)
+    finals = [paths[k] for k in ("weights", "plan", "plot") if k != "plot" or options.plot]
+    checkpoint = os.path.exists(paths["checkpoint"])
+    if checkpoint and not options.resume and not options.overwrite:
+        written = [path for path in finals if os.path.exists(path)]
+        raise AccelDetError(
+            (f"output {written[0]} already exists, but " if written else "")
+            + f"{paths['checkpoint']} holds an interrupted run: pass --resume to "
+            f"{'finish' if written else 'continue'} it or --overwrite to start over"
+        )
+    refuse_existing(finals, options.overwrite or options.resume and checkpoint)
+    if options.resume and not checkpoint:
+        logger.warning(
+            "--resume: no checkpoint %s yet, starting from the first layer", paths["checkpoint"]
+        )
+
+
 def load_detector(options: DetectorCompressOptions, device):
     """The config and the trained plain detector it names (``MODEL.WEIGHTS``, checked)."""
     cfg = load_config(options.config_file, list(options.opts) + ["MODEL.DEVICE", str(device)])
@@ -127,7 +148,7 @@ def load_detector(options: DetectorCompressOptions, device):
         raise AccelDetError("MODEL.WEIGHTS is empty: compress a trained detector")
     cfg.freeze()
     model = build_model(cfg)
-    load_detector_weights(model, cfg.MODEL.WEIGHTS)
+    load_detector_weights(model, cfg.MODEL.WEIGHTS, complete=True)
     return cfg, model.eval()
 
 
@@ -157,11 +178,16 @@ def compress_detector(
     with agreed_errors():
         group = init_distributed(options.device)
         paths = output_paths(options.output)
-        check_writable_folder(paths["folder"], create=False)
-        refuse_existing([paths["weights"], paths["plan"]], options.overwrite or options.resume)
+        check_outputs(paths, options)
         cfg, model = load_detector(options, group.device)
         rois = int(options.rois_per_image or cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)
         input_hw = tuple(options.input_hw or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
+        linears, fixed = linear_specs(model, rois)
+        check_network_reachable(
+            conv_specs(model.backbone.features, input_hw), linears, options.solver,
+            fixed_macs=fixed, target=options.target, fc_ranks=options.fc_ranks,
+            select_fc=options.fc_method != "none",
+        )  # fmt: skip
         progress = options.progress and group.is_main
         images = sample_detector_images(
             cfg, model, options.num_images, options.fc_samples_per_image,
@@ -170,8 +196,9 @@ def compress_detector(
         )  # fmt: skip
     if group.is_main:
         check_writable_folder(paths["folder"])
+        if not options.resume and os.path.exists(paths["checkpoint"]):
+            os.remove(paths["checkpoint"])  # --overwrite: a stale checkpoint is never resumed
     barrier()
-    linears, fixed = linear_specs(model, rois)
     fc_method = None if options.fc_method == "none" else get_method(options.fc_method)
     fc_eigenvalues = {}
     if fc_method is not None:
@@ -226,6 +253,7 @@ def compress_detector(
 
 def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -> Plan:
     """``DIR/plan.json``: the plan extended with how it was obtained."""
+    paths = output_paths(options.output)
     record = Plan(plan)
     record.update(
         theoretical_speedup_detector=plan["theoretical_speedup_network"],
@@ -248,6 +276,10 @@ def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -
             "num_images": options.num_images,
             "rois": images.num_rois,
         },
+        outputs={
+            "weights": paths["weights"],
+            "plot": paths["plot"] if options.plot else None,
+        },
         created=datetime.datetime.now().isoformat(timespec="seconds"),
         total_seconds=round(time.perf_counter() - started, 2),
         versions={
@@ -261,14 +293,22 @@ def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -
 
 
 def write_outputs(model, record: Plan, paths: dict, plot: bool) -> None:
-    """The checkpoint of the whole accelerated detector, the plan record and its plot."""
+    """The checkpoint of the whole accelerated detector and the plan record as a pair (the record
+    last, with the weights' sha256), then the plot; the solver's checkpoint is removed only when
+    all are written (else the error says that ``--resume`` writes them)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save(
-        {"model": state, "__author__": "accel-det compress_detector"}, paths["weights"]
-    )
-    record.write(paths["plan"])
-    if plot:
-        plot_plan(record, paths["plot"])
+    checkpoint = {"model": state, "__author__": "accel-det compress_detector"}
+    try:
+        record = Plan(atomic_save_pair(checkpoint, paths["weights"], record, paths["plan"]))
+        if plot:
+            plot_plan(record, paths["plot"])
+    except AccelDetError as error:
+        if not os.path.exists(paths["checkpoint"]):
+            raise
+        raise AccelDetError(
+            f"{error}; the solved layers stay in {paths['checkpoint']}: make room and rerun the "
+            "same command with --resume to finish"
+        ) from None
     if os.path.exists(paths["checkpoint"]):
         os.remove(paths["checkpoint"])
     print(plan_table(record), flush=True)

@@ -75,7 +75,7 @@ def sample_detector_images(
     if len(dicts) < num_images:
         raise AccelDetError(
             f"data set {', '.join(names)} has {len(dicts)} images, fewer than the {num_images} "
-            "asked for"
+            "asked for (--num-images)"
         )
     chosen = sorted(np.random.default_rng(seed).permutation(len(dicts))[:num_images].tolist())
     mapper = DatasetMapper(cfg, is_train=False)

@@ -40,8 +40,9 @@ from ...models.vgg import (
 from ...nn.chain import conv_names
 from ...solver import SolverOptions, compress, conv_specs, get_method
 from ...solver.heldout import split_rows
-from ...solver.joint import make_network_plan
+from ...solver.joint import check_network_reachable, make_network_plan
 from ...solver.options import PLAN_OPTIONS
+from ...solver.planning import check_reachable
 from ...utils.dist import agreed_errors, barrier, init_distributed
 from ...utils.io import (
     atomic_save_pair,
@@ -234,6 +235,7 @@ def compress_vgg16(
         if options.stop_after is not None and options.stop_after not in conv_names(model.features):
             raise AccelDetError(f"--stop-after {options.stop_after}: no such layer")
         check_enough_samples(model, options)
+        check_speedup_reachable(model, options)
     progress = options.progress and group.is_main
     if device.type == "cuda":  # the same responses on every run, so --resume ends bit-identical
         torch.backends.cudnn.benchmark = False
@@ -436,6 +438,17 @@ def check_enough_samples(model, options: CompressOptions) -> None:
                 f"{spec.name}, fewer than its {spec.out_channels} filters: use more --num-images "
                 f"or --samples-per-image"
             )
+
+
+def check_speedup_reachable(model, options: CompressOptions) -> None:
+    """Refuse, from the layers' shapes, a --speedup that rank 1 everywhere cannot reach, before any
+    image is read."""
+    specs = conv_specs(model.features, (options.crop, options.crop))
+    if options.fc:
+        linears, fixed = classifier_specs(model)
+        check_network_reachable(specs, linears, options.solver, fixed_macs=fixed)
+    else:
+        check_reachable(specs, options.solver)
 
 
 def compress_in_group(options: CompressOptions, argv: Optional[Sequence[str]] = None) -> int:
