@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..detection.backbone import load_plan
-from ..detection.checkpoint import REMOTE_PREFIXES, load_detector_weights
+from ..detection.checkpoint import REMOTE_PREFIXES, load_detector_weights, weights_file
 from ..errors import AccelDetError
 from .export import Graph, dynamic_dim
 
@@ -89,7 +89,7 @@ def build_detector(cfg) -> nn.Module:
         load_plan(cfg.MODEL.ACCEL.PLAN)
     weights = cfg.MODEL.WEIGHTS
     remote = weights.startswith(REMOTE_PREFIXES)
-    if weights and not remote and not os.path.isfile(os.path.expanduser(weights)):
+    if weights and not remote and not os.path.isfile(weights_file(weights)):
         raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
     model = build_model(cfg)
     if weights:

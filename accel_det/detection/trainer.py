@@ -21,9 +21,11 @@ from .checkpoint import (
     check_weights_fit,
     checkpoint_to_load,
     read_checkpoint_state,
+    weights_file,
 )
 from .checks import check_dataset_files
 from .datasets import check_dataset_layout, dataset_images
+from .loaders import build_test_loader, build_train_loader
 from .proposals import check_proposal_file
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,17 @@ RESULTS_FILE = "eval_results.json"  # in OUTPUT_DIR: what tools/report.py reads
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with a VOC/COCO evaluator by data set type, the weights it loads
     (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked against the model
-    (:func:`check_weights_fit`) first, and checkpoints written atomically
-    (:class:`AtomicCheckpointer`)."""
+    (:func:`check_weights_fit`) first and read as data, checkpoints written atomically
+    (:class:`AtomicCheckpointer`), and data loaders that read proposal files as data
+    (:mod:`.loaders`)."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes its checkpointer just before it builds the hooks (the
@@ -81,10 +92,11 @@ def check_inputs(cfg, train: bool = True) -> None:
         load_plan(cfg.MODEL.ACCEL.PLAN)
     weights = cfg.MODEL.WEIGHTS
     if weights and not weights.startswith(REMOTE_PREFIXES):
-        if not os.path.isfile(os.path.expanduser(weights)):
+        local = weights_file(weights)  # the file Detectron2 will read
+        if not os.path.isfile(local):
             raise AccelDetError(f"MODEL.WEIGHTS file not found: {weights}")
-        if weights.endswith(".pkl"):  # Detectron2 unpickles it in full: read it as data first
-            read_checkpoint_state(os.path.expanduser(weights))
+        if local.endswith(".pkl"):  # refused before Detectron2 starts (its loader reads it too)
+            read_checkpoint_state(local)
     check_data(cfg, train)
 
 
