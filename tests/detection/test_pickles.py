@@ -21,13 +21,13 @@ from accel_det.detection.checkpoint import (  # noqa: E402
     load_detector_weights,
     read_checkpoint_state,
 )
+from accel_det.detection.config import load_config  # noqa: E402
 from accel_det.detection.proposals import (  # noqa: E402
     image_list_digest,
     make_proposals,
     read_proposal_file,
     write_proposal_file,
 )
-from accel_det.detection.config import load_config  # noqa: E402
 from accel_det.errors import AccelDetError  # noqa: E402
 from tests.detection.test_model import tiny_cfg  # noqa: E402
 from tests.helpers import TINY_DETECTOR  # noqa: E402
