@@ -208,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
                 if name != baseline
             }
         check_writable_folder(os.path.dirname(os.path.abspath(args.output)))
-        atomic_write_json(record, args.output)
+        atomic_write_json(record, args.output, replace=args.overwrite)
         logger.info("wrote %s", args.output)
     return 0
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_files, refuse_existing
+from ..utils.io import atomic_files, refuse_existing, room_failure, write_failure
 from .runtime import DISPLAY_NAMES, import_runtime, load_runtime, one_line
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
@@ -174,14 +174,8 @@ def export_graph(
     files = check_output(path, fmt, overwrite)
     start = time.perf_counter()
     result = ExportResult(path=path, files=files, format=fmt, runtime=CHECK_RUNTIME[fmt])
-    with atomic_files(files) as temporaries:
-        if fmt == "onnx":
-            to_onnx(graph, temporaries[0])
-        else:
-            onnx_path = os.path.join(os.path.dirname(temporaries[0]), "graph.onnx")
-            to_onnx(graph, onnx_path)
-            to_openvino(onnx_path, temporaries[0])
-            os.remove(onnx_path)
+    with atomic_files(files, replace=overwrite) as temporaries:
+        write_export(graph, fmt, temporaries, files)
         runtime = load_runtime(temporaries[0], result.runtime, threads)
         runtime.path = path  # for messages: the file is still a temporary one
         try:
@@ -201,6 +195,33 @@ def export_graph(
             )
     result.seconds = time.perf_counter() - start
     return result
+
+
+def write_export(graph: Graph, fmt: str, temporaries: List[str], files: List[str]) -> None:
+    """Write ``graph`` in ``fmt`` to ``temporaries`` (for ``files``); a write that runs out of room
+    is one line naming the output file."""
+    path = files[0]
+    try:
+        if fmt == "onnx":
+            to_onnx(graph, temporaries[0])
+            return
+        onnx_path = os.path.join(os.path.dirname(temporaries[0]), "graph.onnx")
+        to_onnx(graph, onnx_path)
+        try:
+            to_openvino(onnx_path, temporaries[0])
+        except RuntimeError as error:  # OpenVINO's writer says "iostream error", not why
+            failure = room_failure(list(zip(temporaries, files)))
+            if failure is not None:
+                raise failure from None
+            raise AccelDetError(
+                f"cannot write {' and '.join(files)}: OpenVINO: {one_line(error)}"
+            ) from None
+        os.remove(onnx_path)
+    except OSError as error:
+        failure = write_failure(path, error)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ line, and weights read safely."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -11,10 +12,11 @@ import logging
 import math
 import os
 import re
+import resource
 import shutil
 import socket
 import tempfile
-from typing import Any, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -45,6 +47,29 @@ def write_failure(path: Optional[str], error: BaseException) -> Optional[AccelDe
     return AccelDetError(f"cannot write {path or 'a file'}: {cause}")
 
 
+def room_failure(files: Sequence[Tuple[str, str]]) -> Optional[AccelDetError]:
+    """For a writer that does not say why a write failed (OpenVINO's "iostream error"), of
+    ``files`` (``(file written, output it becomes)`` pairs): the one line of
+    :func:`write_failure` naming the output whose file reached the file size limit, or all of them
+    when their folder is out of room; None when neither."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    for written, path in files:
+        if limit != resource.RLIM_INFINITY and os.path.isfile(written):
+            if os.path.getsize(written) >= limit:
+                return write_failure(path, OSError(errno.EFBIG, "file too large"))
+    try:
+        room = os.statvfs(os.path.dirname(os.path.abspath(files[0][0])))
+    except OSError:
+        return None
+    if room.f_bavail * room.f_frsize < LOW_ROOM:
+        names = " and ".join(path for _, path in files)
+        return write_failure(names, OSError(errno.ENOSPC, "no space left on device"))
+    return None
+
+
+LOW_ROOM = 1 << 20  # bytes left on a device that a failed write is blamed on
+
+
 def _raise_write_failure(path: Optional[str], error: BaseException) -> None:
     """Raise :func:`write_failure`'s error, if there is one (else the caller re-raises)."""
     failure = write_failure(path, error)
@@ -53,19 +78,19 @@ def _raise_write_failure(path: Optional[str], error: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A temporary path next to ``path``; it replaces ``path`` only if the block finishes."""
-    with atomic_paths(path) as (temporary,):
+def atomic_path(path: str, replace: bool = True) -> Iterator[str]:
+    """A temporary path next to ``path``; it replaces ``path`` only if the block finishes (without
+    ``replace``: only if ``path`` does not exist by then, see :func:`publish`)."""
+    with atomic_paths(path, replace=replace) as (temporary,):
         yield temporary
 
 
 @contextlib.contextmanager
-def atomic_paths(*paths: str) -> Iterator[List[str]]:
+def atomic_paths(*paths: str, replace: bool = True) -> Iterator[List[str]]:
     """Temporary paths next to ``paths``. When the block finishes, each is flushed to disk and
-    renamed over its path in the given order; the last path marks the set complete, so an existing
-    one is removed before the others are replaced (an interrupted rename leaves it missing, never
-    stale). On any failure nothing is replaced and the temporaries are removed; a write that runs
-    out of room becomes an :class:`AccelDetError` naming the file and the cause."""
+    published (:func:`publish_set`) in the given order; the last path marks the set complete.
+    On any failure nothing is replaced and the temporaries are removed; a write that runs out of
+    room becomes an :class:`AccelDetError` naming the file and the cause."""
     temporaries: List[str] = []
     current = paths[0]  # the path being written, named by an error
     try:
@@ -75,12 +100,8 @@ def atomic_paths(*paths: str) -> Iterator[List[str]]:
         for current, temporary in zip(paths, temporaries):
             os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private
             _fsync(temporary)
-        if len(paths) > 1 and os.path.exists(paths[-1]):
-            os.remove(paths[-1])
-        for current, temporary in zip(paths, temporaries):
-            os.replace(temporary, current)
-        for folder in {os.path.dirname(os.path.abspath(p)) for p in paths}:
-            _fsync_folder(folder)
+        current = paths[-1]
+        publish_set(list(zip(temporaries, paths)), replace)
     except OSError as error:
         _raise_write_failure(dict(zip(temporaries, paths)).get(error.filename, current), error)
         raise
@@ -90,12 +111,108 @@ def atomic_paths(*paths: str) -> Iterator[List[str]]:
                 os.remove(temporary)
 
 
-def _temporary(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
+def publish_set(moves: Sequence[Tuple[str, str]], replace: bool = True) -> None:
+    """Move finished, flushed temporaries to their paths (``(temporary, path)`` pairs), the last
+    one last: it marks the set complete (a record, OpenVINO's ``.xml``). With ``replace``, an
+    existing last path is removed first, so an interrupted set leaves it missing, never next to
+    files of another set. Without, each is published only if its path does not exist at that
+    moment (:func:`publish`); if one does, those already published are taken back and nothing of
+    the set stays. The folders are flushed after."""
+    folders = {os.path.dirname(os.path.abspath(path)) for _, path in moves}
+    if replace:
+        if len(moves) > 1 and os.path.lexists(moves[-1][1]):
+            os.remove(moves[-1][1])
+            for folder in folders:
+                _fsync_folder(folder)
+        for temporary, path in moves:
+            os.replace(temporary, path)
+    else:
+        published: List[Tuple[str, int]] = []
+        try:
+            for temporary, path in moves:
+                inode = os.stat(temporary).st_ino
+                publish(temporary, path, replace=False)
+                published.append((path, inode))
+        except BaseException:
+            for path, inode in published:  # ours only: another run may have replaced it
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_ino == inode:
+                        os.remove(path)
+            raise
+        for temporary, _ in moves:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+    for folder in folders:
+        _fsync_folder(folder)
+
+
+def publish(temporary: str, path: str, replace: bool = True) -> None:
+    """Give the finished file ``temporary`` the name ``path``. With ``replace``, a rename over what
+    is there; without, a hard link that fails if ``path`` exists (atomic: of two runs writing one
+    new output, the second is refused with one line instead of replacing the first one's), then
+    renameat2's ``RENAME_NOREPLACE`` where links are not supported, then, on file systems with
+    neither, a check just before the rename."""
+    if replace:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+        return
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError as error:
+        if error.errno not in NO_LINKS:
+            raise
+    if _rename_noreplace(temporary, path):
+        return
+    if os.path.lexists(path):
+        raise _exists(path)
+    os.replace(temporary, path)
+
+
+# errors of os.link on file systems without hard links
+NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+RENAME_NOREPLACE = 1  # linux/fs.h
+AT_FDCWD = -100
+
+
+def _exists(path: str) -> AccelDetError:
+    return AccelDetError(
+        f"output {path} already exists (another run wrote it meanwhile); pass --overwrite to "
+        "replace it"
+    )
+
+
+def _rename_noreplace(source: str, target: str) -> bool:
+    """``renameat2(source, target, RENAME_NOREPLACE)``; False where the system has no such call."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(
+        AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        raise _exists(target)
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), target)
+
+
+def _check_folder(folder: str) -> None:
     if not os.path.isdir(folder):
         raise AccelDetError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise AccelDetError(f"output folder {folder} is not writable")
+
+
+def _temporary(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    _check_folder(folder)
     handle, temporary = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.{HOST}-{os.getpid()}.", suffix=".tmp", dir=folder
     )
@@ -120,25 +237,30 @@ def _fsync_folder(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_files(paths: Sequence[str]) -> Iterator[List[str]]:
+def atomic_files(paths: Sequence[str], replace: bool = True) -> Iterator[List[str]]:
     """Temporary paths with the base names of ``paths`` (files of one folder, such as OpenVINO's
-    ``.xml`` and ``.bin``) in a hidden folder next to them; they replace ``paths`` only if the
-    block finishes, the first one last."""
+    ``.xml`` and ``.bin``) in one hidden temporary folder next to them, named as
+    :func:`atomic_path`'s temporaries (a killed run's is removed by the next run's
+    :func:`sweep_temporaries`). When the block finishes, the files and the folder are flushed to
+    disk and published with the first path last (:func:`publish_set`: what a reader opens, e.g.
+    ``X.xml``; an existing one is removed before the others are replaced, so no reader finds the
+    new ``X.bin`` beside the old ``X.xml``); otherwise nothing is replaced."""
     folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
     if len(folders) != 1:
         raise ValueError("atomic_files: all paths must be in one folder")
     folder = folders.pop()
-    if not os.path.isdir(folder):
-        raise AccelDetError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise AccelDetError(f"output folder {folder} is not writable")
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(paths[0])}.", suffix=".tmp", dir=folder)
+    _check_folder(folder)
+    staging = tempfile.mkdtemp(
+        prefix=f".{os.path.basename(paths[0])}.{HOST}-{os.getpid()}.", suffix=".tmp", dir=folder
+    )
     temporaries = [os.path.join(staging, os.path.basename(p)) for p in paths]
     try:
         yield temporaries
-        for temporary, path in reversed(list(zip(temporaries, paths))):
+        for temporary in temporaries:
             os.chmod(temporary, 0o666 & ~_umask())
-            os.replace(temporary, path)
+            _fsync(temporary)
+        _fsync_folder(staging)
+        publish_set(list(zip(temporaries, paths))[::-1], replace)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -150,8 +272,9 @@ def _umask() -> int:
 
 
 def sweep_temporaries(folder: str) -> int:
-    """Remove the temporaries that killed runs left in ``folder`` (written by this machine, by a
-    process that is gone; another live writer's are left alone). Returns how many."""
+    """Remove the temporaries (files, and :func:`atomic_files`' folders) that killed runs left in
+    ``folder`` (written by this machine, by a process that is gone; another live writer's are left
+    alone). Returns how many."""
     try:
         names = os.listdir(folder)
     except OSError:
@@ -161,8 +284,12 @@ def sweep_temporaries(folder: str) -> int:
         match = TEMPORARY.match(name)
         if match is None or match["host"] != HOST or _alive(int(match["pid"])):
             continue
+        path = os.path.join(folder, name)
         with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(folder, name))
+            if os.path.isdir(path) and not os.path.islink(path):  # atomic_files' folder
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
             removed += 1
     if removed:
         logger.info("removed %d temporary file(s) of an interrupted run in %s", removed, folder)
@@ -216,19 +343,20 @@ def _torch_save(obj: Any, temporary: str, path: str) -> None:
         raise
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` without ever leaving a half-written file."""
-    with atomic_path(path) as temporary:
+def atomic_torch_save(obj: Any, path: str, replace: bool = True) -> None:
+    """``torch.save`` to ``path`` without ever leaving a half-written file (without ``replace``:
+    refused if ``path`` exists by the time it is written, see :func:`publish`)."""
+    with atomic_path(path, replace) as temporary:
         _torch_save(obj, temporary, path)
 
 
-def atomic_write_text(text: str, path: str) -> None:
-    with atomic_path(path) as temporary:
+def atomic_write_text(text: str, path: str, replace: bool = True) -> None:
+    with atomic_path(path, replace) as temporary:
         _write_text(text, temporary, path)
 
 
-def atomic_write_json(obj: Any, path: str) -> None:
-    atomic_write_text(_json_text(obj), path)
+def atomic_write_json(obj: Any, path: str, replace: bool = True) -> None:
+    atomic_write_text(_json_text(obj), path, replace)
 
 
 def _json_text(obj: Any) -> str:
@@ -244,11 +372,17 @@ def _write_text(text: str, temporary: str, path: str) -> None:
         raise
 
 
-def atomic_save_pair(state: Any, weights: str, record: Mapping, record_path: str) -> dict:
+def atomic_save_pair(
+    state: Any, weights: str, record: Mapping, record_path: str, replace: bool = True
+) -> dict:
     """Weights and their JSON record as a pair: both written to temporaries first, the record
     given ``outputs.weights_sha256`` (of the weights' bytes), then renamed weights first, record
-    last, so a record on disk always belongs to the weights next to it. Returns the record."""
-    with atomic_paths(weights, record_path) as (weights_temporary, record_temporary):
+    last, so a record on disk always belongs to the weights next to it (without ``replace``:
+    neither is written if either exists by then). Returns the record."""
+    with atomic_paths(weights, record_path, replace=replace) as (
+        weights_temporary,
+        record_temporary,
+    ):
         _torch_save(state, weights_temporary, weights)
         record = dict(record)
         outputs = dict(record.get("outputs") or {})

@@ -38,7 +38,7 @@ from ...solver.joint import make_network_plan
 from ...solver.linear import compress_linear_chain
 from ...solver.pipeline import log_layer
 from ...utils.dist import agreed_errors, barrier, broadcast_parameters, init_distributed
-from ...utils.io import atomic_torch_save, check_writable_folder, refuse_existing, sha256_file
+from ...utils.io import atomic_save_pair, check_writable_folder, refuse_existing, sha256_file
 from ..plots import plan_table, plot_plan
 from .images import sample_detector_images
 from .responses import fc6_responses, fc_targets
@@ -219,7 +219,7 @@ def compress_detector(
             log_layer(name, plan["layers"][name])
     record = detector_record(plan, options, argv, cfg, images, rois, input_hw, started)
     if group.is_main:
-        write_outputs(model, record, paths, options.plot)
+        write_outputs(model, record, paths, options.plot, options.overwrite or options.resume)
     barrier()
     return record
 
@@ -260,13 +260,13 @@ def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -
     return record
 
 
-def write_outputs(model, record: Plan, paths: dict, plot: bool) -> None:
-    """The checkpoint of the whole accelerated detector, the plan record and its plot."""
+def write_outputs(model, record: Plan, paths: dict, plot: bool, replace: bool = True) -> None:
+    """The checkpoint of the whole accelerated detector and the plan record as a pair (the plan
+    last, with the checkpoint's sha256; without ``replace``, refused if either exists by then),
+    then the plan's plot."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_torch_save(
-        {"model": state, "__author__": "accel-det compress_detector"}, paths["weights"]
-    )
-    record.write(paths["plan"])
+    checkpoint = {"model": state, "__author__": "accel-det compress_detector"}
+    atomic_save_pair(checkpoint, paths["weights"], record, paths["plan"], replace)
     if plot:
         plot_plan(record, paths["plot"])
     if os.path.exists(paths["checkpoint"]):
