@@ -34,7 +34,11 @@ from accel_det.detection.trainer import (  # noqa: E402
     start_run,
 )
 from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.utils.cli import ignore_file_size_signal  # noqa: E402
+from accel_det.utils.cli import (  # noqa: E402
+    ignore_file_size_signal,
+    one_line_parser_errors,
+    printable,
+)
 from accel_det.utils.io import write_failure  # noqa: E402
 
 logger = logging.getLogger("accel_det.train_net")
@@ -77,8 +81,12 @@ def run(main_function=main, argv=None) -> int:
     """Parse, launch (one process per GPU), and turn accel-det's errors into one line, exit 2."""
     parser = default_argument_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    args = parser.parse_args(argv)
     ignore_file_size_signal()
+    try:
+        args = one_line_parser_errors(parser).parse_args(argv)
+    except AccelDetError as error:
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return 2
     try:
         if args.num_gpus * args.num_machines > 1:
             # launch spawns processes: check here as well, so that bad input is one line, not a
@@ -96,13 +104,13 @@ def run(main_function=main, argv=None) -> int:
     except (AccelDetError, FileNotFoundError) as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:  # out of room in a write Detectron2 makes itself (its logs)
         failure = write_failure(error.filename, error)
         if failure is None or args.debug:
             raise
-        print(f"error: {failure}", file=sys.stderr)
+        print(f"error: {printable(str(failure))}", file=sys.stderr)
         return 2
     return 0
 

@@ -394,24 +394,82 @@ def atomic_save_pair(
 
 def load_torch_file(path: str, what: str = "weights") -> Any:
     """``torch.load(path, weights_only=True)`` with one clear error for a missing or corrupt
-    file."""
+    file, or one holding sparse tensors."""
     if not os.path.isfile(path):
         raise AccelDetError(f"{what} file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or unsafe files
         first = first_line(error)
         raise AccelDetError(f"cannot read {what} file {path}: {first}") from None
+    name = _not_dense(data)
+    if name is not None:
+        raise AccelDetError(
+            f"cannot read {what} file {path}: {name} is a sparse or otherwise non-dense tensor, "
+            "which no accel-det model holds"
+        )
+    return data
 
 
-def load_json(path: str, what: str = "JSON") -> Any:
+def _not_dense(data) -> Optional[str]:
+    """The key of the first tensor in ``data`` (nested dicts, lists) that is not a dense
+    (strided) one, else None."""
+    todo = [("", data)]
+    while todo:
+        key, value = todo.pop()
+        if isinstance(value, torch.Tensor):
+            if value.layout != torch.strided:
+                return key or "a tensor"
+        elif isinstance(value, Mapping):
+            todo.extend((f"{key}.{k}" if key else str(k), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            todo.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+    return None
+
+
+MAX_JSON_DEPTH = 64  # nesting of the JSON files accel-det reads (its own: at most 6)
+
+
+def load_json(path: str, what: str = "JSON", max_bytes: Optional[int] = None) -> Any:
+    """The JSON in ``path``; one-line errors for a missing, corrupt or too large file (more than
+    ``max_bytes``) and for nesting deeper than :data:`MAX_JSON_DEPTH`."""
     if not os.path.isfile(path):
         raise AccelDetError(f"{what} file not found: {path}")
+    if max_bytes is not None and os.path.getsize(path) > max_bytes:
+        raise AccelDetError(
+            f"cannot read {what} file {path}: {os.path.getsize(path)} bytes, more than the "
+            f"{max_bytes} such a file may have"
+        )
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
+    except RecursionError:
+        data = None
+        depth = MAX_JSON_DEPTH + 1
     except (OSError, ValueError) as error:
-        raise AccelDetError(f"cannot read {what} file {path}: {error}") from None
+        raise AccelDetError(f"cannot read {what} file {path}: {first_line(error)}") from None
+    else:
+        depth = json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise AccelDetError(
+            f"cannot read {what} file {path}: nested more than {MAX_JSON_DEPTH} levels deep"
+        )
+    return data
+
+
+def json_depth(value) -> int:
+    """How deeply lists and objects nest in ``value`` (walked without recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+            todo.extend((v, depth + 1) for v in value)
+    return deepest
 
 
 def load_json_object(path: str, what: str = "JSON") -> dict:

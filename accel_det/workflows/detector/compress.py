@@ -29,6 +29,7 @@ from ... import __version__
 from ...detection.checkpoint import load_detector_weights
 from ...detection.config import load_config
 from ...errors import AccelDetError
+from ...nn.factorized import is_rank, rank_limits
 from ...plan import Plan
 from ...solver import SolverOptions, compress, get_method
 from ...solver.channel import covariance, eigen_descending
@@ -96,6 +97,11 @@ class DetectorCompressOptions:
             )
         if self.rois_per_image is not None and self.rois_per_image < 1:
             raise AccelDetError(f"--rois-per-image must be at least 1, got {self.rois_per_image}")
+        for name, rank in (self.fc_ranks or {}).items():
+            if not is_rank(rank):
+                raise AccelDetError(
+                    f"--fc-ranks: the rank of {name} must be at least 1, got {rank}"
+                )
 
 
 def output_paths(output: str) -> dict:
@@ -131,6 +137,19 @@ def load_detector(options: DetectorCompressOptions, device):
     return cfg, model.eval()
 
 
+def check_fc_ranks(model, fc_ranks: Optional[Mapping[str, int]]) -> None:
+    """Refuse fixed fc6/fc7 ranks above the layers' full ranks before any work."""
+    head = model.roi_heads.box_head
+    for name, rank in (fc_ranks or {}).items():
+        layer = getattr(head, name)
+        limit = rank_limits(layer.in_features, layer.out_features)[0]
+        if rank > limit:
+            raise AccelDetError(
+                f"--fc-ranks: {name} has rank {rank}, larger than its full rank {limit} "
+                f"({layer.in_features}→{layer.out_features})"
+            )
+
+
 def linear_specs(model, rois: int) -> Tuple[list, int]:
     """fc6 and fc7 as :class:`LinearSpec` at ``rois`` RoIs per image, and the multiply-adds per
     image of the box predictor (kept as it is)."""
@@ -160,6 +179,7 @@ def compress_detector(
         check_writable_folder(paths["folder"], create=False)
         refuse_existing([paths["weights"], paths["plan"]], options.overwrite or options.resume)
         cfg, model = load_detector(options, group.device)
+        check_fc_ranks(model, options.fc_ranks)
         rois = int(options.rois_per_image or cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)
         input_hw = tuple(options.input_hw or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
         progress = options.progress and group.is_main
