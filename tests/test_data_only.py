@@ -1,7 +1,8 @@
 """No code runs from a data file, read from the source: every route by which accel-det or the
 libraries it calls could unpickle a file goes through the restricted unpickler or
-``torch.load(weights_only=True)``. Each rule names the first call that breaks it (a new tool that
-builds its own Detectron2 data loader, a plain ``pickle.load``, ...)."""
+``torch.load(weights_only=True)`` (and no OpenVINO converter, which sends telemetry). Each rule
+names the first call that breaks it (a new tool that builds its own Detectron2 data loader, a
+plain ``pickle.load``, ...)."""
 
 import ast
 
@@ -55,6 +56,10 @@ RULES = {
         "subclassed once, with safe loaders and checkpointer: use Trainer",
         (TRAINER,),
     ),
+    # not code from data but data to others: OpenVINO's converter sends usage telemetry (Google
+    # Analytics 4) unless the user opted out
+    "convert_model": ("sends telemetry: use openvino.Core().read_model", ()),
+    "openvino.tools": ("its converter sends telemetry: use openvino.Core().read_model", ()),
 }
 # builtins that run a string (a bare name; ``model.eval()`` is another thing)
 BUILTINS = ("eval", "exec")

@@ -4,7 +4,6 @@ line, and weights read safely."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import json
@@ -21,6 +20,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..errors import AccelDetError, first_line
+from .publish import fsync_folder, fsync_path, publish_set
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def atomic_paths(*paths: str, replace: bool = True) -> Iterator[List[str]]:
         yield list(temporaries)
         for current, temporary in zip(paths, temporaries):
             os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private
-            _fsync(temporary)
+            fsync_path(temporary)
         current = paths[-1]
         publish_set(list(zip(temporaries, paths)), replace)
     except OSError as error:
@@ -109,98 +109,6 @@ def atomic_paths(*paths: str, replace: bool = True) -> Iterator[List[str]]:
         for temporary in temporaries:
             if os.path.exists(temporary):
                 os.remove(temporary)
-
-
-def publish_set(moves: Sequence[Tuple[str, str]], replace: bool = True) -> None:
-    """Move finished, flushed temporaries to their paths (``(temporary, path)`` pairs), the last
-    one last: it marks the set complete (a record, OpenVINO's ``.xml``). With ``replace``, an
-    existing last path is removed first, so an interrupted set leaves it missing, never next to
-    files of another set. Without, each is published only if its path does not exist at that
-    moment (:func:`publish`); if one does, those already published are taken back and nothing of
-    the set stays. The folders are flushed after."""
-    folders = {os.path.dirname(os.path.abspath(path)) for _, path in moves}
-    if replace:
-        if len(moves) > 1 and os.path.lexists(moves[-1][1]):
-            os.remove(moves[-1][1])
-            for folder in folders:
-                _fsync_folder(folder)
-        for temporary, path in moves:
-            os.replace(temporary, path)
-    else:
-        published: List[Tuple[str, int]] = []
-        try:
-            for temporary, path in moves:
-                inode = os.stat(temporary).st_ino
-                publish(temporary, path, replace=False)
-                published.append((path, inode))
-        except BaseException:
-            for path, inode in published:  # ours only: another run may have replaced it
-                with contextlib.suppress(OSError):
-                    if os.stat(path).st_ino == inode:
-                        os.remove(path)
-            raise
-        for temporary, _ in moves:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-    for folder in folders:
-        _fsync_folder(folder)
-
-
-def publish(temporary: str, path: str, replace: bool = True) -> None:
-    """Give the finished file ``temporary`` the name ``path``. With ``replace``, a rename over what
-    is there; without, a hard link that fails if ``path`` exists (atomic: of two runs writing one
-    new output, the second is refused with one line instead of replacing the first one's), then
-    renameat2's ``RENAME_NOREPLACE`` where links are not supported, then, on file systems with
-    neither, a check just before the rename."""
-    if replace:
-        os.replace(temporary, path)
-        return
-    try:
-        os.link(temporary, path)
-        return
-    except FileExistsError:
-        raise _exists(path) from None
-    except OSError as error:
-        if error.errno not in NO_LINKS:
-            raise
-    if _rename_noreplace(temporary, path):
-        return
-    if os.path.lexists(path):
-        raise _exists(path)
-    os.replace(temporary, path)
-
-
-# errors of os.link on file systems without hard links
-NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
-RENAME_NOREPLACE = 1  # linux/fs.h
-AT_FDCWD = -100
-
-
-def _exists(path: str) -> AccelDetError:
-    return AccelDetError(
-        f"output {path} already exists (another run wrote it meanwhile); pass --overwrite to "
-        "replace it"
-    )
-
-
-def _rename_noreplace(source: str, target: str) -> bool:
-    """``renameat2(source, target, RENAME_NOREPLACE)``; False where the system has no such call."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    result = renameat2(
-        AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), RENAME_NOREPLACE
-    )
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code == errno.EEXIST:
-        raise _exists(target)
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), target)
 
 
 def _check_folder(folder: str) -> None:
@@ -218,22 +126,6 @@ def _temporary(path: str) -> str:
     )
     os.close(handle)
     return temporary
-
-
-def _fsync(path: str) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the renames durable (not every system can open or sync a folder: then skip it)."""
-    try:
-        _fsync(folder)
-    except OSError:
-        pass
 
 
 @contextlib.contextmanager
@@ -258,8 +150,8 @@ def atomic_files(paths: Sequence[str], replace: bool = True) -> Iterator[List[st
         yield temporaries
         for temporary in temporaries:
             os.chmod(temporary, 0o666 & ~_umask())
-            _fsync(temporary)
-        _fsync_folder(staging)
+            fsync_path(temporary)
+        fsync_folder(staging)
         publish_set(list(zip(temporaries, paths))[::-1], replace)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
