@@ -773,7 +773,7 @@ CASES = [
 SECURITY_CASES = [
     Case(
         "d2-train-proposals-compress-detector",
-        "compress_detector: a training proposal file that would run code when unpickled",
+        "training proposal file that would run code when unpickled",
         "compress_detector",
         lambda p: [
             "--config-file",
@@ -885,7 +885,7 @@ SECURITY_CASES = [
             ("empty.yaml", "empty", "holds nothing, not a mapping of config keys"),
             ("list.yaml", "holding a list", "holds a list, not a mapping of config keys"),
             ("lazy.py", "in Python (LazyConfig)", "is not a YAML file (.yaml)"),
-            ("self.yaml", "whose _BASE_ is itself", "includes itself through _BASE_"),
+            ("self.yaml", "whose `_BASE_` is itself", "includes itself through _BASE_"),
         )
     ],
     Case(

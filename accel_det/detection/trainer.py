@@ -84,10 +84,11 @@ def check_inputs(cfg, train: bool = True) -> None:
     """Fail early, with one clear message, on a missing plan or weights file, a data set folder
     without the VOC layout, an image that does not decode, a test annotation the evaluator cannot
     read (:mod:`.checks`) or a proposal file that misses images or was made for other images
-    (before Detectron2 starts and fails deep inside). Proposal files and ``.pkl`` weights, which
-    Detectron2 unpickles, are read here first with the allow-list unpickler, so a pickle that
-    would run code is refused unrun. Whether the weights fit the model is checked when they are
-    loaded."""
+    (before Detectron2 starts and fails deep inside). Proposal files and ``.pkl`` weights are read
+    here with the restricted unpickler, so that a pickle that would run code is refused before
+    anything starts (the data loaders and the checkpointer read them as data again:
+    :mod:`.loaders`, :class:`AtomicCheckpointer`). Whether the weights fit the model is checked
+    when they are loaded."""
     if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone":
         load_plan(cfg.MODEL.ACCEL.PLAN)
     weights = cfg.MODEL.WEIGHTS

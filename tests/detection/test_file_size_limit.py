@@ -38,7 +38,7 @@ def test_evaluation_under_a_file_size_limit_runs_without_workers(hostile):  # no
     )  # fmt: skip
     result = subprocess.run(
         ["bash", "-c", 'ulimit -f 1; exec "$@"', "-", *command],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0 and "AP50 " in result.stdout, result.stderr[-2000:]
     assert "loading data without worker processes (DATALOADER.NUM_WORKERS 2 ignored)" in (
