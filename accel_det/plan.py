@@ -113,22 +113,25 @@ SHAPE_KEYS = ("in_channels", "out_channels", "in_features", "out_features")
 
 
 def entry_rank_limits(entry: Mapping, where: str):
-    """The full ranks (d', d'') of the layer shape a plan entry records, ``(None, None)`` when it
-    records none; a recorded shape that is not positive integers is refused."""
+    """The full ranks (d', d'') of the layer shape a plan entry records (None for what it does
+    not record: d'' needs a conv's kernel size); a recorded shape that is not positive integers is
+    refused."""
     for key in SHAPE_KEYS:
         if key in entry and not is_rank(entry[key]):
             raise AccelDetError(f"{where} has {key}={entry[key]!r}, expected a positive integer")
-    kernel = entry.get("kernel_size", 1)
-    if not (
+    kernel = entry.get("kernel_size")
+    if kernel is not None and not (
         is_rank(kernel)
-        or (isinstance(kernel, list) and len(kernel) == 2 and all(is_rank(k) for k in kernel))
+        or (isinstance(kernel, (list, tuple)) and len(kernel) == 2 and all(map(is_rank, kernel)))
     ):
         raise AccelDetError(f"{where} has kernel_size={kernel!r}, expected two positive integers")
     c = entry.get("in_channels", entry.get("in_features"))
     d = entry.get("out_channels", entry.get("out_features"))
     if c is None or d is None:
         return None, None
-    return rank_limits(c, d, kernel)
+    if kernel is None and not is_linear_entry(entry):  # d'' depends on the kernel: not known
+        return d, None
+    return rank_limits(c, d, kernel or 1)
 
 
 def entry_shape(entry: Mapping) -> str:
