@@ -21,11 +21,20 @@ import json
 from typing import Mapping, Optional
 
 from .errors import AccelDetError
-from .nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, STRUCTURES
+from .nn.factorized import (
+    CHANNEL,
+    ORIGINAL,
+    SPATIAL,
+    SPATIAL_CHANNEL,
+    STRUCTURES,
+    is_rank,
+    rank_limits,
+)
 from .nn.linear import LINEAR_STRUCTURES, is_linear_entry
 from .utils.io import atomic_write_json, load_json
 
 PLAN_FORMAT = "accel-det-plan/1"
+MAX_PLAN_BYTES = 16 << 20  # a plan of every layer of a deep network is some 100 kB
 
 # which ranks each structure needs
 NEEDS_RANK = (CHANNEL, SPATIAL_CHANNEL)
@@ -38,7 +47,7 @@ class Plan(dict):
     @classmethod
     def read(cls, path: str, what: str = "plan") -> "Plan":
         """The plan in the JSON file ``path`` (``what`` names the file in errors), checked."""
-        return cls.from_dict(load_json(path, what), source=path)
+        return cls.from_dict(load_json(path, what, max_bytes=MAX_PLAN_BYTES), source=path)
 
     @classmethod
     def from_dict(cls, data, source: str = "the plan") -> "Plan":
@@ -50,9 +59,10 @@ class Plan(dict):
     def layers(self) -> dict:
         return self["layers"]
 
-    def write(self, path: str) -> None:
-        """Write the plan to ``path`` atomically (never a half-written file)."""
-        atomic_write_json(dict(self), path)
+    def write(self, path: str, replace: bool = True) -> None:
+        """Write the plan to ``path`` atomically (never a half-written file; without ``replace``,
+        refused if ``path`` exists by then)."""
+        atomic_write_json(dict(self), path, replace)
 
     def fingerprint(self) -> str:
         return plan_fingerprint(self)
@@ -60,7 +70,8 @@ class Plan(dict):
 
 def check_plan(data, source: str = "the plan") -> None:
     """Raise :class:`AccelDetError` unless ``data`` is a plan of this format whose layer entries
-    name known structures with the ranks they need."""
+    name known structures with the ranks they need: positive integers, no larger than the full
+    ranks of the layer shape the entry records (:func:`~accel_det.nn.factorized.rank_limits`)."""
     if not isinstance(data, Mapping) or not isinstance(data.get("layers"), Mapping):
         raise AccelDetError(f"{source} is not a plan: it has no 'layers' entry")
     if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
@@ -77,17 +88,58 @@ def check_plan(data, source: str = "the plan") -> None:
                 f"{source} has a malformed layer entry: {name} has structure {structure!r}, "
                 f"expected one of {', '.join(allowed)}"
             )
-        for key, needed in (("rank", NEEDS_RANK), ("spatial_rank", NEEDS_SPATIAL_RANK)):
+        limits = entry_rank_limits(entry, f"{source} has a malformed layer entry: {name}")
+        for key, needed, limit in zip(
+            ("rank", "spatial_rank"), (NEEDS_RANK, NEEDS_SPATIAL_RANK), limits
+        ):
             value = entry.get(key)
             if value is None and structure in needed:
                 raise AccelDetError(
                     f"{source} has a malformed layer entry: {name} is {structure} but has no {key}"
                 )
-            if value is not None and not (isinstance(value, int) and value >= 1):
+            if value is not None and not is_rank(value):
                 raise AccelDetError(
                     f"{source} has a malformed layer entry: {name} has {key}={value!r}, "
                     "expected a positive integer"
                 )
+            if value is not None and limit is not None and value > limit:
+                raise AccelDetError(
+                    f"{source} has a malformed layer entry: {name} has {key}={value}, larger "
+                    f"than the full rank {limit} of its {entry_shape(entry)} layer"
+                )
+
+
+SHAPE_KEYS = ("in_channels", "out_channels", "in_features", "out_features")
+
+
+def entry_rank_limits(entry: Mapping, where: str):
+    """The full ranks (d', d'') of the layer shape a plan entry records (None for what it does
+    not record: d'' needs a conv's kernel size); a recorded shape that is not positive integers is
+    refused."""
+    for key in SHAPE_KEYS:
+        if key in entry and not is_rank(entry[key]):
+            raise AccelDetError(f"{where} has {key}={entry[key]!r}, expected a positive integer")
+    kernel = entry.get("kernel_size")
+    if kernel is not None and not (
+        is_rank(kernel)
+        or (isinstance(kernel, (list, tuple)) and len(kernel) == 2 and all(map(is_rank, kernel)))
+    ):
+        raise AccelDetError(f"{where} has kernel_size={kernel!r}, expected two positive integers")
+    c = entry.get("in_channels", entry.get("in_features"))
+    d = entry.get("out_channels", entry.get("out_features"))
+    if c is None or d is None:
+        return None, None
+    if kernel is None and not is_linear_entry(entry):  # d'' depends on the kernel: not known
+        return d, None
+    return rank_limits(c, d, kernel or 1)
+
+
+def entry_shape(entry: Mapping) -> str:
+    kernel = entry.get("kernel_size", 1)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    c = entry.get("in_channels", entry.get("in_features"))
+    d = entry.get("out_channels", entry.get("out_features"))
+    return f"{kh}×{kw}, {c}→{d}"
 
 
 def plan_fingerprint(plan: Optional[Mapping]) -> str:

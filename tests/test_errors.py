@@ -791,6 +791,186 @@ CASES = [
     ),
 ]
 
+# ------------------------------------------------------------ hostile inputs (security)
+# Data files that must not run code or corrupt memory, by every route; plans, options, configs and
+# paths built to break the tools. The files are made by _hostile_inputs below.
+SECURITY_CASES = [
+    Case(
+        "d2-train-proposals-compress-detector",
+        "training proposal file that would run code when unpickled",
+        "compress_detector",
+        lambda p: [
+            "--config-file",
+            "demo/vgg16_synthetic",
+            "--output",
+            p["d2out"] / "compressed",
+            "--num-images",
+            "2",
+            "--no-progress",
+            *D2_TINY,
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            p["tiny_detector"],
+            "DATASETS.PROPOSAL_FILES_TRAIN",
+            f"('{p['evil_proposals_train']}',)",
+            "DATASETS.PROPOSAL_FILES_TEST",
+            f"('{p['proposals_test']}',)",
+        ],  # fmt: skip
+        UNPICKLE_REFUSED,
+        d2_prev,
+        absent=lambda p: [p["pwned_proposals"]],
+    ),
+    Case(
+        "d2-weights-url-query",
+        "detector: MODEL.WEIGHTS DIR/w.pkl?x=1, a harmless file beside a DIR/w.pkl that would run "
+        "code (Detectron2 reads DIR/w.pkl)",
+        "export_model",
+        lambda p: export(
+            p, "--config-file", "demo/vgg16_synthetic", *D2_TINY, "MODEL.WEIGHTS", p["query_pkl"]
+        ),
+        "is a file, but Detectron2 reads it as the URL ",
+        exported,
+        absent=lambda p: [p["pwned_pkl"]],
+    ),
+    Case(
+        "plan-rank-bool",
+        'plan with "rank": true',
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--plan", p["plan_rank_bool"]),
+        "has rank=True, expected a positive integer",
+        exported,
+    ),
+    Case(
+        "plan-rank-huge",
+        'plan with "rank": 25000000 (refused before any layer is built)',
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--plan", p["plan_rank_huge"]),
+        "rank=25000000 is larger than the layer's full rank",
+        exported,
+    ),
+    Case(
+        "plan-nested",
+        "plan nested 100,000 levels deep",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--plan", p["plan_nested"]),
+        "nested more than 64 levels deep",
+        exported,
+    ),
+    Case(
+        "option-negative-seed",
+        "--seed -1",
+        "compress_backbone",
+        lambda p: compress(p, "prev", "--seed", "-1"),
+        "argument --seed: must be at least 0, got -1",
+        prev,
+    ),
+    Case(
+        "option-fc-ranks",
+        "--fc-ranks -5 3",
+        "compress_detector",
+        lambda p: ["--config-file", "x", "--output", p["out"] / "x", "--fc-ranks", "-5", "3"],
+        "argument --fc-ranks: must be at least 1, got -5",
+    ),
+    Case(
+        "option-input-size",
+        "--input-size 0 0",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"], "--input-size", "0", "0"),
+        "argument --input-size: must be at least 32, got 0",
+        exported,
+    ),
+    Case(
+        "weights-sparse",
+        "weights holding a sparse tensor",
+        "compress_backbone",
+        lambda p: compress(p, "prev", "--weights", p["sparse"]),
+        "features.0.weight is a sparse or otherwise non-dense tensor",
+        prev,
+    ),
+    Case(
+        "path-newline",
+        "a path with a newline and an `error:` of its own (printed escaped, on the one line)",
+        "compress_backbone",
+        lambda p: compress(p, "prev", "--weights", p["root"] / "a\nerror: fake"),
+        "VGG-16 weights file not found: ",
+        prev,
+    ),
+    *[
+        Case(
+            f"config-{name}",
+            f"config file {what}",
+            "export_model",
+            lambda p, name=name: export(p, "--config-file", p["configs"] / name),
+            message,
+            exported,
+        )
+        for name, what, message in (
+            ("empty.yaml", "empty", "holds nothing, not a mapping of config keys"),
+            ("list.yaml", "holding a list", "holds a list, not a mapping of config keys"),
+            ("lazy.py", "in Python (LazyConfig)", "is not a YAML file (.yaml)"),
+            ("self.yaml", "whose `_BASE_` is itself", "includes itself through _BASE_"),
+        )
+    ],
+    Case(
+        "export-disk-full",
+        "disk full while writing the exported model",
+        "export_model",
+        lambda p: export(p, "--weights", p["weights"]),
+        "exported.onnx: no space left on device",
+        exported,
+        fail_write=("exported.onnx", errno.ENOSPC),
+    ),
+]
+CASES += SECURITY_CASES
+
+
+def _hostile_inputs(p):
+    """The files of :data:`SECURITY_CASES`."""
+    root = p["root"]
+    for name, entry in (
+        ("plan_rank_bool", {"conv2_1": {"structure": "channel", "rank": True}}),
+        ("plan_rank_huge", {"conv2_1": {"structure": "channel", "rank": 25_000_000}}),
+    ):
+        p[name] = root / f"{name}.json"
+        p[name].write_text(json.dumps({"layers": entry}))
+    p["plan_nested"] = root / "plan_nested.json"
+    p["plan_nested"].write_text('{"layers": {}, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    p["sparse"] = root / "sparse.pth"
+    torch.save({"features.0.weight": torch.eye(3).to_sparse()}, p["sparse"])
+    p["configs"] = root / "configs"
+    p["configs"].mkdir()
+    for name, text in (("empty.yaml", ""), ("list.yaml", "- 1\n"), ("lazy.py", "x = 1\n"),
+                       ("self.yaml", "_BASE_: self.yaml\n")):  # fmt: skip
+        (p["configs"] / name).write_text(text)
+    (root / "w").mkdir()
+    with open(root / "w" / "w.pkl", "wb") as f:
+        pickle.dump({"model": _Evil(str(p["pwned_pkl"])), "__author__": "x"}, f)
+    p["evil_proposals_train"] = root / "evil_proposals_train.pkl"
+    with open(p["evil_proposals_train"], "wb") as f:
+        ids = ["000001", "000002", "000003"]
+        pickle.dump({"ids": ids, "boxes": _Evil(str(p["pwned_proposals"]))}, f)
+    pytest.importorskip("detectron2")
+    from detectron2.modeling import build_model
+
+    import accel_det.detection  # noqa: F401
+    from accel_det.detection.config import load_config
+
+    cfg = load_config(
+        "demo/vgg16_synthetic", [*D2_TINY, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
+    )
+    p["tiny_detector"] = root / "tiny_detector.pth"
+    torch.save({"model": build_model(cfg).state_dict()}, p["tiny_detector"])
+    p["query_pkl"] = root / "w" / "w.pkl?x=1"  # weights that fit: Detectron2 would load w.pkl
+    shutil.copy(p["tiny_detector"], p["query_pkl"])
+    # the synthetic set in this process too (compress_detector runs here)
+    from detectron2.data import MetadataCatalog
+
+    from accel_det.detection.datasets import register_synthetic_voc
+
+    p["registered_before"] = MetadataCatalog.get("synthetic_voc_trainval").dirname
+    register_synthetic_voc(str(p["datasets"] / "synthetic_voc"))
+
 
 # ------------------------------------------------------------------------------------------------
 # Checked before the first write; outputs that name their inputs. A refused run leaves every file
@@ -1184,9 +1364,17 @@ def paths(work, tmp_path_factory):  # noqa: F811
     _synthetic_voc(p)
     p["identity_onnx"] = _identity_onnx(root / "identity.onnx")
     _checked_first(p)
+    _hostile_inputs(p)
     yield p
     if os.geteuid() != 0:
         p["unwritable"].chmod(0o700)
+    _restore_registration(p)
+
+
+def _restore_registration(p):
+    from accel_det.detection.datasets import register_synthetic_voc
+
+    register_synthetic_voc(p["registered_before"])
 
 
 class _Evil:

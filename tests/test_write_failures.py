@@ -176,3 +176,123 @@ def test_an_append_to_the_metrics_log_out_of_room_names_the_file(tmp_path, monke
     failing_writes(monkeypatch, "metrics.json", errno.ENOSPC)
     with pytest.raises(AccelDetError, match="metrics.json: no space left on device"):
         log.write(2, {"train/loss": 0.5})
+
+
+# --------------------------------------------------------------------------- sets of files
+def old_pair(tmp_path):
+    xml, bin_ = tmp_path / "model.xml", tmp_path / "model.bin"
+    xml.write_bytes(b"old xml")
+    bin_.write_bytes(b"old bin")
+    return xml, bin_
+
+
+def write_pair(xml, bin_, replace=True):
+    with io.atomic_files([str(xml), str(bin_)], replace=replace) as (new_xml, new_bin):
+        with open(new_xml, "wb") as f:
+            f.write(b"new xml")
+        with open(new_bin, "wb") as f:
+            f.write(b"new bin")
+
+
+def test_openvino_pair_killed_between_renames_is_never_mixed(tmp_path, monkeypatch):
+    """OpenVINO reads X.bin beside X.xml: the entry point X.xml goes last, and an existing one is
+    removed first, so a kill between the renames leaves no X.xml, never the old one beside the new
+    X.bin."""
+    xml, bin_ = old_pair(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace(source, target):
+        calls.append(os.path.basename(target))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_pair(xml, bin_)
+    assert calls == ["model.bin", "model.xml"]
+    assert not xml.exists() and bin_.read_bytes() == b"new bin"
+    monkeypatch.undo()
+    write_pair(xml, bin_)
+    assert (xml.read_bytes(), bin_.read_bytes()) == (b"new xml", b"new bin")
+    assert sorted(os.listdir(tmp_path)) == ["model.bin", "model.xml"]
+
+
+def test_a_set_is_flushed_before_it_is_published_and_its_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("replace", os.path.basename(target)))
+        real_replace(source, target)
+
+    xml, bin_ = old_pair(tmp_path)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_pair(xml, bin_)
+    staging = events[2][1]
+    assert staging.startswith(".model.xml.") and staging.endswith(".tmp")
+    assert events == [
+        ("fsync", "model.xml"),  # the staged files
+        ("fsync", "model.bin"),
+        ("fsync", staging),
+        ("fsync", tmp_path.name),  # the old X.xml removed first
+        ("replace", "model.bin"),
+        ("replace", "model.xml"),
+        ("fsync", tmp_path.name),
+    ]
+
+
+def test_a_killed_export_folder_is_swept_by_the_next_run(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    staging = tmp_path / f".model.xml.{io.HOST}-{dead.pid}.abc123.tmp"
+    staging.mkdir()
+    (staging / "model.bin").write_bytes(b"a full model")
+    io.check_writable_folder(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["entry-point-appears", "data-appears"])
+def test_without_replace_a_file_that_appears_meanwhile_is_kept(tmp_path, first):
+    """Another run writes one of the outputs while this one works: without --overwrite this one
+    is refused with one line, keeps nothing of its own and leaves the other run's file."""
+    xml, bin_ = tmp_path / "model.xml", tmp_path / "model.bin"
+    theirs = xml if first else bin_
+    with pytest.raises(AccelDetError) as error:
+        with io.atomic_files([str(xml), str(bin_)], replace=False) as (new_xml, new_bin):
+            for path in (new_xml, new_bin):
+                with open(path, "wb") as f:
+                    f.write(b"mine")
+            theirs.write_bytes(b"theirs")
+    assert str(error.value) == (
+        f"output {theirs} already exists (another run wrote it meanwhile); pass --overwrite to "
+        "replace it"
+    )
+    assert os.listdir(tmp_path) == [theirs.name] and theirs.read_bytes() == b"theirs"
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "renameat2"])
+def test_a_pair_without_replace_is_refused_if_its_record_appears(tmp_path, monkeypatch, links):
+    weights, record = tmp_path / "out.pth", tmp_path / "out.json"
+    if not links:  # a file system without hard links: renameat2(RENAME_NOREPLACE)
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EPERM, "")))
+    real_save = io._torch_save
+
+    def save_then_another_run_writes(state, temporary, path):
+        real_save(state, temporary, path)
+        record.write_text("theirs")
+
+    monkeypatch.setattr(io, "_torch_save", save_then_another_run_writes)
+    with pytest.raises(AccelDetError, match="out.json already exists .*pass --overwrite"):
+        io.atomic_save_pair({"w": torch.zeros(2)}, str(weights), {}, str(record), replace=False)
+    assert os.listdir(tmp_path) == ["out.json"] and record.read_text() == "theirs"
+    monkeypatch.undo()
+    io.atomic_save_pair({"w": torch.zeros(2)}, str(weights), {}, str(record), replace=True)
+    assert json.loads(record.read_text())["outputs"]["weights_sha256"] == io.sha256_file(
+        str(weights)
+    )

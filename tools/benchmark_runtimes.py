@@ -29,7 +29,15 @@ import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 import torch
 
 from accel_det.errors import AccelDetError
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import (
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    SPEEDUP,
+    add_common_arguments,
+    run_tool,
+)
 from accel_det.utils.io import check_writable_folder
 from accel_det.workflows.bench.runtime_run import RuntimeBenchmarkOptions, run
 from accel_det.workflows.bench.runtimes import CPU_FORMS, CUDA_FORMS
@@ -70,19 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--forms", nargs="+", choices=CPU_FORMS + CUDA_FORMS, help="default: all of the device's"
     )
-    parser.add_argument("--threads", type=int, nargs="+", help="default 1 0 (0: all cores)")
+    parser.add_argument(
+        "--threads", type=NON_NEGATIVE_INT, nargs="+", help="default 1 0 (0: all cores)"
+    )
     parser.add_argument(
         "--backbone-sizes", type=size, nargs="*", metavar="HxW", help="default 224 600x1000"
     )
     parser.add_argument("--detector-size", type=size, default=(600, 1000), metavar="HxW")
     parser.add_argument(
-        "--rois", type=int, nargs="+", default=[2000, 300], help="RoIs per image of the detector"
+        "--rois",
+        type=POSITIVE_INT,
+        nargs="+",
+        default=[2000, 300],
+        help="RoIs per image of the detector",
     )
     parser.add_argument("--no-detector", action="store_true", help="the backbone only")
     parser.add_argument("--no-profile", action="store_true", help="no per-layer profile")
-    parser.add_argument("--speedup", type=float, default=4.0, help="theoretical speedup")
+    parser.add_argument("--speedup", type=SPEEDUP, default=4.0, help="theoretical speedup")
     parser.add_argument(
-        "--round-ranks", type=int, default=16, help="d' and d'' multiple (compress's default 16)"
+        "--round-ranks",
+        type=POSITIVE_INT,
+        default=16,
+        help="d' and d'' multiple (compress's default 16)",
     )
     parser.add_argument(
         "--skip", nargs="*", default=["conv1_1"], help="layers the plans keep (compress's default)"
@@ -109,11 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[NAME=]PATH",
         help="also time this detector plan (tools/compress_detector.py's DIR/plan.json)",
     )
-    parser.add_argument("--seconds", type=float, default=20.0, help="timing budget per case")
     parser.add_argument(
-        "--width", type=float, default=1.0, help="VGG-16 channel multiplier (smaller for tests)"
+        "--seconds", type=POSITIVE_FLOAT, default=20.0, help="timing budget per case"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--width",
+        type=POSITIVE_FLOAT,
+        default=1.0,
+        help="VGG-16 channel multiplier (smaller for tests)",
+    )
+    parser.add_argument("--seed", type=SEED, default=0)
     return add_common_arguments(parser)
 
 

@@ -27,7 +27,7 @@ import torch
 
 from accel_det.errors import AccelDetError
 from accel_det.solver import METHODS
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import POSITIVE_INT, SEED, SPEEDUP, add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, json_safe
 from accel_det.workflows.bench import quality as bench
 from accel_det.workflows.bench import quality_report, selection, smallnet
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--speedups",
-        type=float,
+        type=SPEEDUP,
         nargs="+",
         help="speedups to sweep (default 2 3 4 5; --quick: 2 3 4)",
     )
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=POSITIVE_INT,
         default=1,
         help=(
             "torch CPU threads for everything (default 1: on a shared machine more threads than "
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retrain", action="store_true", help="train the network again even if OUTPUT holds it"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument(
         "--verbose", action="store_true", help="log every layer of every compression"
     )

@@ -31,7 +31,15 @@ from accel_det.errors import AccelDetError
 from accel_det.nn.chain import apply_plan, conv_names
 from accel_det.plan import Plan, plan_fingerprint
 from accel_det.solver import METHODS
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import (
+    IMAGE_SIDE,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    SPEEDUP,
+    add_common_arguments,
+    run_tool,
+)
 from accel_det.utils.io import (
     atomic_write_json,
     atomic_write_text,
@@ -73,13 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=POSITIVE_INT,
         default=1,
         help="torch CPU threads for the grid (default 1, the paper's CPU protocol)",
     )
     parser.add_argument(
         "--lever-threads",
-        type=int,
+        type=POSITIVE_INT,
         nargs="+",
         default=[1, 2],
         help="thread counts of the lever comparison (default 1 2)",
@@ -89,13 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--speedup",
-        type=float,
+        type=SPEEDUP,
         default=4.0,
         help="whole-model theoretical speedup of the solver's plans",
     )
     parser.add_argument(
         "--round-ranks",
-        type=int,
+        type=POSITIVE_INT,
         default=16,
         help="multiple the rounded plans keep d' (and asym3d's d'') at (default 16: oneDNN's fp32 "
         "channel block on AVX-512; 8 suits GPU fp16)",
@@ -134,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--lever-size", type=int, default=224, help="input size of the lever comparison (batch 1)"
+        "--lever-size",
+        type=IMAGE_SIDE,
+        default=224,
+        help="input size of the lever comparison (batch 1)",
     )
     parser.add_argument("--no-levers", action="store_true", help="skip the lever comparison")
     parser.add_argument(
@@ -142,23 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--seconds",
-        type=float,
+        type=POSITIVE_FLOAT,
         help="timing budget per case, sizes the repeats (default 20; --quick 8)",
     )
     parser.add_argument(
         "--proposals",
-        type=int,
+        type=POSITIVE_INT,
         default=300,
         help="precomputed proposals per image for the detector",
     )
     parser.add_argument(
         "--num-images",
-        type=int,
+        type=POSITIVE_INT,
         help="generated images for the plans' eigenvalues (default 8; --quick 4)",
     )
     parser.add_argument(
         "--samples-per-image",
-        type=int,
+        type=POSITIVE_INT,
         help="responses sampled per image (default 100; --quick 50)",
     )
     parser.add_argument(
@@ -169,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--width",
-        type=float,
+        type=POSITIVE_FLOAT,
         default=1.0,
         help="VGG-16 channel multiplier (1: VGG-16; smaller for tests)",
     )
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY VALUE",
         help="config overrides of the detectors (e.g. MODEL.ROI_BOX_HEAD.FC_DIM 64)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=SEED, default=0)
     return add_common_arguments(parser)
 
 

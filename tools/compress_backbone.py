@@ -35,7 +35,13 @@ import torch
 
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import (
+    IMAGE_SIDE,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    add_common_arguments,
+    run_tool,
+)
 from accel_det.utils.dist import under_launcher
 from accel_det.utils.launch import launch
 from accel_det.workflows.imagenet.compress import (
@@ -77,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num-images",
-        type=int,
+        type=POSITIVE_INT,
         default=3000,
         help="images drawn with the seed (default: 3000, as the paper)",
     )
@@ -89,29 +95,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace existing outputs (and start over)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="images per forward pass (default: 32)"
+        "--batch-size", type=POSITIVE_INT, default=32, help="images per forward pass (default: 32)"
     )
     parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes"
+        "--workers",
+        type=NON_NEGATIVE_INT,
+        default=min(8, os.cpu_count() or 1),
+        help="image decoding processes",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ..."
     )
     parser.add_argument(
         "--num-gpus",
-        type=int,
+        type=POSITIVE_INT,
         default=1,
         help="processes to start, one per GPU (with --device cpu: CPU processes); "
         "under torchrun the processes are torchrun's (default: 1)",
     )
     parser.add_argument(
         "--resize",
-        type=int,
+        type=POSITIVE_INT,
         default=RESIZE_SIZE,
         help=f"shorter side before the crop (default: {RESIZE_SIZE})",
     )
     parser.add_argument(
-        "--crop", type=int, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})"
+        "--crop", type=IMAGE_SIDE, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})"
     )
     parser.add_argument(
         "--fc",

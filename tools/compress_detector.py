@@ -31,7 +31,15 @@ import sys
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.errors import AccelDetError
-from accel_det.utils.cli import add_common_arguments, run_main, run_tool, setup_logging
+from accel_det.utils.cli import (
+    FRACTION,
+    IMAGE_SIDE,
+    POSITIVE_INT,
+    add_common_arguments,
+    run_main,
+    run_tool,
+    setup_logging,
+)
 from accel_det.utils.dist import shutdown, under_launcher
 from accel_det.utils.launch import launch
 from accel_det.workflows.detector import FC_METHODS, DetectorCompressOptions, compress_detector
@@ -64,34 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--fc-ranks",
-        type=int,
+        type=POSITIVE_INT,
         nargs=2,
         metavar=("FC6", "FC7"),
         help="fixed ranks of fc6 and fc7 instead of rank selection (e.g. 1024 256, Fast R-CNN's)",
     )
     parser.add_argument(
-        "--num-images", type=int, default=500, help="training images (default: 500)"
+        "--num-images", type=POSITIVE_INT, default=500, help="training images (default: 500)"
     )
     parser.add_argument(
         "--rois-per-image",
-        type=int,
+        type=POSITIVE_INT,
         help="RoIs per image the budget counts (default: DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)",
     )
     parser.add_argument(
         "--fc-samples-per-image",
-        type=int,
+        type=POSITIVE_INT,
         default=64,
         help="RoIs per image whose fc6/fc7 responses are sampled (default: 64)",
     )
     parser.add_argument(
         "--foreground-fraction",
-        type=float,
+        type=FRACTION,
         default=0.0,
         help="share of the sampled RoIs taken among those with IoU >= 0.5 to an object",
     )
     parser.add_argument(
         "--input-size",
-        type=int,
+        type=IMAGE_SIDE,
         nargs=2,
         metavar=("H", "W"),
         help="input size the multiply-adds are counted at (default: INPUT.MIN/MAX_SIZE_TEST)",
@@ -105,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace existing outputs (and start over)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes to start, one per GPU")
+    parser.add_argument(
+        "--num-gpus", type=POSITIVE_INT, default=1, help="processes to start, one per GPU"
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not write plan.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(

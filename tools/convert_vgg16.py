@@ -84,7 +84,7 @@ def main(args) -> int:
         "__author__": "accel-det tools/convert_vgg16.py",
         "matching_heuristics": False,
     }
-    atomic_save_pair(checkpoint, args.output, meta, args.output + ".json")
+    atomic_save_pair(checkpoint, args.output, meta, args.output + ".json", args.overwrite)
     print(
         f"wrote {args.output} ({len(converted)} tensors: "
         f"backbone{' + fc6/fc7' if info['box_head'] else ''})"

@@ -18,7 +18,15 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.utils.cli import (  # noqa: E402
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    SPEEDUP,
+    add_common_arguments,
+    number,
+    run_tool,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,21 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--speedups",
-        type=float,
+        type=SPEEDUP,
         nargs="+",
         default=list(d.speedups),
         help="theoretical speedups of the conv layers (the paper's rows; default: 2 3 4)",
     )
     parser.add_argument(
         "--detector-speedups",
-        type=float,
+        type=SPEEDUP,
         nargs="*",
         default=list(d.detector_speedups),
         help="theoretical speedups of the whole detector, conv + fc6/fc7 (default: 2 3 4)",
     )
     parser.add_argument(
         "--fc-rank-fractions",
-        type=float,
+        type=number(float, above=0, maximum=1),
         nargs="*",
         default=list(d.fc_rank_fractions),
         help="fc6 and fc7 ranks of the truncated-SVD rows, as fractions of FC_DIM (default: Fast "
@@ -66,47 +74,50 @@ def build_parser() -> argparse.ArgumentParser:
             "$DETECTRON2_DATASETS/synthetic_voc, i.e. datasets/synthetic_voc)"
         ),
     )
-    parser.add_argument("--num-trainval", type=int, default=d.num_trainval)
-    parser.add_argument("--num-test", type=int, default=d.num_test)
+    parser.add_argument("--num-trainval", type=POSITIVE_INT, default=d.num_trainval)
+    parser.add_argument("--num-test", type=POSITIVE_INT, default=d.num_test)
     parser.add_argument(
         "--classes", default=",".join(d.classes), help="synthetic shapes, comma-separated"
     )
     parser.add_argument(
         "--pretrain-iterations",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=d.pretrain_iterations,
         help="crop-classifier iterations",
     )
     parser.add_argument(
         "--compress-images",
-        type=int,
+        type=POSITIVE_INT,
         default=d.compress_images,
         help="training images for the solver",
     )
-    parser.add_argument("--samples-per-image", type=int, default=d.samples_per_image)
+    parser.add_argument("--samples-per-image", type=POSITIVE_INT, default=d.samples_per_image)
     parser.add_argument(
-        "--threads", type=int, default=d.threads, help="torch threads for training and evaluation"
+        "--threads",
+        type=POSITIVE_INT,
+        default=d.threads,
+        help="torch threads for training and evaluation",
     )
     parser.add_argument(
         "--latency-threads",
-        type=int,
+        type=POSITIVE_INT,
         default=d.latency_threads,
         help="torch threads for the timings",
     )
-    parser.add_argument("--latency-repeats", type=int, default=d.latency_repeats)
+    parser.add_argument("--latency-repeats", type=POSITIVE_INT, default=d.latency_repeats)
     parser.add_argument(
         "--full-width-repeats",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=d.full_width_repeats,
         help="timed runs of the plans' structures on a full-width VGG-16 at 224×224 (0: skip)",
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=POSITIVE_INT,
         default=d.workers,
         help="processes for data generation and selective search",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=SEED, default=d.seed)
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument(
         "--finetune-opts",

@@ -26,7 +26,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from accel_det.data import eval_transform, labeled_images, preprocessing_record, read_class_list
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE, load_vgg16, weights_file
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import (
+    IMAGE_SIDE,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    add_common_arguments,
+    run_tool,
+)
 from accel_det.utils.dist import pick_device
 from accel_det.utils.io import (
     atomic_write_json,
@@ -66,23 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--baseline-plan", help="plan JSON of the baseline when it is accelerated")
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="images per forward pass (default: 64)"
+        "--batch-size", type=POSITIVE_INT, default=64, help="images per forward pass (default: 64)"
     )
     parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="image decoding processes"
+        "--workers",
+        type=NON_NEGATIVE_INT,
+        default=min(8, os.cpu_count() or 1),
+        help="image decoding processes",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ..."
     )
     parser.add_argument(
-        "--resize", type=int, default=RESIZE_SIZE, help=f"shorter side (default: {RESIZE_SIZE})"
+        "--resize",
+        type=POSITIVE_INT,
+        default=RESIZE_SIZE,
+        help=f"shorter side (default: {RESIZE_SIZE})",
     )
     parser.add_argument(
-        "--crop", type=int, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})"
+        "--crop", type=IMAGE_SIDE, default=CROP_SIZE, help=f"centre crop (default: {CROP_SIZE})"
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=POSITIVE_INT,
         help="evaluate a random subset of this many images (seed 0), for a quick look",
     )
     parser.add_argument("--output", help="also write the results to this JSON file")
@@ -208,7 +220,7 @@ def main(args: argparse.Namespace) -> int:
                 if name != baseline
             }
         check_writable_folder(os.path.dirname(os.path.abspath(args.output)))
-        atomic_write_json(record, args.output)
+        atomic_write_json(record, args.output, replace=args.overwrite)
         logger.info("wrote %s", args.output)
     return 0
 

@@ -22,7 +22,7 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.utils.cli import NON_NEGATIVE_INT, add_common_arguments, run_tool  # noqa: E402
 from accel_det.utils.files import not_found  # noqa: E402
 from accel_det.utils.io import refuse_existing  # noqa: E402
 
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime", help="onnxruntime or openvino (default: openvino for .xml, else onnxruntime)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="runtime threads (0: all cores)")
+    parser.add_argument(
+        "--threads", type=NON_NEGATIVE_INT, default=1, help="runtime threads (0: all cores)"
+    )
     parser.add_argument(
         "--output",
         help="results JSON to write (default: X.onnx.<runtime>.eval_results.json next to --model)",

@@ -28,7 +28,13 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.utils.cli import (  # noqa: E402
+    IMAGE_SIDE,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    add_common_arguments,
+    run_tool,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     vgg.add_argument(
         "--input-size",
         nargs=2,
-        type=int,
+        type=IMAGE_SIDE,
         metavar=("H", "W"),
         help="input height and width (224 224)",
     )
@@ -63,11 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=NON_NEGATIVE_FLOAT,
         default=1e-3,
         help="largest relative difference to PyTorch accepted (default 1e-3)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="runtime threads for the check")
+    parser.add_argument(
+        "--threads", type=NON_NEGATIVE_INT, default=1, help="runtime threads for the check"
+    )
     add_common_arguments(parser)
     return parser
 

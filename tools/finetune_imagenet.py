@@ -34,7 +34,16 @@ from accel_det.data import (
 from accel_det.data.transforms import TRAIN_AUGMENTATIONS
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE, load_vgg16, weights_file
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import (
+    FRACTION,
+    IMAGE_SIDE,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    add_common_arguments,
+    run_tool,
+)
 from accel_det.utils.dist import init_distributed, shutdown
 from accel_det.utils.io import sha256_file
 from accel_det.workflows.imagenet.finetune import FinetuneConfig, finetune
@@ -74,37 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.epochs,
         help=f"(default: {defaults.epochs}, as the paper)",
     )
     parser.add_argument(
         "--lr",
-        type=float,
+        type=NON_NEGATIVE_FLOAT,
         default=defaults.lr,
         help=f"constant learning rate (default: {defaults.lr:g}, as the paper)",
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.batch_size,
         help=f"global batch over all processes (default: {defaults.batch_size}, as the paper)",
     )
     parser.add_argument(
         "--accumulation",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.accumulation,
         help="micro-batches per iteration (gradient accumulation) when a GPU cannot hold the batch",
     )
     parser.add_argument(
         "--momentum",
-        type=float,
+        type=FRACTION,
         default=defaults.momentum,
         help=f"SGD momentum (default: {defaults.momentum})",
     )
     parser.add_argument(
         "--weight-decay",
-        type=float,
+        type=NON_NEGATIVE_FLOAT,
         default=defaults.weight_decay,
         help=f"(default: {defaults.weight_decay:g}, VGG's)",
     )
@@ -115,33 +124,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="crop-flip: resize, random crop, flip (default); resized-crop: torchvision's; none",
     )
     parser.add_argument(
-        "--max-iters", type=int, help="stop after this many iterations (for quick tries)"
+        "--max-iters", type=POSITIVE_INT, help="stop after this many iterations (for quick tries)"
     )
     parser.add_argument(
         "--checkpoint-period",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.checkpoint_period,
         help="iterations between checkpoints",
     )
     parser.add_argument(
-        "--log-period", type=int, default=defaults.log_period, help="iterations between log lines"
+        "--log-period",
+        type=POSITIVE_INT,
+        default=defaults.log_period,
+        help="iterations between log lines",
     )
     parser.add_argument(
         "--eval-period",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=defaults.eval_period,
         help="epochs between validations (0: at the end only)",
     )
     parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="image order, augmentation and dropout"
+        "--seed", type=SEED, default=defaults.seed, help="image order, augmentation and dropout"
     )
     parser.add_argument(
-        "--resize", type=int, default=RESIZE_SIZE, help=f"shorter side (default: {RESIZE_SIZE})"
+        "--resize",
+        type=POSITIVE_INT,
+        default=RESIZE_SIZE,
+        help=f"shorter side (default: {RESIZE_SIZE})",
     )
-    parser.add_argument("--crop", type=int, default=CROP_SIZE, help=f"crop (default: {CROP_SIZE})")
+    parser.add_argument(
+        "--crop", type=IMAGE_SIDE, default=CROP_SIZE, help=f"crop (default: {CROP_SIZE})"
+    )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=min(8, os.cpu_count() or 1),
         help="image decoding processes per GPU",
     )
@@ -158,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     parser.add_argument(
-        "--stop-after", type=int, help=argparse.SUPPRESS
+        "--stop-after", type=POSITIVE_INT, help=argparse.SUPPRESS
     )  # test hook: interrupt after this iteration
     return add_common_arguments(parser)
 

@@ -27,7 +27,7 @@ import sys
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.utils.cli import NON_NEGATIVE_INT, POSITIVE_INT, add_common_arguments, run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,13 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="selective search strategy",
     )
     parser.add_argument(
-        "--min-size", type=int, default=16, help="drop boxes with a side under this many pixels"
+        "--min-size",
+        type=NON_NEGATIVE_INT,
+        default=16,
+        help="drop boxes with a side under this many pixels",
     )
     parser.add_argument(
-        "--max-boxes", type=int, default=2000, help="keep at most this many boxes per image"
+        "--max-boxes",
+        type=POSITIVE_INT,
+        default=2000,
+        help="keep at most this many boxes per image",
     )
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes"
+        "--workers", type=POSITIVE_INT, default=os.cpu_count() or 1, help="parallel processes"
     )
     parser.add_argument(
         "--no-resume", action="store_true", help="start over instead of continuing a stopped run"

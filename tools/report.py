@@ -26,7 +26,7 @@ import sys
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 from accel_det.errors import AccelDetError
-from accel_det.utils.cli import add_common_arguments, run_tool
+from accel_det.utils.cli import POSITIVE_INT, add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, load_json
 from accel_det.workflows import report
 from accel_det.workflows.bench.speed import SPEED_FORMAT
@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="which timed input size to report (default: the largest timed at batch 1)",
     )
     parser.add_argument(
-        "--speed-batch", type=int, default=1, help="which timed batch size to report (default 1)"
+        "--speed-batch",
+        type=POSITIVE_INT,
+        default=1,
+        help="which timed batch size to report (default 1)",
     )
     parser.add_argument(
         "--output",

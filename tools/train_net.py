@@ -39,7 +39,11 @@ from accel_det.detection.run_folder import (  # noqa: E402
 )
 from accel_det.detection.trainer import Trainer, by_dataset, check_inputs, save_results  # noqa: E402
 from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.utils.cli import ignore_file_size_signal  # noqa: E402
+from accel_det.utils.cli import (  # noqa: E402
+    ignore_file_size_signal,
+    one_line_parser_errors,
+    printable,
+)
 from accel_det.utils.io import write_failure  # noqa: E402
 
 # under Detectron2's logger, which default_setup configures (to the console and OUTPUT_DIR/log.txt)
@@ -111,8 +115,12 @@ def build_parser():
 
 def run(main_function=main, argv=None) -> int:
     """Parse, launch (one process per GPU), and turn accel-det's errors into one line, exit 2."""
-    args = build_parser().parse_args(argv)
     ignore_file_size_signal()
+    try:
+        args = one_line_parser_errors(build_parser()).parse_args(argv)
+    except AccelDetError as error:
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return 2
     try:
         if args.num_gpus * args.num_machines > 1:
             # launch spawns processes: check here, so that bad input is one line, not a child's
@@ -135,13 +143,13 @@ def run(main_function=main, argv=None) -> int:
     except (AccelDetError, FileNotFoundError) as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:  # out of room in a write Detectron2 makes itself (its logs)
         failure = write_failure(error.filename, error)
         if failure is None or args.debug:
             raise
-        print(f"error: {failure}", file=sys.stderr)
+        print(f"error: {printable(str(failure))}", file=sys.stderr)
         return 2
     return 0
 

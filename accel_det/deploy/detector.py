@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..detection.backbone import load_plan
-from ..detection.checkpoint import REMOTE_PREFIXES, load_detector_weights
+from ..detection.checkpoint import REMOTE_PREFIXES, load_detector_weights, weights_file
 from ..errors import AccelDetError
 from ..utils.files import not_found
 from ..utils.io import json_safe
@@ -124,7 +124,7 @@ def build_detector(cfg) -> nn.Module:
         load_plan(cfg.MODEL.ACCEL.PLAN)
     weights = cfg.MODEL.WEIGHTS
     remote = weights.startswith(REMOTE_PREFIXES)
-    if weights and not remote and not os.path.isfile(os.path.expanduser(weights)):
+    if weights and not remote and not os.path.isfile(weights_file(weights)):
         raise not_found("MODEL.WEIGHTS file", weights)
     model = build_model(cfg)
     if weights:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import AccelDetError
-from ..utils.io import atomic_files, json_safe, refuse_existing
+from ..utils.io import atomic_files, json_safe, refuse_existing, room_failure, write_failure
 from .record import export_record, files_digest, model_files, record_path
 from .runtime import DISPLAY_NAMES, import_runtime, load_runtime, one_line
 
@@ -179,14 +179,11 @@ def export_graph(
     files = check_output(path, fmt, overwrite)
     start = time.perf_counter()
     result = ExportResult(path=path, files=files, format=fmt, runtime=CHECK_RUNTIME[fmt])
-    with atomic_files(files) as temporaries:
-        if fmt == "onnx":
-            to_onnx(graph, temporaries[0])
-        else:
-            onnx_path = os.path.join(os.path.dirname(temporaries[0]), "graph.onnx")
-            to_onnx(graph, onnx_path)
-            to_openvino(onnx_path, temporaries[0])
-            os.remove(onnx_path)
+    # published in the order X.bin, X.xml (OpenVINO's entry point), the record: the record completes
+    # the set (atomic_files publishes its first path last)
+    with atomic_files([files[-1], *files[:-1]], replace=overwrite) as staged:
+        temporaries = [*staged[1:], staged[0]]
+        write_export(graph, fmt, temporaries[:-1], files[:-1])
         runtime = load_runtime(temporaries[0], result.runtime, threads)
         runtime.path = path  # for messages: the file is still a temporary one
         try:
@@ -207,6 +204,33 @@ def export_graph(
         write_record(graph, result, temporaries, tolerance)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def write_export(graph: Graph, fmt: str, temporaries: List[str], files: List[str]) -> None:
+    """Write ``graph`` in ``fmt`` to ``temporaries`` (for ``files``); a write that runs out of room
+    is one line naming the output file."""
+    path = files[0]
+    try:
+        if fmt == "onnx":
+            to_onnx(graph, temporaries[0])
+            return
+        onnx_path = os.path.join(os.path.dirname(temporaries[0]), "graph.onnx")
+        to_onnx(graph, onnx_path)
+        try:
+            to_openvino(onnx_path, temporaries[0])
+        except RuntimeError as error:  # OpenVINO's writer says "iostream error", not why
+            failure = room_failure(list(zip(temporaries, files)))
+            if failure is not None:
+                raise failure from None
+            raise AccelDetError(
+                f"cannot write {' and '.join(files)}: OpenVINO: {one_line(error)}"
+            ) from None
+        os.remove(onnx_path)
+    except OSError as error:
+        failure = write_failure(path, error)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tolerance: float):
@@ -235,9 +259,15 @@ def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tol
             "samples": len(result.differences),
         },
     )
-    with open(temporaries[-1], "w", encoding="utf-8") as f:
-        json.dump(json_safe(record), f, indent=2)
-        f.write("\n")
+    try:
+        with open(temporaries[-1], "w", encoding="utf-8") as f:
+            json.dump(json_safe(record), f, indent=2)
+            f.write("\n")
+    except OSError as error:
+        failure = write_failure(result.files[-1], error)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 @torch.no_grad()

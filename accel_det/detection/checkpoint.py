@@ -1,4 +1,5 @@
-"""Checking that ``MODEL.WEIGHTS`` fits the model before Detectron2 loads it.
+"""Checking that ``MODEL.WEIGHTS`` fits the model before Detectron2 loads it, and loading it as
+data.
 
 Detectron2's ``DetectionCheckpointer`` only *warns* about missing keys and shape mismatches and
 then trains from random weights; for a backbone built from a plan that silently wastes a run, and
@@ -6,8 +7,13 @@ an evaluation or export gives a wrong number. :func:`check_weights_fit` turns a 
 fc6/fc7 mismatch (a missing, left-over or misshapen tensor) into one error that names the layer
 and both shapes. Box-predictor mismatches stay warnings when training (a new data set has other
 classes) and are refused when the model is evaluated or exported.
+
 :class:`AtomicCheckpointer` is the checkpointer accel-det trains and loads with: it writes
-Detectron2's checkpoints atomically.
+Detectron2's checkpoints atomically, and reads every file it loads (``MODEL.WEIGHTS``, remote
+ones once downloaded, and on ``--resume`` the one ``last_checkpoint`` names) as data: ``.pkl``
+with the restricted unpickler (Detectron2's own ``_load_file`` calls ``pickle.load``), others with
+``torch.load(weights_only=True)``. The file checked is the file loaded: both resolve the name as
+Detectron2 does (:func:`weights_file`).
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from __future__ import annotations
 import logging
 import os
 from typing import Dict, Mapping, Optional
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 from torch import nn
 
 from ..errors import AccelDetError
@@ -34,21 +42,83 @@ HEAD_PREFIX = "roi_heads.box_head."
 LAST_CHECKPOINT = "last_checkpoint"  # Detectron2's name for the file naming the last checkpoint
 
 
+MATCHING_HEURISTICS = "matching_heuristics"  # the one URL query Detectron2's loader reads
+
+
+def weights_file(path: str, what: str = "MODEL.WEIGHTS") -> str:
+    """The local file ``DetectionCheckpointer.load(path)`` reads: ``path`` with its URL query
+    removed (``urlparse(path)._replace(query="")``), then ``PathManager.get_local_path`` (which
+    downloads a remote file; ``~`` is not expanded). A name whose parsed form differs from itself
+    and that is a file too (``DIR/w.pkl?x=1`` beside ``DIR/w.pkl``), or a query other than
+    Detectron2's ``?matching_heuristics=True``, is refused: the file checked must be the file
+    loaded."""
+    parsed = urlparse(path)
+    stripped = parsed._replace(query="").geturl()
+    if stripped != path:
+        if os.path.lexists(path):
+            raise AccelDetError(
+                f"{what} {path} is a file, but Detectron2 reads it as the URL {stripped}: rename "
+                f"the file (no '?' or '#' in its name)"
+            )
+        unknown = sorted(
+            set(parse_qs(parsed.query, keep_blank_values=True)) - {MATCHING_HEURISTICS}
+        )
+        if unknown:
+            raise AccelDetError(
+                f"{what} {path}: unknown URL query {unknown[0]!r} (Detectron2 reads only "
+                f"?{MATCHING_HEURISTICS}=True)"
+            )
+    return PathManager.get_local_path(stripped)
+
+
+def read_weights_file(path: str, what: str = "MODEL.WEIGHTS") -> dict:
+    """The checkpoint dict of the local file ``path`` in the form Detectron2's loader makes of it:
+    ``.pkl`` read with the restricted unpickler (a pickle that names any global other than plain
+    data's is refused unrun) and, unless it is in Detectron2's format (``model`` and
+    ``__author__``), taken as Caffe2 / Detectron1 blobs; other files with
+    ``torch.load(weights_only=True)``, a bare state dict put under ``model``. Its ``model`` must be
+    a mapping of names to dense numeric tensors or arrays."""
+    if path.endswith(".pkl"):
+        data = load_pickle(path, f"{what} file")
+        if not isinstance(data, dict):
+            raise AccelDetError(f"{what} file {path} does not hold a dict")
+        if not ("model" in data and "__author__" in data):  # Caffe2 / Detectron1 model zoo
+            blobs = data.get("blobs", data)
+            if not isinstance(blobs, Mapping) or not all(isinstance(k, str) for k in blobs):
+                raise AccelDetError(f"{what} file {path} holds no state dict")
+            blobs = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+            data = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
+    else:
+        data = load_torch_file(path, what)
+        if not isinstance(data, dict):
+            raise AccelDetError(f"{what} file {path} does not hold a state dict")
+        if "model" not in data:
+            data = {"model": data}
+    check_state_dict(data["model"], path, what)
+    return data
+
+
+def check_state_dict(state, path: str, what: str = "MODEL.WEIGHTS") -> None:
+    """Raise :class:`AccelDetError` unless ``state`` maps names to dense numeric tensors or numpy
+    arrays (what ``load_state_dict`` takes)."""
+    if not isinstance(state, Mapping):
+        raise AccelDetError(f"{what} file {path} holds no state dict")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise AccelDetError(f"{what} file {path} has a state dict key that is not a string")
+        dense = (isinstance(value, torch.Tensor) and value.layout == torch.strided) or (
+            isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+        )
+        if not dense:
+            kind = getattr(value, "layout", None) or getattr(value, "dtype", type(value).__name__)
+            raise AccelDetError(f"{what} file {path}: {key} is not a dense numeric tensor ({kind})")
+
+
 def read_checkpoint_state(path: str) -> Dict[str, tuple]:
     """Shapes of the tensors in a Detectron2 checkpoint (``.pth`` with a ``model`` entry, or a
-    plain state dict; ``.pkl`` in Detectron2's pickle format, read as plain data: a pickle that
-    names any other global, which could run code, is refused unrun)."""
-    if path.endswith(".pkl"):
-        data = load_pickle(path, "MODEL.WEIGHTS file")
-    else:
-        data = load_torch_file(path, "MODEL.WEIGHTS")
-    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
-        data = data["model"]
-    if not isinstance(data, Mapping):
-        raise AccelDetError(f"{path} does not hold a state dict")
-    return {
-        k: tuple(np.shape(v)) for k, v in data.items() if isinstance(v, (torch.Tensor, np.ndarray))
-    }
+    plain state dict; ``.pkl`` in Detectron2's pickle format, read as plain data), as Detectron2's
+    loader reads it (:func:`read_weights_file`)."""
+    return {k: tuple(np.shape(v)) for k, v in read_weights_file(path)["model"].items()}
 
 
 def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> None:
@@ -59,8 +129,8 @@ def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> No
     Detectron2 (a new data set)."""
     if not path or path.startswith(REMOTE_PREFIXES):
         return
-    path = os.path.expanduser(path)
-    if not os.path.exists(path):
+    path = weights_file(path)
+    if not os.path.isfile(path):
         raise not_found("MODEL.WEIGHTS file", path)
     shapes = read_checkpoint_state(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -191,18 +261,32 @@ def checkpoint_to_load(checkpointer, weights: str, resume: bool) -> str:
     if not (resume and checkpointer.has_checkpoint()):
         return weights
     target = checkpointer.get_checkpoint_file()
-    if not os.path.isfile(target):
+    last = os.path.join(checkpointer.save_dir, LAST_CHECKPOINT)
+    if not os.path.isfile(weights_file(target, f"--resume: the checkpoint {last} names,")):
         raise AccelDetError(
-            f"--resume: {os.path.join(checkpointer.save_dir, LAST_CHECKPOINT)} names {target}, "
-            f"which does not exist; remove it to start from MODEL.WEIGHTS"
+            f"--resume: {last} names {target}, which does not exist; remove it to start from "
+            f"MODEL.WEIGHTS"
         )
     return target
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, but ``model_*.pth`` and ``last_checkpoint`` are written to a
-    temporary file, flushed to disk and renamed: a crash or a full disk mid-save leaves the previous
-    files whole (and a failed write is one line naming the file). Remote folders: Detectron2's."""
+    """Detectron2's checkpointer, but every file it loads is read as data
+    (:func:`read_weights_file`: ``.pkl`` by the restricted unpickler, others by
+    ``torch.load(weights_only=True)``), and
+    ``model_*.pth`` and ``last_checkpoint`` are written to a temporary file, flushed to disk and
+    renamed: a crash or a full disk mid-save leaves the previous files whole (and a failed write is
+    one line naming the file). Remote folders: Detectron2's."""
+
+    def _load_file(self, filename: str) -> dict:
+        # Detectron2 calls this with the local file it resolved (URL query removed, downloaded)
+        data = read_weights_file(filename, "checkpoint")
+        if not filename.endswith(".pkl"):  # Detectron2's URL query, as its own _load_file reads it
+            parsed = self._parsed_url_during_load
+            query = parse_qs(parsed.query) if parsed is not None else {}
+            if query.get(MATCHING_HEURISTICS) == ["True"]:
+                data["matching_heuristics"] = True
+        return data
 
     def save(self, name: str, **kwargs) -> None:
         if "://" in self.save_dir:

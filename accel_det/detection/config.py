@@ -109,6 +109,56 @@ def resolve_config_file(name: str) -> str:
     )
 
 
+MAX_BASES = 16  # _BASE_ files a config may include, one inside the other
+
+
+def check_config_file(path: str) -> None:
+    """Raise :class:`AccelDetError` unless ``path`` and the chain of ``_BASE_`` files it includes
+    are YAML mappings of config keys: no Python config (Detectron2's LazyConfig ``.py``), no empty
+    file or list, no file that includes itself. The base is found as Detectron2 finds it (relative
+    to the including file, ``~`` expanded)."""
+    chain: List[str] = []
+    while path is not None:
+        path = os.path.abspath(path)
+        if path in chain:
+            loop = " -> ".join([*chain, path])
+            raise AccelDetError(f"config {chain[0]} includes itself through _BASE_ ({loop})")
+        if len(chain) >= MAX_BASES:
+            raise AccelDetError(f"config {chain[0]}: more than {MAX_BASES} _BASE_ files deep")
+        chain.append(path)
+        if not path.endswith((".yaml", ".yml")):
+            raise AccelDetError(
+                f"config {path} is not a YAML file (.yaml): accel-det's tools take Detectron2's "
+                "YAML configs, not its Python (LazyConfig) ones"
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            raise AccelDetError(
+                f"cannot load config {path}: {' '.join(str(error).split())}"
+            ) from None
+        if not isinstance(data, dict):
+            what = "nothing" if data is None else f"a {type(data).__name__}"
+            raise AccelDetError(f"config {path} holds {what}, not a mapping of config keys")
+        path = base_config_file(path, data.get("_BASE_"))
+
+
+def base_config_file(path: str, base) -> "str | None":
+    """The file the ``_BASE_`` entry ``base`` of the config ``path`` names, as fvcore resolves it;
+    None for none (or a remote one, which this check leaves to Detectron2)."""
+    if base is None or (isinstance(base, str) and base.startswith(("https://", "http://"))):
+        return None
+    if not isinstance(base, str):
+        raise AccelDetError(f"config {path}: _BASE_ must be a file name, got {base!r}")
+    base = os.path.expanduser(base)
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.dirname(path), base)
+    if not os.path.isfile(base):
+        raise AccelDetError(f"config {path}: its _BASE_ {base} does not exist")
+    return base
+
+
 def get_accel_cfg() -> CN:
     """``detectron2.config.get_cfg()`` with :func:`add_accel_config` applied."""
     from detectron2.config import get_cfg
@@ -121,15 +171,16 @@ def load_config(config_file: str, opts=()) -> CN:
     :func:`resolve_config_file`) and ``opts`` (``["KEY", value, ...]``); not frozen."""
     cfg = get_accel_cfg()
     path = resolve_config_file(config_file)
+    check_config_file(path)
     try:
         cfg.merge_from_file(
             path, allow_unsafe=False
         )  # plain YAML only: no Python objects from a config
-    except (KeyError, ValueError, AssertionError, yaml.YAMLError) as error:
+    except (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError) as error:
         raise AccelDetError(f"cannot load config {path}: {' '.join(str(error).split())}") from None
     try:
         cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as error:
+    except (KeyError, ValueError, AssertionError, TypeError) as error:
         raise AccelDetError(
             f"KEY VALUE override on the command line: {' '.join(str(error).split())}"
         ) from None

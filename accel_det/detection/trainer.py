@@ -25,9 +25,11 @@ from .checkpoint import (
     check_weights_fit,
     checkpoint_to_load,
     read_checkpoint_state,
+    weights_file,
 )
 from .checks import check_dataset_files
 from .datasets import check_dataset_layout, dataset_images
+from .loaders import build_test_loader, build_train_loader
 from .proposals import check_proposal_file
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,17 @@ logger = logging.getLogger(__name__)
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with a VOC/COCO evaluator by data set type, the weights it loads
     (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked against the model
-    (:func:`check_weights_fit`) first, and checkpoints written atomically
-    (:class:`AtomicCheckpointer`)."""
+    (:func:`check_weights_fit`) first and read as data, checkpoints written atomically
+    (:class:`AtomicCheckpointer`), and data loaders that read proposal files as data
+    (:mod:`.loaders`)."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes its checkpointer just before it builds the hooks (the
@@ -75,12 +86,13 @@ def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
     """Fail early, with one clear message, on a missing plan or weights file, a data set folder
     without the VOC layout, an image that does not decode, a test annotation the evaluator cannot
     read (:mod:`.checks`) or a proposal file that misses images or was made for other images
-    (before Detectron2 starts and fails deep inside). Proposal files and ``.pkl`` weights, which
-    Detectron2 unpickles, are read here first with the allow-list unpickler, so a pickle that
-    would run code is refused unrun. The model is built (without memory: on the meta device) to
-    check that the plan fits the config and that the weights the run will load (``MODEL.WEIGHTS``,
-    or with ``resume`` the last checkpoint of ``OUTPUT_DIR``) fit the model: completely when it is
-    only evaluated (not ``train``)."""
+    (before Detectron2 starts and fails deep inside). Proposal files and ``.pkl`` weights are read
+    here with the restricted unpickler, so that a pickle that would run code is refused before
+    anything starts (the data loaders and the checkpointer read them as data again:
+    :mod:`.loaders`, :class:`AtomicCheckpointer`). The model is built (without memory: on the meta
+    device) to check that the plan fits the config and that the weights the run will load
+    (``MODEL.WEIGHTS``, or with ``resume`` the last checkpoint of ``OUTPUT_DIR``) fit the model:
+    completely when it is only evaluated (not ``train``)."""
     plan = None
     if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone" or cfg.MODEL.ACCEL.PLAN:
         plan = load_plan(cfg.MODEL.ACCEL.PLAN)
@@ -92,10 +104,11 @@ def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
         )
     weights = cfg.MODEL.WEIGHTS
     if weights and not weights.startswith(REMOTE_PREFIXES):
-        if not os.path.isfile(os.path.expanduser(weights)):
+        local = weights_file(weights)  # the file Detectron2 will read
+        if not os.path.isfile(local):
             raise not_found("MODEL.WEIGHTS file", weights)
-        if weights.endswith(".pkl"):  # Detectron2 unpickles it in full: read it as data first
-            read_checkpoint_state(os.path.expanduser(weights))
+        if local.endswith(".pkl"):  # refused before Detectron2 starts (its loader reads it too)
+            read_checkpoint_state(local)
     check_model_weights(cfg, complete=not train, resume=resume)
     check_data(cfg, train)
 

@@ -10,7 +10,7 @@ from typing import Mapping
 from torch import nn
 
 from ..errors import AccelDetError
-from .factorized import ORIGINAL, FactorizedConv2d, build_layer
+from .factorized import ORIGINAL, FactorizedConv2d, build_layer, is_rank, rank_limits
 from .linear import build_linear, is_linear_entry
 
 CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, FactorizedConv2d)
@@ -85,17 +85,26 @@ def apply_plan(features: nn.Sequential, plan: Mapping) -> nn.Sequential:
 
 def check_entry_fits(name: str, module: nn.Module, entry: Mapping) -> None:
     """Raise unless the plan entry's channel counts are ``module``'s and its ranks are positive
-    integers."""
+    integers no larger than the layer's full ranks (:func:`rank_limits`): checked before anything
+    is built, so a hostile rank allocates nothing."""
     for key in ("in_channels", "out_channels"):
         if key in entry and entry[key] != getattr(module, key):
             raise AccelDetError(
                 f"plan layer {name}: {key}={entry[key]} but the network has {getattr(module, key)}"
             )
-    for key in ("rank", "spatial_rank"):
+    if isinstance(module, nn.Linear):
+        limits = rank_limits(module.in_features, module.out_features)
+    else:
+        limits = rank_limits(module.in_channels, module.out_channels, module.kernel_size)
+    for key, limit in zip(("rank", "spatial_rank"), limits):
         value = entry.get(key)
-        if value is not None and not (isinstance(value, int) and value >= 1):
+        if value is not None and not is_rank(value):
             raise AccelDetError(
                 f"plan layer {name}: {key} must be a positive integer, got {value!r}"
+            )
+        if value is not None and value > limit:
+            raise AccelDetError(
+                f"plan layer {name}: {key}={value} is larger than the layer's full rank {limit}"
             )
 
 

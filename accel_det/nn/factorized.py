@@ -14,7 +14,7 @@ The ``vertical`` layer has no bias: the ``horizontal`` layer zero-pads its input
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -73,6 +73,19 @@ class FactorizedConv2d(nn.Sequential):
 
     def extra_repr(self) -> str:
         return f"structure={self.structure}, rank={self.rank}, spatial_rank={self.spatial_rank}"
+
+
+def rank_limits(in_channels: int, out_channels: int, kernel_size=1) -> Tuple[int, int]:
+    """The largest d' and d'' a plan may give a layer (conv or fc) of this shape: d' ≤ d (at
+    d' = d the 1×1 layer is the layer itself), d'' ≤ min(kh·c, kw·d) (the rank of the
+    (kh·c)×(kw·d) kernel matrix the spatial decomposition factors, §5)."""
+    kh, kw = _pair(kernel_size)
+    return out_channels, min(kh * in_channels, kw * out_channels)
+
+
+def is_rank(value) -> bool:
+    """A rank as plans write it: a positive integer (``true`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _pair(value):

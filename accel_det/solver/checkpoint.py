@@ -67,7 +67,10 @@ def load_checkpoint(
         saved_plan = json.loads(saved["plan"])
         done = set(saved["done"])
         state = saved["state_dict"]
-    except (KeyError, TypeError, ValueError) as error:
+        saved_layers = saved_plan["layers"]
+        if not isinstance(saved_layers, Mapping) or not isinstance(state, Mapping):
+            raise TypeError("its plan or state dict is not a mapping")
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
         raise AccelDetError(f"{path} is not a compression checkpoint ({error})") from None
     for key in CHECKPOINT_KEYS:
         if saved_plan.get(key) != plan.get(key):
@@ -76,14 +79,26 @@ def load_checkpoint(
                 f"{plan.get(key)!r}; start over without --resume or use the same options"
             )
     check_fingerprints(path, saved.get("fingerprints"), fingerprints)
-    for name in done:
-        if any(
-            saved_plan["layers"][name].get(k) != plan["layers"][name].get(k) for k in LAYER_KEYS
+    for name in sorted(done, key=str):
+        if name not in names or name not in plan["layers"] or name not in saved_layers:
+            raise AccelDetError(
+                f"checkpoint {path} says layer {name!r} is done, which this run does not solve; "
+                "start over without --resume"
+            )
+        entry = saved_layers[name]
+        if not isinstance(entry, Mapping) or any(
+            entry.get(k) != plan["layers"][name].get(k) for k in LAYER_KEYS
         ):
             raise AccelDetError(f"checkpoint {path}: layer {name} does not match this run's plan")
-        plan["layers"][name] = saved_plan["layers"][name]
+        plan["layers"][name] = dict(entry)
         approximated[names[name]] = build_layer(approximated[names[name]], plan["layers"][name])
-    approximated.load_state_dict(state)
+    try:
+        approximated.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError, ValueError) as error:
+        raise AccelDetError(
+            f"checkpoint {path} does not hold the weights of the layers it names "
+            f"({' '.join(str(error).split())[:300]}); start over without --resume"
+        ) from None
     return done
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..errors import AccelDetError
 from .io import write_failure
@@ -27,15 +28,71 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def number(
+    kind: type = int, minimum=None, maximum=None, above=None, below=None
+) -> Callable[[str], Any]:
+    """An argparse ``type``: a finite ``kind`` (int or float) at least ``minimum``, at most
+    ``maximum``, greater than ``above`` and less than ``below``; anything else is argparse's error
+    naming the option (one line, exit code 2, through :func:`run_tool`)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be less than {below}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# the numeric options of the tools
+POSITIVE_INT = number(int, minimum=1)
+NON_NEGATIVE_INT = number(int, minimum=0)  # e.g. worker processes, threads (0: all cores)
+SEED = number(int, minimum=0, maximum=2**63 - 1)
+POSITIVE_FLOAT = number(float, above=0)
+NON_NEGATIVE_FLOAT = number(float, minimum=0)
+FRACTION = number(float, minimum=0, maximum=1)
+SPEEDUP = number(float, above=1)
+IMAGE_SIDE = number(int, minimum=32)  # VGG-16's five 2×2 max-pools need 32 pixels
+
+
+def one_line_parser_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` raising a bad command line as an :class:`AccelDetError` (one line, exit code 2
+    through :func:`run_tool`, like every other error of the tools; ``--help`` shows the usage)
+    instead of printing its usage and exiting."""
+
+    def error(message: str):
+        raise AccelDetError(f"{message} (see --help)")
+
+    parser.error = error
+    return parser
+
+
 def run_tool(
     main: Callable[[argparse.Namespace], Optional[int]],
     parser: argparse.ArgumentParser,
     argv: Optional[Sequence[str]] = None,
 ) -> int:
-    """Parse ``argv``, run ``main(args)``; an :class:`AccelDetError`, a missing file, a full disk
-    or a Ctrl-C becomes one line on stderr and exit code 2 (1 for Ctrl-C), unless ``--debug`` is
-    given."""
-    args = parser.parse_args(argv)
+    """Parse ``argv``, run ``main(args)``; a bad command line, an :class:`AccelDetError`, a missing
+    file, a full disk or a Ctrl-C becomes one line on stderr and exit code 2 (1 for Ctrl-C),
+    unless ``--debug`` is given."""
+    try:
+        args = one_line_parser_errors(parser).parse_args(argv)
+    except AccelDetError as error:
+        print(f"error: {printable(str(error))}", file=sys.stderr)
+        return 2
     setup_logging(getattr(args, "verbose", False))
     return run_main(main, args)
 
@@ -52,17 +109,27 @@ def run_main(main: Callable[[argparse.Namespace], Optional[int]], args: argparse
             raise
         if getattr(error, "quiet", False):
             return int(getattr(error, "exit_code", 2))
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:  # a write out of room that no accel-det writer saw (an append)
         failure = write_failure(error.filename, error)
         if failure is None or getattr(args, "debug", False):
             raise
-        print(f"error: {failure}", file=sys.stderr)
+        print(f"error: {printable(str(failure))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 1
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, escape sequences, bidirectional overrides)
+    written as escapes: a path with a newline stays on the one error line, and cannot draw a
+    second line of its own."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
 
 
 def ignore_file_size_signal() -> None:

@@ -9,6 +9,7 @@ import argparse
 from ..errors import AccelDetError
 from ..solver import METHODS, SolverOptions, paper_schedule
 from ..solver.ranks import RANK_COSTS
+from ..utils.cli import NON_NEGATIVE_INT, POSITIVE_INT, SEED, SPEEDUP, number
 
 
 def add_solver_arguments(
@@ -18,7 +19,7 @@ def add_solver_arguments(
     group = parser.add_argument_group("solver")
     group.add_argument(
         "--speedup",
-        type=float,
+        type=SPEEDUP,
         default=4.0,
         help="whole-model theoretical speedup of the conv layers (default: 4)",
     )
@@ -32,19 +33,19 @@ def add_solver_arguments(
     )
     group.add_argument(
         "--samples-per-image",
-        type=int,
+        type=POSITIVE_INT,
         default=samples_per_image,
         help=f"responses sampled per image and layer (default: {samples_per_image})",
     )
     group.add_argument(
         "--seed",
-        type=int,
+        type=SEED,
         default=0,
         help="draws the images and the sampled positions (default: 0)",
     )
     group.add_argument(
         "--iterations",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=25,
         help=(
             "nonlinear solver iterations per lambda step: 0.01 then 1.0 (default: 25, as the paper)"
@@ -61,7 +62,7 @@ def add_solver_arguments(
     )
     group.add_argument(
         "--round-ranks",
-        type=int,
+        type=POSITIVE_INT,
         default=16,
         metavar="N",
         help="keep every d' and d'' a multiple of N at the same multiply-add budget (beyond the "
@@ -70,7 +71,7 @@ def add_solver_arguments(
     )
     group.add_argument(
         "--heldout-fraction",
-        type=float,
+        type=number(float, minimum=0, below=1),
         default=0.1,
         help="share of the images kept out of every solve to measure the held-out error "
         "(default: 0.1; 0: none)",

@@ -2,6 +2,8 @@
 PyTorch's; tools/export_model.py; refusals leave the output as it was."""
 
 import json
+import os
+import resource
 
 import numpy as np
 import onnx
@@ -160,3 +162,75 @@ def test_tool_exports_an_accelerated_backbone(weights, tmp_path, capsys):
     assert out.is_file() and (tmp_path / "features.bin").is_file()
     run = load_runtime(str(out), threads=1)
     assert run.name == "openvino" and run(torch.randn(1, 3, 64, 96))[0].shape == (1, 64, 2, 3)
+
+
+# --------------------------------------------------------------------------- writes
+def small_graph():
+    """Conv 3→64→64 (148 KB of float32 weights): larger than the file size limit below."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3)
+    )
+    return export_module.Graph(module.eval(), [(torch.rand(1, 3, 16, 16),)], ["x"], ["y"])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_an_export_out_of_room_is_one_line_naming_the_file(tmp_path, fmt, monkeypatch):
+    """OpenVINO's writer fails with "basic_ios::clear: iostream error", ONNX's with an OSError
+    without a file name: both become one line naming the output, the earlier export stays, no
+    temporary is left. (For IR the limit holds while OpenVINO writes: its ONNX source, about as
+    large as X.bin, is written first.)"""
+    path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.xml")
+    files = export_module.output_files(str(path), fmt)
+    for f in files:
+        with open(f, "wb") as handle:
+            handle.write(b"earlier")
+    failing = files[0] if fmt == "onnx" else files[1]  # OpenVINO's weights: X.bin
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    real = export_module.to_openvino
+
+    def to_openvino_limited(*args):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+        real(*args)
+
+    monkeypatch.setattr(export_module, "to_openvino", to_openvino_limited)
+    try:
+        with pytest.raises(AccelDetError) as error:
+            if fmt == "onnx":
+                resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+            export_graph(small_graph(), str(path), fmt, overwrite=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert str(error.value) == f"cannot write {failing}: file too large"
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in files)
+    assert all(open(f, "rb").read() == b"earlier" for f in files)
+
+
+def test_two_exports_to_one_new_output_keep_the_first(tmp_path, monkeypatch, capsys):
+    """The output is checked when the tool starts and, without --overwrite, again when it is
+    published (a hard link that fails if the file exists): another run that wrote it meanwhile
+    keeps its file; this one exits with one line."""
+    out = tmp_path / "model.xml"
+    real = export_module.to_openvino
+
+    def another_run_finishes_first(onnx_path, xml_path):
+        real(onnx_path, xml_path)
+        out.write_bytes(b"the other run's")
+
+    monkeypatch.setattr(export_module, "to_openvino", another_run_finishes_first)
+    tool = load_tool("export_model")
+    argv = ["--format", "openvino", "--weights", str(weights_of(tmp_path)), "--output", str(out)]
+    code = run_tool(tool.main, tool.build_parser(), argv + ["--input-size", "32", "32"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == (
+        f"error: output {out} already exists (another run wrote it meanwhile); pass --overwrite "
+        "to replace it"
+    ), err
+    assert out.read_bytes() == b"the other run's"
+    assert sorted(os.listdir(tmp_path)) == ["model.xml", "vgg.pth"]
+
+
+def weights_of(folder):
+    torch.manual_seed(0)
+    torch.save(vgg16(num_classes=10, width=WIDTH).state_dict(), folder / "vgg.pth")
+    return folder / "vgg.pth"

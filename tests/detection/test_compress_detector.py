@@ -174,3 +174,18 @@ def test_bad_input_is_one_line_and_loses_nothing(tiny_root, detector, tmp_path):
         compress(tiny_root, detector, done, "--speedup", "3"), "already exists; pass --overwrite"
     )
     assert {p.name: p.read_bytes() for p in done.iterdir()} == before
+
+
+def test_outputs_another_run_wrote_meanwhile_are_kept(tmp_path):
+    """Checked at the start, the outputs are published without replacing (unless --overwrite or
+    --resume): a second run that finishes later is refused and the first run's pair stays."""
+    from accel_det.errors import AccelDetError
+    from accel_det.plan import Plan
+    from accel_det.workflows.detector.compress import output_paths, write_outputs
+
+    paths = output_paths(str(tmp_path))
+    (tmp_path / "plan.json").write_text("the first run's")
+    with pytest.raises(AccelDetError, match="plan.json already exists .*pass --overwrite"):
+        write_outputs(torch.nn.Linear(2, 2), Plan(layers={}), paths, plot=False, replace=False)
+    assert os.listdir(tmp_path) == ["plan.json"]
+    assert (tmp_path / "plan.json").read_text() == "the first run's"

@@ -174,8 +174,8 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--speedup", "1"], "--speedup must be above 1"),
-        (["--rois", "0"], "--rois must be at least 1"),
+        (["--speedup", "1"], "argument --speedup: must be greater than 1, got 1"),
+        (["--rois", "0"], "argument --rois: must be at least 1, got 0"),
     ],
 )
 def test_runtime_benchmark_refuses_bad_options_in_one_line(argv, message, tmp_path, capsys):

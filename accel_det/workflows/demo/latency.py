@@ -7,8 +7,9 @@ import copy
 from typing import Dict, Mapping
 
 import torch
-from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import DatasetMapper
 
+from ...detection.loaders import detection_dataset_dicts
 from ...models.vgg import vgg16_features
 from ...nn.chain import apply_plan
 from ...plan import Plan, conv_entries
@@ -20,7 +21,7 @@ FULL_WIDTH_INPUT = (224, 224)  # the paper's single view
 def timing_input(cfg) -> dict:
     """The first test image as the detector takes it (``DatasetMapper``: resized, with its
     precomputed proposals): what every latency of the demo is measured on."""
-    dicts = get_detection_dataset_dicts(
+    dicts = detection_dataset_dicts(
         list(cfg.DATASETS.TEST),
         filter_empty=False,
         proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TEST),

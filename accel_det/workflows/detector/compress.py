@@ -29,6 +29,7 @@ from ... import __version__
 from ...detection.checkpoint import load_detector_weights
 from ...detection.config import load_config
 from ...errors import AccelDetError
+from ...nn.factorized import is_rank, rank_limits
 from ...plan import Plan
 from ...solver import SolverOptions, compress, conv_specs, get_method
 from ...solver.channel import covariance, eigen_descending
@@ -96,6 +97,11 @@ class DetectorCompressOptions:
             )
         if self.rois_per_image is not None and self.rois_per_image < 1:
             raise AccelDetError(f"--rois-per-image must be at least 1, got {self.rois_per_image}")
+        for name, rank in (self.fc_ranks or {}).items():
+            if not is_rank(rank):
+                raise AccelDetError(
+                    f"--fc-ranks: the rank of {name} must be at least 1, got {rank}"
+                )
 
 
 def output_paths(output: str) -> dict:
@@ -109,10 +115,11 @@ def output_paths(output: str) -> dict:
     }
 
 
-def check_outputs(paths: dict, options: DetectorCompressOptions) -> None:
+def check_outputs(paths: dict, options: DetectorCompressOptions) -> bool:
     """Refuse before any work, as ``tools/compress_backbone.py`` does: an unwritable folder,
     existing outputs (without --overwrite, or --resume with a checkpoint to finish), a checkpoint
-    that would be thrown away (without --resume or --overwrite)."""
+    that would be thrown away (without --resume or --overwrite). Returns whether the outputs may
+    replace existing files when they are written."""
     check_writable_folder(paths["folder"], create=False)
     finals = [paths[k] for k in ("weights", "plan", "plot") if k != "plot" or options.plot]
     checkpoint = os.path.exists(paths["checkpoint"])
@@ -123,11 +130,13 @@ def check_outputs(paths: dict, options: DetectorCompressOptions) -> None:
             + f"{paths['checkpoint']} holds an interrupted run: pass --resume to "
             f"{'finish' if written else 'continue'} it or --overwrite to start over"
         )
-    refuse_existing(finals, options.overwrite or options.resume and checkpoint)
+    replace = options.overwrite or options.resume and checkpoint
+    refuse_existing(finals, replace)
     if options.resume and not checkpoint:
         logger.warning(
             "--resume: no checkpoint %s yet, starting from the first layer", paths["checkpoint"]
         )
+    return replace
 
 
 def load_detector(options: DetectorCompressOptions, device):
@@ -150,6 +159,19 @@ def load_detector(options: DetectorCompressOptions, device):
     model = build_model(cfg)
     load_detector_weights(model, cfg.MODEL.WEIGHTS, complete=True)
     return cfg, model.eval()
+
+
+def check_fc_ranks(model, fc_ranks: Optional[Mapping[str, int]]) -> None:
+    """Refuse fixed fc6/fc7 ranks above the layers' full ranks before any work."""
+    head = model.roi_heads.box_head
+    for name, rank in (fc_ranks or {}).items():
+        layer = getattr(head, name)
+        limit = rank_limits(layer.in_features, layer.out_features)[0]
+        if rank > limit:
+            raise AccelDetError(
+                f"--fc-ranks: {name} has rank {rank}, larger than its full rank {limit} "
+                f"({layer.in_features}→{layer.out_features})"
+            )
 
 
 def linear_specs(model, rois: int) -> Tuple[list, int]:
@@ -178,8 +200,9 @@ def compress_detector(
     with agreed_errors():
         group = init_distributed(options.device)
         paths = output_paths(options.output)
-        check_outputs(paths, options)
+        replace = check_outputs(paths, options)
         cfg, model = load_detector(options, group.device)
+        check_fc_ranks(model, options.fc_ranks)
         rois = int(options.rois_per_image or cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)
         input_hw = tuple(options.input_hw or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
         linears, fixed = linear_specs(model, rois)
@@ -246,7 +269,7 @@ def compress_detector(
             log_layer(name, plan["layers"][name])
     record = detector_record(plan, options, argv, cfg, images, rois, input_hw, started)
     if group.is_main:
-        write_outputs(model, record, paths, options.plot)
+        write_outputs(model, record, paths, options.plot, replace)
     barrier()
     return record
 
@@ -292,14 +315,17 @@ def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -
     return record
 
 
-def write_outputs(model, record: Plan, paths: dict, plot: bool) -> None:
+def write_outputs(model, record: Plan, paths: dict, plot: bool, replace: bool = True) -> None:
     """The checkpoint of the whole accelerated detector and the plan record as a pair (the record
-    last, with the weights' sha256), then the plot; the solver's checkpoint is removed only when
-    all are written (else the error says that ``--resume`` writes them)."""
+    last, with the weights' sha256; without ``replace``, refused if either exists by then), then
+    the plot; the solver's checkpoint is removed only when all are written (else the error says
+    that ``--resume`` writes them)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     checkpoint = {"model": state, "__author__": "accel-det compress_detector"}
     try:
-        record = Plan(atomic_save_pair(checkpoint, paths["weights"], record, paths["plan"]))
+        record = Plan(
+            atomic_save_pair(checkpoint, paths["weights"], record, paths["plan"], replace)
+        )
         if plot:
             plot_plan(record, paths["plot"])
     except AccelDetError as error:

@@ -11,10 +11,11 @@ from typing import Iterator, List
 
 import numpy as np
 import torch
-from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import DatasetMapper
 from detectron2.structures import Boxes, pairwise_iou
 from tqdm.auto import tqdm
 
+from ...detection.loaders import detection_dataset_dicts
 from ...errors import AccelDetError
 
 FOREGROUND_IOU = 0.5  # Fast R-CNN's foreground threshold
@@ -69,7 +70,7 @@ def sample_detector_images(
             "at its RoIs, so the config needs MODEL.LOAD_PROPOSALS True and "
             "DATASETS.PROPOSAL_FILES_TRAIN (make them with tools/make_proposals.py)"
         )
-    dicts = get_detection_dataset_dicts(
+    dicts = detection_dataset_dicts(
         names, filter_empty=False, proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TRAIN)
     )
     if len(dicts) < num_images:

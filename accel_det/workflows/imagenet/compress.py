@@ -128,9 +128,9 @@ class OutputPaths:
         return [self.checkpoint, self.checkpoint_info]
 
 
-def check_outputs(paths: OutputPaths, options: CompressOptions) -> None:
+def check_outputs(paths: OutputPaths, options: CompressOptions) -> bool:
     """Refuse before any work: an unwritable folder, existing outputs, a checkpoint left
-    unresumed."""
+    unresumed. Returns whether the outputs may replace existing files when they are written."""
     check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)), create=False)
     if os.path.exists(paths.checkpoint) and not options.resume and not options.overwrite:
         # the outputs of a run stopped while writing them are incomplete: --overwrite would
@@ -141,14 +141,13 @@ def check_outputs(paths: OutputPaths, options: CompressOptions) -> None:
             + f"{paths.checkpoint} holds an interrupted run: pass --resume to "
             f"{'finish' if written else 'continue'} it or --overwrite to start over"
         )
-    refuse_existing(
-        paths.finals(options.plot),
-        options.overwrite or options.resume and os.path.exists(paths.checkpoint),
-    )
+    replace = options.overwrite or options.resume and os.path.exists(paths.checkpoint)
+    refuse_existing(paths.finals(options.plot), replace)
     if options.resume and not os.path.exists(paths.checkpoint):
         logger.warning(
             "--resume: no checkpoint %s yet, starting from the first layer", paths.checkpoint
         )
+    return replace
 
 
 # What a resumed run must share with the checkpoint's run, besides the plan options:
@@ -230,7 +229,7 @@ def compress_vgg16(
         group = init_distributed(options.device)
         device = group.device
         paths = OutputPaths.from_prefix(options.output)
-        check_outputs(paths, options)
+        replace = check_outputs(paths, options)
         model, source = _load_source(options)
         if options.stop_after is not None and options.stop_after not in conv_names(model.features):
             raise AccelDetError(f"--stop-after {options.stop_after}: no such layer")
@@ -319,7 +318,7 @@ def compress_vgg16(
     )
     with agreed_errors():  # the outputs are complete when any process returns
         if group.is_main:
-            record = _write_outputs(accelerated, record, paths, options.plot)
+            record = _write_outputs(accelerated, record, paths, options.plot, replace)
     return accelerated, record
 
 
@@ -394,13 +393,15 @@ def _record(options, argv, plan, source, image_record, paths, device, world_size
     return record
 
 
-def _write_outputs(accelerated, record: dict, paths: OutputPaths, plot: bool) -> dict:
-    """Write OUT.pth and OUT.json as a pair (the record last, with the weights' sha256), OUT.png,
-    then drop the checkpoint; on a failure the checkpoint stays for --resume. Returns the
-    record."""
+def _write_outputs(
+    accelerated, record: dict, paths: OutputPaths, plot: bool, replace: bool = True
+) -> dict:
+    """Write OUT.pth and OUT.json as a pair (the record last, with the weights' sha256; without
+    ``replace``, refused if either exists by then), OUT.png, then drop the checkpoint; on a
+    failure the checkpoint stays for --resume. Returns the record."""
     state_dict = {k: v.detach().cpu().contiguous() for k, v in accelerated.state_dict().items()}
     try:
-        record = atomic_save_pair(state_dict, paths.weights, record, paths.record)
+        record = atomic_save_pair(state_dict, paths.weights, record, paths.record, replace)
         if plot:
             plot_plan(record, paths.plot)
     except AccelDetError as error:

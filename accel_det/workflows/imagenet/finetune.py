@@ -296,6 +296,7 @@ def finetune(
                 os.path.join(output, FINAL_WEIGHTS),
                 result,
                 os.path.join(output, FINAL_RECORD),
+                replace=overwrite or has_checkpoint,  # else: refused if another run wrote them
             )
             logger.info(
                 "wrote %s and %s",
