@@ -16,15 +16,19 @@ from ..errors import AccelDetError
 
 def publish_set(moves: Sequence[Tuple[str, str]], replace: bool = True) -> None:
     """Move finished, flushed temporaries to their paths (``(temporary, path)`` pairs), the last
-    one last: it marks the set complete (a record, OpenVINO's ``.xml``). With ``replace``, an
-    existing last path is removed first, so an interrupted set leaves it missing, never next to
-    files of another set. Without, each is published only if its path does not exist at that
-    moment (:func:`publish`); if one does, those already published are taken back and nothing of
-    the set stays. The folders are flushed after."""
+    one last: it marks the set complete (a record, OpenVINO's ``.xml``). With ``replace``, the
+    existing paths of all but the first are removed first (the last first), so an interrupted set
+    leaves them missing, never next to files of another set (an export's ``X.bin``, ``X.xml`` and
+    record: neither the old ``X.xml`` beside the new ``X.bin`` nor the old record beside the new
+    model). Without, each is published only if its path does not exist at that moment
+    (:func:`publish`); if one does, those already published are taken back and nothing of the set
+    stays. The folders are flushed after."""
     folders = {os.path.dirname(os.path.abspath(path)) for _, path in moves}
     if replace:
-        if len(moves) > 1 and os.path.lexists(moves[-1][1]):
-            os.remove(moves[-1][1])
+        stale = [path for _, path in moves[1:][::-1] if os.path.lexists(path)]
+        for path in stale:
+            os.remove(path)
+        if stale:
             for folder in folders:
                 fsync_folder(folder)
         for temporary, path in moves:

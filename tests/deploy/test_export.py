@@ -13,11 +13,13 @@ from onnx import TensorProto, helper
 
 import accel_det.deploy.export as export_module
 from accel_det.deploy.export import check_output, export_graph, relative_difference
+from accel_det.deploy.record import read_export_record
 from accel_det.deploy.runtime import load_runtime
 from accel_det.deploy.vgg import vgg16_graph
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import vgg16
 from accel_det.utils.cli import run_tool
+from accel_det.utils.io import sha256_file
 from tests.deploy.plans import mixed_plan
 from tests.helpers import load_tool
 
@@ -234,3 +236,33 @@ def weights_of(folder):
     torch.manual_seed(0)
     torch.save(vgg16(num_classes=10, width=WIDTH).state_dict(), folder / "vgg.pth")
     return folder / "vgg.pth"
+
+
+def test_an_export_publishes_its_record_last_and_never_beside_another_model(tmp_path, monkeypatch):
+    """X.bin, X.xml, then the record that names them; with --overwrite the old record and X.xml
+    are removed first, so an export killed between its renames leaves neither the old X.xml beside
+    the new X.bin nor the old record beside a new model."""
+    path = tmp_path / "model.xml"
+    files = export_module.output_files(str(path), "openvino")
+    for f in files:
+        with open(f, "wb") as handle:
+            handle.write(b"earlier")
+    real_replace, calls = os.replace, []
+
+    def replace(source, target):
+        if os.path.dirname(os.path.abspath(target)) == str(tmp_path):
+            calls.append(os.path.basename(target))
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the process dies here
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        export_graph(small_graph(), str(path), "openvino", overwrite=True)
+    assert calls == ["model.bin", "model.xml"]
+    assert os.listdir(tmp_path) == ["model.bin"]
+    monkeypatch.undo()
+    export_graph(small_graph(), str(path), "openvino", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["model.bin", "model.xml", "model.xml.json"]
+    record = read_export_record(str(path))
+    assert record["files"] == {os.path.basename(f): sha256_file(f) for f in files[:2]}
