@@ -199,6 +199,8 @@ def detector_provenance(cfg) -> dict:
     weights and the config keys of :data:`RECORDED_KEYS`."""
     plan_path = cfg.MODEL.ACCEL.PLAN
     plan = load_plan(plan_path) if plan_path else None
+    weights = cfg.MODEL.WEIGHTS
+    local = weights_file(weights) if weights and not weights.startswith(REMOTE_PREFIXES) else None
     return {
         "model": "detector",
         "image": {
@@ -219,6 +221,6 @@ def detector_provenance(cfg) -> dict:
             "dataset": cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None,
         },
         "plan": plan_summary(plan, plan_path),
-        "weights": weights_summary(cfg.MODEL.WEIGHTS),
+        "weights": weights_summary(weights, local),  # the file Detectron2 loaded
         "config": {key: config_value(cfg, key) for key in RECORDED_KEYS},
     }

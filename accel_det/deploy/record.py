@@ -57,11 +57,13 @@ def plan_summary(plan: Optional[Mapping], path: Optional[str]) -> Optional[dict]
     }
 
 
-def weights_summary(path: Optional[str]) -> Optional[dict]:
-    """Path and sha256 of a local weights file (None for none or a remote one)."""
+def weights_summary(path: Optional[str], local: Optional[str] = None) -> Optional[dict]:
+    """Path and sha256 of a local weights file (None for none or a remote one). ``local``: the
+    file that was read for ``path`` (``MODEL.WEIGHTS`` as Detectron2 resolves it, which expands no
+    ``~``); by default ``path`` with ``~`` expanded, as accel-det's own loaders read it."""
     if not path:
         return None
-    local = os.path.expanduser(path)
+    local = local or os.path.expanduser(path)
     if not os.path.isfile(local):
         return {"path": path, "sha256": None}
     return {"path": os.path.abspath(local), "sha256": sha256_file(local)}

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 
 from ..errors import AccelDetError
 from ..utils.io import sweep_temporaries
-from .checkpoint import LAST_CHECKPOINT, REMOTE_PREFIXES
+from .checkpoint import LAST_CHECKPOINT, REMOTE_PREFIXES, weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +148,14 @@ def _config_weights(folder: str) -> str:
 
 
 def _local(path: str) -> Optional[str]:
+    """The real path of the file Detectron2 loads for the ``MODEL.WEIGHTS`` ``path``
+    (:func:`weights_file`: URL query removed, no ``~`` expanded); None for a remote or odd one."""
     if not path or path.startswith(REMOTE_PREFIXES):
         return None
-    return os.path.realpath(os.path.expanduser(path))
+    try:
+        return os.path.realpath(weights_file(path))
+    except AccelDetError:
+        return None
 
 
 def _inside(path: str, folder: str) -> bool:
