@@ -85,6 +85,7 @@ def main(args) -> int:
             },
         },
         output,
+        replace=args.overwrite,  # else refused if another run wrote it meanwhile
     )
     for name, result in results.items():
         ap = result.get("bbox", {})

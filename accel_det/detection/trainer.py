@@ -154,6 +154,7 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
     return results
 
 
-def save_results(results: Mapping, path: str) -> None:
-    """Write Detectron2's evaluation results as JSON (numbers made plain floats)."""
-    atomic_write_json(json_safe(results), path)
+def save_results(results: Mapping, path: str, replace: bool = True) -> None:
+    """Write Detectron2's evaluation results as JSON (numbers made plain floats); without
+    ``replace``, refused if ``path`` exists by then (another run wrote it meanwhile)."""
+    atomic_write_json(json_safe(results), path, replace)
