@@ -23,9 +23,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..detection.backbone import load_plan
-from ..detection.checkpoint import REMOTE_PREFIXES, load_detector_weights, weights_file
+from ..detection.checkpoint import (
+    REMOTE_PREFIXES,
+    load_detector_weights,
+    weights_file,
+    weights_not_found,
+)
 from ..errors import AccelDetError
-from ..utils.files import not_found
 from ..utils.io import json_safe
 from .export import Graph, dynamic_dim
 from .record import plan_summary, weights_summary
@@ -125,7 +129,7 @@ def build_detector(cfg) -> nn.Module:
     weights = cfg.MODEL.WEIGHTS
     remote = weights.startswith(REMOTE_PREFIXES)
     if weights and not remote and not os.path.isfile(weights_file(weights)):
-        raise not_found("MODEL.WEIGHTS file", weights)
+        raise weights_not_found(weights)
     model = build_model(cfg)
     if weights:
         load_detector_weights(model, weights, complete=True)

@@ -71,6 +71,17 @@ def weights_file(path: str, what: str = "MODEL.WEIGHTS") -> str:
     return PathManager.get_local_path(stripped)
 
 
+def weights_not_found(path: str) -> AccelDetError:
+    """The error for a ``MODEL.WEIGHTS`` file that is not there (:func:`not_found`); a name that
+    starts with ``~`` is said to be relative, as Detectron2 reads it (it expands no ``~``)."""
+    if path.startswith("~"):
+        return AccelDetError(
+            f"MODEL.WEIGHTS file not found: {path} (relative to the working folder "
+            f"{os.getcwd()}: Detectron2 does not expand ~)"
+        )
+    return not_found("MODEL.WEIGHTS file", path)
+
+
 def read_weights_file(path: str, what: str = "MODEL.WEIGHTS") -> dict:
     """The checkpoint dict of the local file ``path`` in the form Detectron2's loader makes of it:
     ``.pkl`` read with the restricted unpickler (a pickle that names any global other than plain
@@ -131,7 +142,7 @@ def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> No
         return
     path = weights_file(path)
     if not os.path.isfile(path):
-        raise not_found("MODEL.WEIGHTS file", path)
+        raise weights_not_found(path)
     shapes = read_checkpoint_state(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     backbone = getattr(model, "backbone", None)

@@ -16,7 +16,6 @@ from detectron2.modeling import build_model
 
 from ..errors import AccelDetError
 from ..plan import linear_entries
-from ..utils.files import not_found
 from ..utils.io import atomic_write_json, json_safe
 from .backbone import load_plan
 from .checkpoint import (
@@ -26,6 +25,7 @@ from .checkpoint import (
     checkpoint_to_load,
     read_checkpoint_state,
     weights_file,
+    weights_not_found,
 )
 from .checks import check_dataset_files
 from .datasets import check_dataset_layout, dataset_images
@@ -106,7 +106,7 @@ def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
     if weights and not weights.startswith(REMOTE_PREFIXES):
         local = weights_file(weights)  # the file Detectron2 will read
         if not os.path.isfile(local):
-            raise not_found("MODEL.WEIGHTS file", weights)
+            raise weights_not_found(weights)
         if local.endswith(".pkl"):  # refused before Detectron2 starts (its loader reads it too)
             read_checkpoint_state(local)
     check_model_weights(cfg, complete=not train, resume=resume)

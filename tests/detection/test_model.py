@@ -335,6 +335,12 @@ def test_weights_that_do_not_fit_name_the_layer(tmp_path):
         check_weights_fit(plain, str(tmp_path / "tv.pth"))
     with pytest.raises(AccelDetError, match="MODEL.WEIGHTS file not found"):
         check_weights_fit(plain, str(tmp_path / "nothing.pth"))
+    # Detectron2 reads ~/w.pth as a relative path: the message says so, not "$HOME/w.pth"
+    with pytest.raises(
+        AccelDetError,
+        match=r"not found: ~/nothing\.pth \(relative to the working folder .*does not expand ~\)",
+    ):
+        check_weights_fit(plain, "~/nothing.pth")
 
 
 def test_weights_that_the_box_head_would_not_fully_consume_are_refused(tmp_path):
