@@ -7,8 +7,10 @@ architecture a plan builds. The solver makes plans (:mod:`accel_det.solver.plann
 extend them with records of their run (options, inputs, timings), which stay plans.
 
 A plan's top level holds ``format``, ``method``, ``speedup``, ``theoretical_speedup``,
-``original_macs``, ``approximated_macs`` and ``layers``: per conv layer (``conv1_1`` …) its shape
-(``in_channels``, ``out_channels``, ``kernel_size``, …), ``structure`` (one of
+``original_macs``, ``approximated_macs`` and ``layers``: per conv layer (named ``conv1_1`` … in a
+VGG chain, by its qualified module name ``layer3.4.conv2`` elsewhere) the ``module`` it replaces,
+its shape (``in_channels``, ``out_channels``, ``kernel_size``, …), what follows it (``relu``,
+``after``), ``structure`` (one of
 :data:`accel_det.nn.STRUCTURES`), ``rank`` (d'), ``spatial_rank`` (d''), ``macs``, ``pca_energy``
 and ``error``; fc layers (``fc6``, ``fc7``) have ``in_features``, ``out_features`` and ``rois``
 instead of the conv shape, and the structure ``original`` or ``channel``.
@@ -33,7 +35,10 @@ from .nn.factorized import (
 from .nn.linear import LINEAR_STRUCTURES, is_linear_entry
 from .utils.io import atomic_write_json, load_json
 
-PLAN_FORMAT = "accel-det-plan/1"
+PLAN_FORMAT = "accel-det-plan/2"
+# Format 1 named every conv by its VGG name (``conv1_1``); format 2 adds each entry's ``module``,
+# the qualified name of the module it replaces, and names layers of other networks by it.
+READABLE_FORMATS = ("accel-det-plan/1", PLAN_FORMAT)
 MAX_PLAN_BYTES = 16 << 20  # a plan of every layer of a deep network is some 100 kB
 
 # which ranks each structure needs
@@ -74,13 +79,19 @@ def check_plan(data, source: str = "the plan") -> None:
     ranks of the layer shape the entry records (:func:`~accel_det.nn.factorized.rank_limits`)."""
     if not isinstance(data, Mapping) or not isinstance(data.get("layers"), Mapping):
         raise AccelDetError(f"{source} is not a plan: it has no 'layers' entry")
-    if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+    if data.get("format", PLAN_FORMAT) not in READABLE_FORMATS:
         raise AccelDetError(
-            f"{source}: unsupported plan format {data.get('format')!r}, expected {PLAN_FORMAT}"
+            f"{source}: unsupported plan format {data.get('format')!r}, expected one of "
+            f"{', '.join(READABLE_FORMATS)}"
         )
     for name, entry in data["layers"].items():
         if not isinstance(entry, Mapping):
             raise AccelDetError(f"{source} has a malformed layer entry: {name} is not an object")
+        if not isinstance(entry.get("module", ""), str):
+            raise AccelDetError(
+                f"{source} has a malformed layer entry: {name} has module "
+                f"{entry.get('module')!r}, expected a qualified module name"
+            )
         structure = entry.get("structure", ORIGINAL)
         allowed = LINEAR_STRUCTURES if is_linear_entry(entry) else STRUCTURES
         if structure not in allowed:

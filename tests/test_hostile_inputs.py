@@ -187,17 +187,20 @@ def test_config_files_of_the_wrong_shape_are_one_line(tmp_path):
 
 def test_onnx_runtime_telemetry_is_off(tmp_path):
     """ONNX Runtime 1.32 writes a device id and an event database under ~/.cache/Microsoft from
-    its import on; accel-det sets ORT_DISABLE_TELEMETRY (unless the user set it: 0 turns it on,
-    which shows that this test can fail)."""
+    its import on; accel-det sets ORT_DISABLE_TELEMETRY before it is imported. Where a bare import
+    of onnxruntime writes nothing in this environment (telemetry turned off some other way), the
+    test has nothing to compare with and is skipped."""
     pytest.importorskip("onnxruntime")
-    code = "import accel_det, onnxruntime"
-    for setting, recorded in ((None, False), ("0", True)):
-        home = tmp_path / f"home{setting}"
+
+    def writes_cache(code, name):
+        home = tmp_path / name
         home.mkdir()
-        env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY",)}
+        env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
         env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PYTHONPATH=str(REPO))
-        if setting is not None:
-            env["ORT_DISABLE_TELEMETRY"] = setting
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
         assert result.returncode == 0, result.stderr
-        assert (home / ".cache" / "Microsoft").exists() == recorded, setting
+        return (home / ".cache" / "Microsoft").exists()
+
+    if not writes_cache("import onnxruntime", "bare"):
+        pytest.skip("onnxruntime writes no telemetry here even without accel-det")
+    assert not writes_cache("import accel_det, onnxruntime", "accel_det")

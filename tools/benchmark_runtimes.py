@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Speed benchmark, runtime axis: the original and accelerated VGG-16 backbone and Fast R-CNN
-detector in the forms users deploy them in (torch eager contiguous / channels_last, frozen
-TorchScript, ONNX Runtime, OpenVINO; on a GPU torch fp32 / fp16 / bf16 channels_last), at one
-thread and all threads, best form against best form, with a per-layer profile of the layers
-furthest from their FLOP ratio and the detector's stages. Prints Markdown tables, writes
-``benchmark_runtimes.json``, ``.md``, ``.png``, the plans and the ONNX files to
-``--output``.
+"""Speed benchmark, runtime axis: the original and accelerated VGG-16 backbone, torchvision
+ResNet-50 (whole, against the solver's 2x and 3x plans) and Fast R-CNN detector in the forms users
+deploy them in (torch eager contiguous / channels_last, frozen TorchScript, ONNX Runtime,
+OpenVINO; on a GPU torch fp32 / fp16 / bf16 channels_last), at one thread and all threads, best
+form against best form, with a per-layer profile of the layers furthest from their FLOP ratio and
+the detector's stages. Prints Markdown tables, writes ``benchmark_runtimes.json``, ``.md``,
+``.png``, the plans and the ONNX files to ``--output``.
 
     python tools/benchmark_runtimes.py                 # ~40 minutes on 2 cores (full width)
     python tools/benchmark_runtimes.py --quick         # backbone at 224x224 and the detector
@@ -13,6 +13,8 @@ furthest from their FLOP ratio and the detector's stages. Prints Markdown tables
     python tools/benchmark_runtimes.py --device cuda   # on a GPU (tools/benchmark_gpu.sh)
     python tools/benchmark_runtimes.py --plan output/vgg16_4x.json \
         --detector-plan output/accel_vgg16_voc/plan.json   # also time plans made elsewhere
+    python tools/benchmark_runtimes.py --backbone-sizes --no-detector --resnet resnet50
+                                                       # ResNet-50 alone (~25 minutes)
 
 The eager levers of the backbone (memory format, rounding, fused oneDNN, allocator) stay in
 tools/benchmark_speed.py.
@@ -29,6 +31,7 @@ import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 import torch
 
 from accel_det.errors import AccelDetError
+from accel_det.models.resnet import RESNETS
 from accel_det.utils.cli import (
     NON_NEGATIVE_INT,
     POSITIVE_FLOAT,
@@ -50,7 +53,7 @@ def size(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW or S, got {text!r}") from None
     if min(value) < 32:
-        raise argparse.ArgumentTypeError(f"{text}: VGG-16 needs at least 32x32")
+        raise argparse.ArgumentTypeError(f"{text}: at least 32x32 (five 2x downsamplings)")
     return value
 
 
@@ -93,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="RoIs per image of the detector",
     )
     parser.add_argument("--no-detector", action="store_true", help="the backbone only")
+    parser.add_argument(
+        "--resnet",
+        nargs="*",
+        choices=RESNETS,
+        help="torchvision ResNets timed whole against the solver's plans (default resnet50, none "
+        "with --quick; --resnet with none: no ResNet)",
+    )
+    parser.add_argument(
+        "--resnet-size", type=size, default=(224, 224), metavar="HxW", help="default 224"
+    )
+    parser.add_argument(
+        "--resnet-speedups", type=SPEEDUP, nargs="+", default=[2.0, 3.0], help="default 2 3"
+    )
     parser.add_argument("--no-profile", action="store_true", help="no per-layer profile")
     parser.add_argument("--speedup", type=SPEEDUP, default=4.0, help="theoretical speedup")
     parser.add_argument(
@@ -140,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if any(s <= 1 for s in args.resnet_speedups):
+        raise AccelDetError("--resnet-speedups must all be above 1")
     if args.speedup <= 1 or args.round_ranks < 1 or args.seconds <= 0:
         raise AccelDetError("--speedup must be above 1, --round-ranks at least 1, --seconds > 0")
     if any(r < 1 for r in args.rois) or any(t < 0 for t in args.threads or []):
@@ -167,6 +185,9 @@ def main(args: argparse.Namespace) -> int:
         plans=named_paths(args.plan),
         detector_plans=named_paths(args.detector_plan),
         detector=not args.no_detector,
+        resnets=args.resnet if args.resnet is not None else ([] if args.quick else ["resnet50"]),
+        resnet_size=args.resnet_size,
+        resnet_speedups=args.resnet_speedups,
         profile=not args.no_profile,
         seed=args.seed,
         command=" ".join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Solver benchmark: every method (linear, nonlinear, asym, asym3d, jaderberg; rank selection on and
 off) at several speedups on a small VGG-16 trained here on a generated 10-class task, with held-out
-output error, top-1 accuracy, compression time and peak memory; the solver's speed figures; and
-MAC-based vs latency-based rank selection. Prints tables, writes ``benchmark_solver.json`` and
-``benchmark_solver.png`` to ``--output``.
+output error, top-1 accuracy, compression time and peak memory; the same four methods on a small
+ResNet (torchvision BasicBlocks, batch norms, residual adds) trained on the same task, with 95 %
+bootstrap intervals; the solver's speed figures; and MAC-based vs latency-based rank selection.
+Prints tables, writes ``benchmark_solver.json`` and ``benchmark_solver.png`` to ``--output``.
 
     # 2x/3x/4x + speed figures: ~5 minutes on 2 cores, ~4 once the net is cached
     python tools/benchmark_solver.py --quick
@@ -11,6 +12,8 @@ MAC-based vs latency-based rank selection. Prints tables, writes ``benchmark_sol
     python tools/benchmark_solver.py
     # one section (the trained net is reused from --output)
     python tools/benchmark_solver.py --sections latency
+    # the small ResNet: linear / nonlinear / asym / asym3d at 2x, 3x, 4x (~25 minutes on 1 core)
+    python tools/benchmark_solver.py --sections resnet
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from accel_det.solver import METHODS
 from accel_det.utils.cli import POSITIVE_INT, SEED, SPEEDUP, add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, json_safe
 from accel_det.workflows.bench import quality as bench
-from accel_det.workflows.bench import quality_report, selection, smallnet
+from accel_det.workflows.bench import quality_report, resnet_quality, selection, smallnet
 
-SECTIONS = ("sweep", "rounding", "speed", "latency")
+SECTIONS = ("sweep", "rounding", "speed", "latency", "resnet")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=SECTIONS,
         help=(
             "what to run: sweep (methods x speedups on the trained net), speed (512-channel solve, "
-            "compress vs forward), latency (MAC- vs latency-based rank selection); default all, "
-            "--quick: sweep speed"
+            "compress vs forward), latency (MAC- vs latency-based rank selection), resnet (the "
+            "four methods on a trained small ResNet); default all, --quick: sweep rounding speed"
         ),
     )
     parser.add_argument(
@@ -227,6 +230,9 @@ def main(args: argparse.Namespace) -> int:
         print(selection.latency_table_text(comparison))
         record["latency_selection"] = comparison
 
+    if "resnet" in sections:
+        record["resnet"] = resnet_section(args, folder)
+
     record["seconds"] = time.perf_counter() - started
     default = {"sweep", "rounding", "speed"} if args.quick else set(SECTIONS)
     name = (
@@ -242,6 +248,49 @@ def main(args: argparse.Namespace) -> int:
         + f" ({record['seconds']:.0f}s in all)"
     )
     return 0
+
+
+def resnet_section(args: argparse.Namespace, folder: str) -> dict:
+    """The four methods on the trained small ResNet, with intervals; prints its table."""
+    config = resnet_quality.ResNetSweepConfig(seed=args.seed)
+    if args.quick:
+        config.train_images, config.test_images, config.train_steps = 4000, 1000, 600
+        config.calibration_images = 200
+    if args.speedups:
+        config.speedups = tuple(args.speedups)
+    prepared = resnet_quality.prepare(config, cache_folder=folder)
+    info = prepared["info"]
+    print(
+        f"\nsmall ResNet (torchvision BasicBlock x 2 per stage, widths {config.width}-"
+        f"{8 * config.width}, batch norms folded before solving; {config.size}x{config.size}), "
+        f"{'trained' if prepared['trained'] else 'loaded'}; training took "
+        f"{info['train_seconds']:.0f}s, running train accuracy {100 * info['train_accuracy']:.1f}%"
+    )
+
+    def show(record):
+        if "impossible" in record:
+            print(f"  {record['method']:9s} {record['speedup']:g}x: impossible", flush=True)
+        else:
+            print(
+                f"  {record['method']:9s} {record['speedup']:g}x: error {record['error']:.4f}  "
+                f"top-1 {100 * record['accuracy']:.1f}%  {record['seconds']:.1f}s", flush=True
+            )  # fmt: skip
+
+    sweep = resnet_quality.run_sweep(config, prepared, on_record=show)
+    print(
+        f"\nheld-out: {config.test_images} images; calibration: {config.calibration_images} "
+        f"images x {config.samples_per_image} samples; error = ||F'(x) - F(x)|| / ||F(x)|| of "
+        f"the logits; 95% percentile bootstrap over the test images ({config.bootstrap} "
+        f"resamples); ranks as the paper's (not rounded), the stem kept\n"
+    )
+    print(resnet_quality.sweep_table(sweep, config.speedups))
+    for line in resnet_quality.order_lines(sweep, config.speedups):
+        print(line)
+    png = os.path.join(folder, "benchmark_solver_resnet.png")
+    title = f"small ResNet (widths {config.width}-{8 * config.width}) on the generated task"
+    resnet_quality.plot_sweep(sweep, png, title=title + ", 95% bootstrap intervals")
+    print(f"wrote {png}")
+    return {"config": json_safe(vars(config)), "network": info, "png": png, **sweep}
 
 
 def _print_record(record: dict) -> None:

@@ -28,7 +28,8 @@ import torch
 
 from accel_det.data.synthetic.shapes import make_task
 from accel_det.errors import AccelDetError
-from accel_det.nn.chain import apply_plan, conv_names
+from accel_det.nn.chain import conv_names
+from accel_det.nn.network import apply_plan
 from accel_det.plan import Plan, plan_fingerprint
 from accel_det.solver import METHODS
 from accel_det.utils.cli import (

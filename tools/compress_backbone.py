@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Compress an ImageNet VGG-16 with the paper's method (paper-method §6: 3,000 images, conv1_1 kept,
-asymmetric (3d), rank selection).
+"""Compress an ImageNet VGG-16 or torchvision ResNet with the paper's method (paper-method §6: 3,000
+images, the first conv kept, asymmetric (3d), rank selection).
 
     python tools/compress_backbone.py --weights vgg16-397923af.pth --images /data/imagenet/train \\
         --num-images 3000 --samples-per-image 10 --speedup 4 --method asym3d \\
         --output output/vgg16_4x
+    python tools/compress_backbone.py --arch resnet50 --weights resnet50-0676ba61.pth \\
+        --images /data/imagenet/train --speedup 2 --method asym --output output/resnet50_2x
 
-writes ``output/vgg16_4x.pth`` (state dict of the whole accelerated VGG-16),
+writes ``output/vgg16_4x.pth`` (state dict of the whole accelerated classifier; a ResNet's with
+its batch norms folded into the convs),
 ``output/vgg16_4x.json`` (the plan, extended with how it was obtained) and ``output/vgg16_4x.png``
 (per-layer ranks and errors), and prints a per-layer table. ``--images`` may be any folder of
 JPEG/PNG images, e.g. VOC's ``JPEGImages`` with ``--image-list .../ImageSets/Main/trainval.txt``
@@ -34,6 +37,7 @@ import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 import torch
 
 from accel_det.errors import AccelDetError
+from accel_det.models.classifier import ARCHS
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.utils.cli import (
     IMAGE_SIDE,
@@ -60,9 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         help=(
-            "VGG-16 state dict (e.g. vgg16-397923af.pth), "
-            "or 'torchvision' to download torchvision's"
+            "VGG-16 or ResNet state dict (e.g. vgg16-397923af.pth), "
+            "or 'torchvision' to download torchvision's (of --arch)"
         ),
+    )
+    parser.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="the network: vgg16 (its conv layers are compressed) or a torchvision ResNet (every "
+        "conv, batch norms folded); default: read off --weights (vgg16 for 'torchvision')",
     )
     parser.add_argument(
         "--images",
@@ -148,6 +158,7 @@ def main(args: argparse.Namespace) -> int:
         raise AccelDetError(f"--num-gpus must be >= 1, got {args.num_gpus}")
     options = CompressOptions(
         weights=args.weights,
+        arch=args.arch,
         images=args.images,
         output=args.output,
         solver=solver_options(args),

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Top-1 and top-5 1-view error (shorter side 256, centre crop 224; paper-method §6.5) of a plain
-or accelerated VGG-16, and with ``--baseline`` the increase of error, as in the paper's tables.
+or accelerated VGG-16 or torchvision ResNet, and with ``--baseline`` the increase of error, as in
+the paper's tables.
 
     python tools/eval_imagenet.py --weights output/vgg16_4x.pth --val /data/imagenet/val \\
         --baseline vgg16-397923af.pth
@@ -8,7 +9,8 @@ or accelerated VGG-16, and with ``--baseline`` the increase of error, as in the 
 ``--val`` is an ImageNet-style tree (``val/<wnid>/*.JPEG``, class index = sorted folder names) or a
 flat folder with ``--labels FILE`` (``<file> <label>`` lines; the label a 0-based class index, as in
 Caffe's ``val.txt``, or a class name such as a WordNet id, mapped with ``--classes`` or sorted).
-An accelerated model needs its plan: ``--plan``, else the ``.json`` next to the weights.
+An accelerated model needs its plan: ``--plan``, else the ``.json`` next to the weights. The
+architecture is read off the weights (``--arch`` for torchvision's download of a ResNet).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from accel_det.data import eval_transform, labeled_images, preprocessing_record, read_class_list
 from accel_det.errors import AccelDetError
-from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE, load_vgg16, weights_file
+from accel_det.models.classifier import ARCHS, classes_of, load_classifier, weights_file
+from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.utils.cli import (
     IMAGE_SIDE,
     NON_NEGATIVE_INT,
@@ -52,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights",
         required=True,
-        help="VGG-16 state dict (plain or accelerated), or 'torchvision'",
+        help="VGG-16 or ResNet state dict (plain or accelerated), or 'torchvision' (of --arch)",
+    )
+    parser.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="the network of --weights and --baseline (default: read off the weights; vgg16 "
+        "for 'torchvision')",
     )
     parser.add_argument(
         "--plan", help="plan JSON of an accelerated model (default: the .json next to --weights)"
@@ -104,13 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common_arguments(parser)
 
 
-def _source_record(weights: str, plan) -> dict:
-    path = weights_file(weights)
+def _source_record(weights: str, plan, arch) -> dict:
+    path = weights_file(weights, arch)
     return {
         "weights": os.path.abspath(path) if path else weights,
         "sha256": sha256_file(path) if path else None,
         "plan": os.path.abspath(plan) if plan else None,
         "theoretical_speedup": None,
+        "arch": arch,
     }
 
 
@@ -130,17 +140,17 @@ def main(args: argparse.Namespace) -> int:
             if plan is not None:
                 raise AccelDetError("--baseline-plan needs --baseline")
             continue
-        model, plan_dict, plan_path = load_vgg16(weights, plan)
+        model, plan_dict, plan_path, arch = load_classifier(weights, plan, args.arch)
         name = os.path.basename(weights)
         if name in models:
             name += f" ({role})"
         models[name] = model
-        records[name] = _source_record(weights, plan_path)
+        records[name] = _source_record(weights, plan_path, arch)
         records[name]["role"] = role
         if plan_dict is not None:
             records[name]["theoretical_speedup"] = plan_dict.get("theoretical_speedup")
             records[name]["method"] = plan_dict.get("method")
-    outputs = {m.classifier[-1].out_features for m in models.values()}
+    outputs = {classes_of(m) for m in models.values()}
     if len(outputs) != 1:
         raise AccelDetError(
             f"the model and the baseline have different numbers of classes: {sorted(outputs)}"

@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
-"""Export a VGG-16 (plain or accelerated) or a Detectron2 Fast R-CNN detector to ONNX or OpenVINO.
+"""Export a classifier (VGG-16 or a torchvision ResNet, plain or accelerated) or a Detectron2 Fast
+R-CNN detector to ONNX or OpenVINO.
 
     # the classifier, or only its conv layers (--backbone), of tools/compress_backbone.py's output
     tools/export_model.py --format onnx --weights output/vgg16_4x.pth --plan output/vgg16_4x.json \\
         --output output/vgg16_4x.onnx
     tools/export_model.py --format openvino --weights output/vgg16_4x.pth --backbone --dynamic \\
         --input-size 600 1000 --output output/vgg16_4x_features.xml
+    tools/export_model.py --format onnx --weights output/resnet50_2x.pth --output resnet50_2x.onnx
     # a detector: its config and KEY VALUE overrides, as for tools/train_net.py
     tools/export_model.py --format onnx --output output/accel_vgg16_voc.onnx \\
         --config-file accel_vgg16_voc.yaml MODEL.WEIGHTS output/accel_vgg16_voc/model_final.pth
 
-A VGG-16 takes ``images`` (N×3×H×W, normalised as the weights expect) and returns ``logits`` or,
-with --backbone, ``features``. A detector takes ``image`` (3×H×W float32, raw 0-255 pixels in
-INPUT.FORMAT order, resized as Detectron2's test-time resize does) and ``proposals`` (N×4 XYXY
-boxes in that image) and returns ``scores`` (N×(K+1)) and ``boxes`` (N×4K); score threshold and
-NMS run after it, in Python (tools/evaluate_exported.py). The exported model is run on sample
-inputs (ONNX Runtime for onnx, OpenVINO for openvino) and refused, with nothing written, when its
-outputs differ from PyTorch's by more than --tolerance (relative to each output's largest value).
+A classifier takes ``images`` (N×3×H×W, normalised as the weights expect) and returns ``logits``
+or, with --backbone, ``features`` (VGG-16's conv layers; a ResNet up to its last stage). A
+detector takes ``image`` (3×H×W float32, raw 0-255 pixels in INPUT.FORMAT order, resized as
+Detectron2's test-time resize does) and ``proposals`` (N×4 XYXY boxes in that image) and returns
+``scores`` (N×(K+1)) and ``boxes`` (N×4K); score threshold and NMS run after it, in Python
+(tools/evaluate_exported.py). The exported model is run on sample inputs (ONNX Runtime for onnx,
+OpenVINO for openvino) and refused, with nothing written, when its outputs differ from PyTorch's
+by more than --tolerance (relative to each output's largest value).
 Next to it, ``X.onnx.json`` (``X.xml.json``) records what it was made from and expects: input
 size and pixel format, normalization, classes, plan, precision (fp32), weights, config keys, and
-the sha256 of the files; tools/evaluate_exported.py checks it against its config.
+the sha256 of the files; tools/evaluate_exported.py checks a detector's against its config.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
+from accel_det.models.classifier import ARCHS  # noqa: E402
 from accel_det.utils.cli import (  # noqa: E402
     IMAGE_SIDE,
     NON_NEGATIVE_FLOAT,
@@ -46,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="file to write: X.onnx, or X.xml for OpenVINO (and X.bin)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    vgg = parser.add_argument_group("a VGG-16")
-    vgg.add_argument("--weights", help="torchvision-layout VGG-16 weights (plain or accelerated)")
+    vgg = parser.add_argument_group("a classifier (VGG-16 or ResNet)")
+    vgg.add_argument(
+        "--weights", help="torchvision-layout VGG-16 or ResNet weights (plain or accelerated)"
+    )
+    vgg.add_argument(
+        "--arch", choices=ARCHS, help="the network of --weights (default: read off the weights)"
+    )
     vgg.add_argument("--plan", help="the plan JSON of accelerated --weights (default: next to it)")
     vgg.add_argument("--backbone", action="store_true", help="export only the conv layers")
     vgg.add_argument(
@@ -86,21 +95,25 @@ def main(args) -> int:
     from accel_det.errors import AccelDetError
 
     if bool(args.weights) == bool(args.config_file):
-        raise AccelDetError("give either --weights (a VGG-16) or --config-file (a detector)")
-    if args.config_file and (args.plan or args.backbone or args.dynamic or args.input_size):
+        raise AccelDetError("give either --weights (a classifier) or --config-file (a detector)")
+    if args.config_file and (
+        args.plan or args.backbone or args.dynamic or args.input_size or args.arch
+    ):
         raise AccelDetError(
-            "--plan, --backbone, --input-size and --dynamic are VGG-16 options; a detector's plan "
-            "is MODEL.ACCEL.PLAN, and its image size and number of proposals are dynamic"
+            "--plan, --arch, --backbone, --input-size and --dynamic are classifier options; a "
+            "detector's plan is MODEL.ACCEL.PLAN, and its image size and number of proposals are "
+            "dynamic"
         )
     if args.weights and args.opts:
         raise AccelDetError(f"KEY VALUE overrides go with --config-file, got {args.opts[0]!r}")
     check_output(args.output, args.format, args.overwrite)
     if args.weights:
-        from accel_det.deploy.vgg import vgg16_graph
+        from accel_det.deploy.classifier import classifier_graph
 
-        graph = vgg16_graph(
+        graph = classifier_graph(
             args.weights,
             args.plan,
+            arch=args.arch,
             backbone=args.backbone,
             input_size=args.input_size or (224, 224),
             dynamic=args.dynamic,

@@ -3,7 +3,8 @@ ONNX Runtime or OpenVINO.
 
 * :mod:`.runtime`: ``load_runtime(path, runtime="onnxruntime"|"openvino", threads=1)``
 * :mod:`.export`: ``export_graph(graph, path, "onnx"|"openvino", tolerance=...)``
-* :mod:`.vgg`: ``vgg16_graph(weights, plan, backbone=...)``, a VGG-16 classifier or its convs
+* :mod:`.classifier`: ``classifier_graph(weights, plan, backbone=...)``, a VGG-16 or ResNet
+  classifier or its convs (:mod:`.vgg`: ``vgg16_graph``, the VGG-16 case)
 * :mod:`.detector` (Detectron2): ``detector_graph(cfg)``, Fast R-CNN as image + proposals →
   scores + boxes
 * :mod:`.evaluate` (Detectron2): ``ExportedDetector``, ``evaluate_exported(cfg, path)``
@@ -11,6 +12,7 @@ ONNX Runtime or OpenVINO.
 This package imports no detectron2; its ``detector`` and ``evaluate`` modules do.
 """
 
+from .classifier import classifier_graph
 from .export import (
     DEFAULT_TOLERANCE,
     FORMATS,
@@ -30,6 +32,7 @@ __all__ = [
     "ExportResult",
     "Graph",
     "Runtime",
+    "classifier_graph",
     "dynamic_dim",
     "export_graph",
     "load_runtime",

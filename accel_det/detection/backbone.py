@@ -23,8 +23,9 @@ from torch import nn
 
 from ..errors import AccelDetError
 from ..models.vgg import init_vgg_weights, layer_of_key, vgg16_features
-from ..nn.chain import apply_plan, conv_names
+from ..nn.chain import conv_names
 from ..nn.fold import fold_batch_norm
+from ..nn.network import apply_plan
 from ..plan import Plan
 from .registry import register_once
 

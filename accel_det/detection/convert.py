@@ -21,7 +21,7 @@ from ..models.vgg import (
     layer_of_key,
     vgg16_features,
 )
-from ..nn.chain import apply_plan
+from ..nn.network import apply_plan
 
 HEAD_KEYS = {"classifier.0": "roi_heads.box_head.fc6", "classifier.3": "roi_heads.box_head.fc7"}
 # Detectron2 feeds 0-255 pixels; torchvision's VGG-16 expects RGB in [0, 1] normalised by ImageNet

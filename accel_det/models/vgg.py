@@ -17,7 +17,8 @@ from torch import nn
 from torchvision.models.vgg import VGG
 
 from ..errors import AccelDetError, first_line
-from ..nn.chain import apply_plan, apply_plan_to_linear, conv_names
+from ..nn.chain import apply_plan_to_linear, conv_names
+from ..nn.network import apply_plan
 from ..plan import Plan
 from ..utils.io import load_torch_file, sha256_file
 from .fit import first_mismatch, keys_under, shapes_of, unexpected_key

@@ -1,17 +1,17 @@
-"""The conv / ReLU / max-pool chains accel-det works on (torchvision's VGG ``features`` layout):
-VGG layer names, the check that a module is such a chain, and applying a plan to one."""
+"""The conv / ReLU / max-pool chains of torchvision's VGG ``features`` layout: VGG layer names
+(``conv1_1`` …), the check that a module is such a chain, and the checks of a plan entry against
+the layer it replaces (:func:`accel_det.nn.network.apply_plan` applies plans to any network)."""
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Mapping
 
 from torch import nn
 
 from ..errors import AccelDetError
-from .factorized import ORIGINAL, FactorizedConv2d, build_layer, is_rank, rank_limits
-from .linear import build_linear, is_linear_entry
+from .factorized import FactorizedConv2d, is_rank, rank_limits
+from .linear import build_linear
 
 CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, FactorizedConv2d)
 
@@ -55,32 +55,6 @@ def check_features(features: nn.Module) -> None:
             )
     if not any(isinstance(m, (nn.Conv2d, FactorizedConv2d)) for m in features):
         raise AccelDetError("features contains no Conv2d layer")
-
-
-def first_conv(features: nn.Sequential) -> nn.Module:
-    """The first conv (plain or factorized) of a chain."""
-    return next(m for m in features if isinstance(m, (nn.Conv2d, FactorizedConv2d)))
-
-
-def apply_plan(features: nn.Sequential, plan: Mapping) -> nn.Sequential:
-    """A copy of ``features`` with each conv replaced by the structure its plan entry names (fc
-    entries of the plan are :func:`apply_plan_to_linear`'s).
-
-    Only the architecture comes from the plan; new factorized layers are freshly initialised, so
-    load their weights from a state dict. Raises :class:`AccelDetError` when the plan does not fit.
-    """
-    names = conv_names(features)
-    layers = {n: e for n, e in plan.get("layers", {}).items() if not is_linear_entry(e)}
-    unknown = sorted(set(layers) - set(names))
-    if unknown:
-        raise AccelDetError(f"plan names layers the network does not have: {', '.join(unknown)}")
-    new = copy.deepcopy(features)
-    for name, index in names.items():
-        entry = layers.get(name, {"structure": ORIGINAL})
-        conv = new[index]
-        check_entry_fits(name, conv, entry)
-        new[index] = build_layer(conv, entry)
-    return new
 
 
 def check_entry_fits(name: str, module: nn.Module, entry: Mapping) -> None:

@@ -1,9 +1,12 @@
 """The paper's solver, pure PyTorch: sampled responses → low-rank factorized conv layers.
 
-Nothing here imports detectron2, so it serves any CNN written as a Conv2d / ReLU / MaxPool2d chain.
+Nothing here imports detectron2. It serves any CNN whose conv layers :func:`find_targets` can
+follow: VGG-style Conv2d / ReLU / MaxPool2d chains, torchvision ResNets, module graphs with batch
+norms and residual adds.
 """
 
-from ..nn.chain import apply_plan, conv_names
+from ..nn.chain import conv_names
+from ..nn.network import apply_plan
 from .channel import (
     DEFAULT_SCHEDULE,
     LowRankResponse,
@@ -20,6 +23,7 @@ from .pipeline import CompressionResult, compress
 from .planning import make_plan, plan_from_structures
 from .ranks import select_ranks, spatial_ranks, uniform_ranks
 from .spatial import filter_reconstruction
+from .targets import Targets, find_targets
 
 __all__ = [
     "DEFAULT_SCHEDULE",
@@ -29,12 +33,14 @@ __all__ = [
     "LowRankResponse",
     "Method",
     "SolverOptions",
+    "Targets",
     "apply_plan",
     "compress",
     "conv_macs",
     "conv_names",
     "conv_specs",
     "filter_reconstruction",
+    "find_targets",
     "get_method",
     "make_plan",
     "nonlinear_reconstruction",

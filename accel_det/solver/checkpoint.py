@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import AccelDetError
 from ..nn.factorized import build_layer
+from ..nn.graph import set_module
 from ..utils.io import atomic_torch_save, load_torch_file
 from .options import PLAN_OPTIONS
 
@@ -36,7 +37,7 @@ def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(
-    path: str, plan: Mapping, approximated: nn.Sequential, done, fingerprints: Mapping
+    path: str, plan: Mapping, approximated: nn.Module, done, fingerprints: Mapping
 ) -> None:
     """Write the plan, the names of the finished layers, the weights and the ``fingerprints`` of
     the inputs (:data:`FINGERPRINTS`) to ``path`` atomically."""
@@ -55,11 +56,12 @@ def save_checkpoint(
 def load_checkpoint(
     path: str,
     plan: dict,
-    approximated: nn.Sequential,
-    names: Mapping[str, int],
+    approximated: nn.Module,
+    names: Mapping[str, str],
     fingerprints: Mapping,
 ) -> set:
-    """Restore the finished layers of a checkpoint into ``approximated`` and ``plan``; check that
+    """Restore the finished layers of a checkpoint into ``approximated`` and ``plan`` (``names``:
+    layer name -> qualified module name); check that
     it was made with this run's options, plan and inputs (``fingerprints``, as
     :func:`save_checkpoint` takes them). Returns the names of the finished layers."""
     saved = load_torch_file(path, "compression checkpoint")
@@ -91,7 +93,9 @@ def load_checkpoint(
         ):
             raise AccelDetError(f"checkpoint {path}: layer {name} does not match this run's plan")
         plan["layers"][name] = dict(entry)
-        approximated[names[name]] = build_layer(approximated[names[name]], plan["layers"][name])
+        module_path = names[name]
+        layer = build_layer(approximated.get_submodule(module_path), plan["layers"][name])
+        set_module(approximated, module_path, layer)
     try:
         approximated.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError, ValueError) as error:

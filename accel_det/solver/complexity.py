@@ -17,7 +17,8 @@ from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, STRUCTU
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """Shape of one conv layer as the solver sees it; ``out_hw`` is the output map size."""
+    """Shape of one conv layer as the solver sees it; ``out_hw`` is the output map size; ``relu``:
+    a ReLU follows it (eq. 5), else it is solved without r (a residual add, the output)."""
 
     name: str
     in_channels: int
@@ -28,6 +29,8 @@ class ConvSpec:
     out_hw: Tuple[int, int]
     relu: bool = True
     in_hw: Optional[Tuple[int, int]] = None  # needed only for the k×1 layer of a strided conv
+    module: Optional[str] = None  # qualified module name (``name`` is a VGG alias of a chain)
+    after: Optional[str] = None  # what its output feeds: relu, add, output or linear
 
     @property
     def positions(self) -> int:

@@ -54,7 +54,7 @@ def output_error(
             if not keep.any():
                 continue
             x = images[keep.to(images.device)]
-            truth, approx = original(x).double(), approximated(x).double()
+            truth, approx = flat_output(original(x)), flat_output(approximated(x))
             squared += torch.stack([(approx - truth).square().sum(), truth.square().sum()]).cpu()
             count += int(keep.sum())
     total = sum_over_processes(count)
@@ -63,6 +63,16 @@ def output_error(
     if is_distributed():
         squared = all_reduce_sum(squared)
     return (float(squared[0].sqrt() / squared[1].sqrt()) if squared[1] > 0 else 0.0), total
+
+
+def flat_output(output) -> torch.Tensor:
+    """A network's output as one float64 vector: a tensor, or the tensors of a dict (by key), a
+    list or a tuple (a backbone's feature maps)."""
+    if isinstance(output, torch.Tensor):
+        return output.double().flatten()
+    if isinstance(output, Mapping):
+        output = [output[key] for key in sorted(output)]
+    return torch.cat([flat_output(part) for part in output])
 
 
 def overfit_warning(name: str, entry: Mapping, samples: int) -> Optional[str]:

@@ -33,7 +33,7 @@ from .complexity import (
     speedup_ratio,
     structure_macs,
 )
-from .options import SolverOptions
+from .options import SolverOptions, skipped_layers
 from .planning import (
     check_reachable,
     make_plan,
@@ -173,7 +173,7 @@ def _budget_tables(convs, linears, selected, options, fixed_macs, fc_ranks):
             f"method {options.method} has no channel step to select fc ranks with: use another "
             "method, fixed fc ranks, or the conv layers' speedup alone"
         )
-    skip = set(options.skip)
+    skip = set(skipped_layers(options, [s.name for s in convs]))
     solved = [s for s in convs if s.name not in skip]
     splittable = [s for s in spatial_layers(convs) if s.name not in skip] if method.spatial else []
     ratio = math.sqrt(options.speedup)
@@ -208,7 +208,7 @@ def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ra
     budget, tables, solved, splittable = _budget_tables(
         convs, linears, selected, options, fixed_macs, fc_ranks
     )
-    skip = set(options.skip)
+    skip = set(skipped_layers(options, [s.name for s in convs]))
     values = {name: eigenvalues[name] for name in tables}
     multiples = layer_multiples(solved + selected, options.round_ranks_to)
     if options.rank_selection:

@@ -36,7 +36,8 @@ class SolverOptions:
     ``speedup``: whole-model theoretical speedup of the conv layers; ``method``: a name of
     :data:`~accel_det.solver.methods.METHODS`; ``rank_selection``: eqs. (13)-(14), else the same
     ratio for every layer; ``samples_per_image``: responses sampled per image and layer;
-    ``skip``: layers left as they are; ``seed``: sampled positions; ``schedule``: the λ steps of
+    ``skip``: layers left as they are (None: the first conv layer, as the paper keeps conv1_1 of
+    VGG-16, :func:`skipped_layers`); ``seed``: sampled positions; ``schedule``: the λ steps of
     the nonlinear solver, (λ, iterations) pairs; ``rank_cost``: ΔC of rank selection
     (``with_1x1``, ``paper`` or ``latency`` with ``latency_table``); ``round_ranks_to``: every d'
     and d'' a multiple of it (beyond the paper; 16 by default, oneDNN's fp32 channel block on CPUs,
@@ -50,7 +51,7 @@ class SolverOptions:
     method: str = "asym3d"
     rank_selection: bool = True
     samples_per_image: int = 10
-    skip: Tuple[str, ...] = ("conv1_1",)
+    skip: Optional[Tuple[str, ...]] = None
     seed: int = 0
     schedule: Tuple[Tuple[float, int], ...] = DEFAULT_SCHEDULE
     rank_cost: str = "with_1x1"
@@ -60,7 +61,8 @@ class SolverOptions:
     heldout_fraction: float = 0.1
 
     def __post_init__(self):
-        object.__setattr__(self, "skip", tuple(self.skip))
+        if self.skip is not None:
+            object.__setattr__(self, "skip", tuple(self.skip))
         object.__setattr__(self, "schedule", tuple(tuple(step) for step in self.schedule))
         self.check()
 
@@ -75,7 +77,7 @@ class SolverOptions:
         """The options as JSON (the latency table is recorded by the plan itself)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.pop("latency_table")
-        data["skip"] = list(self.skip)
+        data["skip"] = list(self.skip) if self.skip is not None else None
         data["schedule"] = [list(step) for step in self.schedule]
         return data
 
@@ -128,6 +130,15 @@ class SolverOptions:
 def paper_schedule(iterations: int = 25) -> Tuple[Tuple[float, int], ...]:
     """The paper's λ schedule (§2.5) with ``iterations`` per step: λ = 0.01, then λ = 1."""
     return tuple((lam, int(iterations)) for lam, _ in DEFAULT_SCHEDULE)
+
+
+def skipped_layers(options: SolverOptions, names: Sequence[str]) -> Tuple[str, ...]:
+    """The layers ``options`` leave as they are among ``names`` (the conv layers in the order they
+    run): ``skip``, or by default the first one (the paper keeps VGG-16's conv1_1: its 3 input
+    channels leave little to gain and much to lose; a ResNet's 7x7 stem alike)."""
+    if options.skip is not None:
+        return tuple(options.skip)
+    return tuple(names[:1])
 
 
 def check_names(skip: Sequence[str], names: Sequence[str]) -> None:

@@ -1,4 +1,5 @@
-"""``compress()``: the whole method, layer by layer from shallow to deep (paper-method §8)."""
+"""``compress()``: the whole method, layer by layer from shallow to deep (paper-method §8), on any
+CNN whose conv layers :func:`~.targets.find_targets` finds (a VGG ``features`` chain, a ResNet)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
-from ..nn.chain import conv_names
 from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL, build_layer
+from ..nn.graph import set_module
 from ..plan import Plan
 from ..utils.dist import broadcast_parameters, is_main_process, sum_over_processes
 from .channel import covariance, eigen_descending, relative_error
@@ -25,25 +26,26 @@ from .complexity import ConvSpec
 from .factorize import set_folded_weights, set_low_rank_weights, set_weights, unpadded_conv
 from .heldout import output_error, overfit_warning, split_rows
 from .methods import ChannelProblem
-from .network import conv_specs
-from .options import SolverOptions, check_names, options_or
-from .planning import make_plan
+from .mixed import make_layer_plan
+from .options import SolverOptions, check_names, options_or, skipped_layers
 from .responses import LayerInputs, ResponseSampler
 from .spatial import filter_reconstruction
+from .targets import find_targets
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class CompressionResult:
-    """The accelerated ``features`` (a new ``nn.Sequential``) and its JSON-serialisable plan."""
+    """The accelerated network (a new module: the given one with its batch norms folded and its
+    conv layers factorized) and its JSON-serialisable plan."""
 
-    model: nn.Sequential
+    model: nn.Module
     plan: Plan
 
 
 def compress(
-    features: nn.Sequential,
+    model: nn.Module,
     batches: Iterable,
     options: Optional[SolverOptions] = None,
     *,
@@ -56,17 +58,21 @@ def compress(
     planner: Optional[Callable[[Sequence[ConvSpec], Mapping[str, torch.Tensor]], Plan]] = None,
     **settings,
 ) -> CompressionResult:
-    """Accelerate every conv of ``features`` (Conv2d / ReLU / MaxPool2d, torchvision VGG layout)
-    by ``speedup`` in theoretical multiply-adds, from responses sampled on ``batches``.
+    """Accelerate every conv of ``model`` by ``speedup`` in theoretical multiply-adds of its conv
+    layers, from responses sampled on ``batches``: a VGG ``features`` chain (layers named
+    ``conv1_1`` …), a torchvision ResNet or any CNN :func:`~.targets.find_targets` takes (layers
+    named by qualified module name; batch norms folded first; a conv followed by a ReLU solved
+    with r, one added to a shortcut without).
 
     ``options`` (:class:`SolverOptions`) say how; keyword ``settings`` (``speedup=4``,
     ``method="asym"``, …) make or change them. ``batches`` is iterated several times and must
     give the same images each time; a one-shot iterator is kept in memory. ``input_hw`` sets the
     map sizes the multiply-adds are counted at (default: the first batch's). ``checkpoint`` is a
     file rewritten after each layer; with ``resume`` the run continues after the last layer it
-    holds and ends identical to an uninterrupted run. ``features`` itself is left untouched.
-    ``planner(specs, eigenvalues)`` replaces :func:`~.planning.make_plan` (e.g. one budget with
-    fc layers, :func:`~.joint.make_network_plan`); entries of layers it adds are kept as they are.
+    holds and ends identical to an uninterrupted run. ``model`` itself is left untouched.
+    ``planner(specs, eigenvalues)`` replaces the default plan (e.g. one budget with
+    fc layers, :func:`~.joint.make_network_plan`; by default :func:`~.mixed.make_layer_plan`);
+    entries of layers it adds are kept as they are.
 
     Under torch.distributed each process passes its own shard of the images, as
     ``{"images": ..., "indices": ...}`` batches whose indices number the images globally; the
@@ -74,26 +80,33 @@ def compress(
     """
     options = options_or(options, **settings)
     progress = progress and is_main_process()
-    device = torch.device(device) if device is not None else module_device(features)
+    device = torch.device(device) if device is not None else module_device(model)
     if iter(batches) is batches:
         batches = list(batches)
-    names = conv_names(features)
+    input_hw = tuple(input_hw or first_hw(batches))
+    targets = find_targets(model, input_hw, log=progress)
+    names, specs = targets.names, targets.specs
+    options = options.replace(skip=skipped_layers(options, list(names)))
     check_names(options.skip, names)
-    original = copy.deepcopy(features).to(device).eval()
+    original = targets.model.to(device)
 
     sampler = ResponseSampler(
-        batches, options.samples_per_image, options.seed, device, progress, options.memory
+        batches,
+        options.samples_per_image,
+        options.seed,
+        device,
+        progress,
+        options.memory,
+        runner=targets.runner(),
     )
     truth = sampler.original(original, names)
     heldout = {
         n: split_rows(sampler.row_images[n], options.heldout_fraction, options.seed) for n in truth
     }
-    input_hw = tuple(input_hw or first_hw(batches))
-    specs = conv_specs(original, input_hw)
     eigenvalues = {
         s.name: eigen_descending(covariance(truth[s.name][~heldout[s.name]])[1])[0] for s in specs
     }
-    plan = (planner or functools.partial(make_plan, options=options))(specs, eigenvalues)
+    plan = (planner or functools.partial(make_layer_plan, options=options))(specs, eigenvalues)
     plan.update(
         samples_per_image=options.samples_per_image,
         seed=options.seed,
@@ -103,10 +116,12 @@ def compress(
         schedule=[list(step) for step in options.schedule],
         input_hw=list(input_hw),
     )
+    if targets.left_alone:
+        plan["left_as_they_are"] = dict(targets.left_alone)
 
     fingerprints = {
         "images": sampler.images_digest(),
-        "weights": tensors_digest(features.state_dict()),
+        "weights": tensors_digest(model.state_dict()),
     }
     approximated = copy.deepcopy(original)
     done = set()
@@ -126,14 +141,14 @@ def compress(
             approximated_before = approximated_before or solved
             continue
         start = time.perf_counter()
-        index = names[spec.name]
+        path = names[spec.name]
         if not solved:  # skipped: left as it is
             entry["error"] = entry["heldout_error"] = 0.0 if not approximated_before else None
         else:
             layer, errors, inputs = solve_layer(
                 spec,
                 entry,
-                original[index],
+                original.get_submodule(path),
                 approximated,
                 truth[spec.name],
                 sampler,
@@ -142,7 +157,7 @@ def compress(
                 heldout[spec.name],
             )
             broadcast_parameters(layer)
-            approximated[index] = layer
+            set_module(approximated, path, layer)
             entry["error"], entry["heldout_error"] = errors
             approximated_before = True
         entry["seconds"] = round(time.perf_counter() - start, 3)
@@ -177,7 +192,7 @@ def solve_layer(
     spec: ConvSpec,
     entry: dict,
     conv: nn.Conv2d,
-    approximated: nn.Sequential,
+    approximated: nn.Module,
     target: torch.Tensor,
     sampler: ResponseSampler,
     options: SolverOptions,

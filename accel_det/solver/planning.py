@@ -12,7 +12,7 @@ from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL
 from ..plan import PLAN_FORMAT, Plan
 from .channel import pca_energy
 from .complexity import ConvSpec, conv_macs, speedup_ratio, structure_macs
-from .options import SolverOptions
+from .options import SolverOptions, skipped_layers
 from .ranks import (
     budget_macs,
     channel_cost_table,
@@ -48,7 +48,7 @@ def check_reachable(specs: Sequence[ConvSpec], options: SolverOptions) -> None:
     """Refuse a speedup that even rank 1 everywhere cannot reach, naming the largest possible
     one."""
     method = options.solver
-    skip = set(options.skip)
+    skip = set(skipped_layers(options, [s.name for s in specs]))
     splittable = spatial_layers(specs)
     total = sum(conv_macs(s) for s in specs)
     cheapest = 0
@@ -70,7 +70,7 @@ def make_plan(
     d' by rank selection (eqs. 13-14) or uniform ratios, then d'' of the spatial step so that the
     whole model, 1×1 layers and skipped layers included, meets the speedup."""
     method = options.solver
-    skip = set(options.skip)
+    skip = set(skipped_layers(options, [s.name for s in specs]))
     solved = [s for s in specs if s.name not in skip]
     if not solved:
         raise AccelDetError("every conv layer is skipped: nothing to compress")
@@ -126,7 +126,7 @@ def channel_ranks(
 ) -> Dict[str, int]:
     """d' of every solved layer for the channel step's share of the speedup."""
     speedup = options.solver.channel_speedup(options.speedup)
-    skip = options.skip
+    skip = skipped_layers(options, [s.name for s in specs])
     if not options.rank_selection:
         return round_down_ranks(
             uniform_ranks(solved, speedup),

@@ -8,7 +8,6 @@ of samples, not of images.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,7 +17,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..errors import AccelDetError
+from ..nn.graph import trace
 from ..utils.dist import all_gather_objects, gather_samples, sum_over_processes
+from .runner import GraphRunner, LayerInputs, make_runner
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # images N×3×H×W, their global indices (N,)
 
@@ -88,28 +89,16 @@ def patch_responses(convs: Sequence[nn.Conv2d], patches: torch.Tensor) -> torch.
     return x.flatten(1).float()
 
 
-@dataclass
-class LayerInputs:
-    """Inputs of the conv at ``index`` in the network approximated so far, for every local batch,
-    kept (on the CPU) so that the next layer's pass starts from them instead of from the images."""
-
-    index: int
-    tensors: List[torch.Tensor]
-    indices: List[torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors)
-
-
 class ResponseSampler:
     """Responses of conv layers to one set of image batches, sampled at ``samples_per_image``
     positions per image and layer fixed by (``seed``, layer, image index).
 
     :meth:`original` makes the pass of the original network (and remembers a fingerprint of every
     batch); :meth:`regressed` the later passes of the network approximated so far, checked against
-    those fingerprints. ``memory`` bounds (in bytes) the approximated activations kept between
-    passes. Under torch.distributed the samples of all processes are pooled, in image order.
+    those fingerprints. ``runner`` runs the network part of the way (:mod:`.runner`; by default
+    from the network's ``fx`` graph, or its forward with hooks where it does not trace).
+    ``memory`` bounds (in bytes) the approximated activations kept between passes. Under
+    torch.distributed the samples of all processes are pooled, in image order.
     """
 
     def __init__(
@@ -120,6 +109,7 @@ class ResponseSampler:
         device: Optional[torch.device] = None,
         progress: bool = True,
         memory: int = 0,
+        runner=None,
     ):
         self.batches = batches
         self.samples_per_image = samples_per_image
@@ -127,9 +117,10 @@ class ResponseSampler:
         self.device = device
         self.progress = progress
         self.memory = memory
+        self.runner = runner
         self.fingerprints: List[torch.Tensor] = []
         self.digests: Dict[int, str] = {}  # sha256 of each image's values, by global index
-        self.layers: Mapping[str, int] = {}
+        self.layers: Mapping[str, str] = {}
         self.row_images: Dict[str, torch.Tensor] = {}  # layer -> the image of every sample row
 
     @property
@@ -137,15 +128,14 @@ class ResponseSampler:
         """Images of this process seen by the original pass."""
         return sum(len(f) for f in self.fingerprints)
 
-    def original(
-        self, features: nn.Sequential, layers: Mapping[str, int]
-    ) -> Dict[str, torch.Tensor]:
-        """Pre-ReLU responses y of every conv in ``layers`` (name → index in ``features``), one
-        pass: samples per layer (n × d, on the CPU; under torch.distributed those of all
-        processes)."""
+    def original(self, model: nn.Module, layers: Mapping[str, str]) -> Dict[str, torch.Tensor]:
+        """Pre-ReLU responses y of every conv in ``layers`` (name → qualified module name in
+        ``model``, in the order they run), one pass: samples per layer (n × d, on the CPU; under
+        torch.distributed those of all processes)."""
+        if self.runner is None:
+            self.runner = make_runner(trace(model)[0])
         self.layers = dict(layers)
-        last = max(layers.values())
-        by_index = {index: name for name, index in layers.items()}
+        name_of = {path: name for name, path in layers.items()}
         layer_number = {name: number for number, name in enumerate(layers)}
         samples: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
         images_of: Dict[str, List[torch.Tensor]] = {name: [] for name in layers}
@@ -160,22 +150,21 @@ class ResponseSampler:
                 self.digests.update(
                     (int(i), hashlib.sha256(v).hexdigest()) for i, v in zip(indices, values)
                 )
-                x = images
-                for index, module in enumerate(features):
-                    if index > last:
-                        break
-                    x = module(x)
-                    name = by_index.get(index)
-                    if name is not None:
-                        hw = (x.shape[2], x.shape[3])
-                        positions = self.positions(layer_number[name], indices, hw)
-                        samples[name].append(gather_responses(x, positions).cpu())
-                        images_of[name].append(_row_images(indices, positions))
+
+                def visit(path: str, output: torch.Tensor) -> None:
+                    name = name_of[path]
+                    hw = (output.shape[2], output.shape[3])
+                    positions = self.positions(layer_number[name], indices, hw)
+                    samples[name].append(gather_responses(output, positions).cpu())
+                    images_of[name].append(_row_images(indices, positions))
+
+                self.runner.outputs(model, images, list(layers.values()), visit)
         if sum_over_processes(len(self.fingerprints)) == 0:
             raise AccelDetError("no image batches were given")
         result = {}
-        for name, index in layers.items():
-            rows, images = _stack(samples[name], images_of[name], features[index].out_channels)
+        for name, path in layers.items():
+            width = model.get_submodule(path).out_channels
+            rows, images = _stack(samples[name], images_of[name], width)
             rows, self.row_images[name] = gather_samples(rows, images)
             result[name] = _checked(name, rows)
         return result
@@ -197,41 +186,45 @@ class ResponseSampler:
 
     def regressed(
         self,
-        features: nn.Sequential,
+        model: nn.Module,
         name: str,
         regressor: Sequence[nn.Conv2d],
         inputs: Optional[LayerInputs] = None,
     ) -> Tuple[torch.Tensor, Optional[LayerInputs]]:
         """Responses ŷ = W̃ x̂ at the sampled positions of layer ``name``, x̂ being its input in the
-        (partly approximated) ``features`` and W̃ the conv chain ``regressor``.
+        (partly approximated) ``model`` and W̃ the conv chain ``regressor``.
 
         The pass starts from ``inputs`` of an earlier layer when given, else from the images. It
-        also returns this layer's inputs when they fit in ``memory`` (besides ``inputs``), so
-        that passes cost one approximated layer each instead of the whole approximated front.
+        also returns what the next pass can start from when it fits in ``memory`` (besides
+        ``inputs``), so that passes cost one approximated layer each instead of the whole
+        approximated front (only where the network traces with ``torch.fx``).
         """
-        index = self.layers[name]
+        path = self.layers[name]
         layer_number = list(self.layers).index(name)
-        conv = features[index]
+        conv = model.get_submodule(path)
         rows, images_of = [], []
         budget = self.memory - (inputs.nbytes if inputs is not None else 0)
-        kept: Optional[LayerInputs] = LayerInputs(index, [], []) if budget > 0 else None
+        keep = budget > 0 and isinstance(self.runner, GraphRunner)
+        kept: Optional[LayerInputs] = LayerInputs(path, [], []) if keep else None
         if inputs is not None:
-            start = inputs.index
-            stream = ((x.to(self.device), i) for x, i in zip(inputs.tensors, inputs.indices))
+            stream = (
+                ({k: _to(v, self.device) for k, v in values.items()}, i)
+                for values, i in zip(inputs.values, inputs.indices)
+            )
         else:
-            start = 0
             stream = iterate_batches(self.batches, self.device)
         with torch.inference_mode():
             bar = tqdm(
                 stream, desc=f"{name} approximated inputs", disable=not self.progress, leave=False
             )
-            for number, (x, indices) in enumerate(bar):
+            for number, (source, indices) in enumerate(bar):
                 if inputs is None:
-                    self.check_unchanged(number, x)
-                for module in features[
-                    start:index
-                ]:  # starts with a conv: ``inputs`` are never changed in place
-                    x = module(x)
+                    self.check_unchanged(number, source)
+                    x, alive = self.runner.inputs(model, path, images=source, keep=kept is not None)
+                else:
+                    x, alive = self.runner.inputs(
+                        model, path, start=(inputs.start, source), keep=kept is not None
+                    )
                 out_hw = _out_hw(conv, x.shape[2:])
                 positions = self.positions(layer_number, indices, out_hw)
                 rows.append(
@@ -239,7 +232,7 @@ class ResponseSampler:
                 )
                 images_of.append(_row_images(indices, positions))
                 if kept is not None:
-                    kept.tensors.append(x.cpu())
+                    kept.values.append({k: _to(v, "cpu") for k, v in alive.items()})
                     kept.indices.append(indices)
                     if kept.nbytes > budget:
                         kept = None
@@ -255,6 +248,10 @@ class ResponseSampler:
                 "the batches changed between passes: give the same images in the same order every "
                 "time (e.g. a DataLoader with shuffle=False and no random augmentation)"
             )
+
+
+def _to(value, device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def _row_images(indices: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:

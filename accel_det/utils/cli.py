@@ -65,7 +65,7 @@ POSITIVE_FLOAT = number(float, above=0)
 NON_NEGATIVE_FLOAT = number(float, minimum=0)
 FRACTION = number(float, minimum=0, maximum=1)
 SPEEDUP = number(float, above=1)
-IMAGE_SIDE = number(int, minimum=32)  # VGG-16's five 2×2 max-pools need 32 pixels
+IMAGE_SIDE = number(int, minimum=32)  # five 2x downsamplings (VGG-16, ResNets) need 32 pixels
 
 
 def one_line_parser_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

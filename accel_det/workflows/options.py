@@ -77,7 +77,10 @@ def add_solver_arguments(
         "(default: 0.1; 0: none)",
     )
     group.add_argument(
-        "--skip", nargs="*", default=["conv1_1"], help="layers left as they are (default: conv1_1)"
+        "--skip",
+        nargs="*",
+        help="layers left as they are (default: the first conv layer, conv1_1 of VGG-16, conv1 of "
+        "a ResNet; --skip with no layer: none)",
     )
     return parser
 
@@ -93,7 +96,7 @@ def solver_options(args: argparse.Namespace) -> SolverOptions:
         method=args.method,
         rank_selection=not args.no_rank_selection,
         samples_per_image=args.samples_per_image,
-        skip=tuple(args.skip),
+        skip=tuple(args.skip) if args.skip is not None else None,
         seed=args.seed,
         schedule=paper_schedule(args.iterations),
         rank_cost=args.rank_cost,

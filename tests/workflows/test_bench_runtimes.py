@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from accel_det.nn.chain import apply_plan, conv_names
+from accel_det.nn.chain import conv_names
+from accel_det.nn.network import apply_plan
 from accel_det.workflows.bench import layers, runtime_axis, runtimes, subjects
 from tests.helpers import REPO, hand_macs, load_tool, small_net
 
@@ -131,7 +132,7 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "benchmark_runtimes.py"), "--output", str(out)]
         + "--width 0.25 --speedup 2 --backbone-sizes 64 --detector-size 64x96 --rois 40 "
-        "--threads 1 --seconds 0.2".split(),
+        "--threads 1 --seconds 0.2 --resnet".split(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -253,3 +254,27 @@ def test_a_missing_plan_file_is_refused_in_one_line(tmp_path, capsys):
     code = tool.run_tool(tool.main, tool.build_parser(), argv)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"error: plan file not found: {tmp_path / 'nope.json'}"
+
+
+def test_resnet_subjects_meet_their_speedups_and_the_targets_read_them():
+    from accel_det.workflows.bench.runtime_tables import target_lines
+
+    found = subjects.resnet_subjects(
+        "resnet18", (64, 64), speedups=(2.0,), num_images=2, samples_per_image=20
+    )
+    assert [s.name for s in found] == ["original", "asym 2x", "asym3d 2x"]
+    x = torch.randn(1, 3, 64, 64)
+    for subject in found[1:]:
+        # the plan's count (conv layers) is the timed module's, within the ranks' rounding
+        assert subject.theoretical == pytest.approx(subject.plan["theoretical_speedup"])
+        assert 2.0 <= subject.theoretical < 2.2 and subject.plan["skip"] == ["conv1"]
+        with torch.inference_mode():
+            assert torch.isfinite(subject.module(x)).all()
+    case = {"case": "resnet50 224x224", "threads": 1}
+    best = [
+        {**case, "model": "asym 2x", "speedup": 1.85},
+        {**case, "model": "asym3d 2x", "speedup": 1.7},
+    ]
+    lines = target_lines([], best)
+    assert lines[4].endswith("measured 1.85 (worst case): met")
+    assert lines[5].endswith("measured 1.70 (worst case): NOT met")

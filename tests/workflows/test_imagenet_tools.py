@@ -126,7 +126,7 @@ def test_compress_writes_weights_plan_plot_and_table(work):
 def test_plan_round_trip_matches_in_memory_result(work, tmp_path):
     """Building from the plan JSON and loading the .pth gives the in-memory model's outputs."""
     from accel_det.solver import SolverOptions
-    from accel_det.workflows.imagenet.compress import CompressOptions, compress_vgg16
+    from accel_det.workflows.imagenet.compress import CompressOptions, compress_model
 
     solver = SolverOptions(samples_per_image=5, speedup=3, schedule=((0.01, 3), (1.0, 3)))
     options = CompressOptions(
@@ -144,7 +144,7 @@ def test_plan_round_trip_matches_in_memory_result(work, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, record = compress_vgg16(options)
+        model, record = compress_model(options)
     finally:
         torch.set_num_threads(threads)
     model.eval()

@@ -11,8 +11,8 @@ from torch import nn
 
 from ...errors import AccelDetError
 from ...models.vgg import init_vgg_weights, vgg16_features
-from ...nn.chain import apply_plan
 from ...nn.factorized import FactorizedConv2d
+from ...nn.network import apply_plan
 
 MODES = ("contiguous", "channels_last", "fused")
 

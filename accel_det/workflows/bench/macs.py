@@ -7,24 +7,14 @@ from typing import Sequence, Tuple
 
 from torch import nn
 
-from ...nn.chain import conv_names
-from ...nn.factorized import FactorizedConv2d
-from ...solver.complexity import conv_macs, structure_macs
-from ...solver.network import conv_specs
+from ...solver.targets import network_macs
 
 
-def features_macs(features: nn.Sequential, input_hw: Tuple[int, int], batch: int = 1) -> int:
-    """Multiply-adds of every conv of ``features`` (plain or factorized) for ``batch`` images of
-    ``input_hw``, by :mod:`accel_det.solver.complexity` (the theoretical speedup's count)."""
-    total = 0
-    layers = conv_names(features)
-    for spec in conv_specs(features, tuple(input_hw)):
-        module = features[layers[spec.name]]
-        if isinstance(module, FactorizedConv2d):
-            total += structure_macs(spec, module.structure, module.rank, module.spatial_rank)
-        else:
-            total += conv_macs(spec)
-    return total * batch
+def features_macs(features: nn.Module, input_hw: Tuple[int, int], batch: int = 1) -> int:
+    """Multiply-adds of every conv of ``features`` (plain or factorized; a chain or any network)
+    for ``batch`` images of ``input_hw``, by :mod:`accel_det.solver.complexity` (the theoretical
+    speedup's count)."""
+    return network_macs(features, tuple(input_hw)) * batch
 
 
 def fvcore_macs(model: nn.Module, inputs) -> int:

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from ...errors import AccelDetError
-from ...nn.chain import conv_names
 from ...nn.factorized import CHANNEL
 from ...plan import plan_fingerprint
 from ...solver import SolverOptions, make_plan, plan_from_structures
 from ...solver.channel import covariance, eigen_descending
 from ...solver.network import conv_specs
 from ...solver.responses import ResponseSampler
+from ...solver.targets import find_targets
 
 # Paper Table 6, VGG-16 at 4x with rank selection (asym., conv1_1 kept): d' of conv1_2 ... conv5_3.
 TABLE6_4X_RANKS = {
@@ -61,16 +61,18 @@ def table6_plan(features: nn.Sequential, input_hw: Tuple[int, int] = (224, 224))
 
 
 def sampled_eigenvalues(
-    features: nn.Sequential, images: torch.Tensor, *, samples_per_image: int, seed: int = 0
+    model: nn.Module, images: torch.Tensor, *, samples_per_image: int, seed: int = 0
 ) -> Dict[str, torch.Tensor]:
-    """Per conv layer, the eigenvalues (largest first) of the covariance of its responses sampled
-    at random positions of ``images`` (what rank selection reads, eqs. 13-14)."""
-    names = conv_names(features)
+    """Per conv layer of ``model`` (a VGG ``features`` chain, a ResNet, any network the solver
+    takes), the eigenvalues (largest first) of the covariance of its responses sampled at random
+    positions of ``images`` (what rank selection reads, eqs. 13-14)."""
+    targets = find_targets(model, tuple(images.shape[-2:]))
     batches = [images[i : i + 8] for i in range(0, len(images), 8)]
-    truth = ResponseSampler(batches, samples_per_image, seed, progress=False).original(
-        features, names
+    sampler = ResponseSampler(
+        batches, samples_per_image, seed, progress=False, runner=targets.runner()
     )
-    return {name: eigen_descending(covariance(truth[name])[1])[0] for name in names}
+    truth = sampler.original(targets.model, targets.names)
+    return {name: eigen_descending(covariance(truth[name])[1])[0] for name in targets.names}
 
 
 def solver_plans(

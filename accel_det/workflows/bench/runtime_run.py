@@ -1,8 +1,8 @@
-"""The runtime-axis speed benchmark from start to end: backbone at each input size, the whole
-detector at each RoI count, each in every form at each thread count; best against best; the
-per-layer profile of the layers furthest from their FLOP ratio; the detector's stages. Writes
-``benchmark_runtimes.json`` and ``benchmark_runtimes.md`` (and the plans, the ONNX files) to the
-output folder."""
+"""The runtime-axis speed benchmark from start to end: backbone at each input size, torchvision
+ResNets (original against the solver's 2x and 3x plans), the whole detector at each RoI count,
+each in every form at each thread count; best against best; the per-layer profile of the layers
+furthest from their FLOP ratio; the detector's stages. Writes ``benchmark_runtimes.json`` and
+``benchmark_runtimes.md`` (and the plans, the ONNX files) to the output folder."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from .subjects import (
     backbone_subjects,
     detector_plan,
     random_detector,
+    resnet_subjects,
 )
 
 FORMAT = "accel-det-runtimes/1"
@@ -60,6 +61,9 @@ class RuntimeBenchmarkOptions:
     plans: Sequence[Tuple[str, str]] = ()  # (name, path) of backbone plans made elsewhere
     detector_plans: Sequence[Tuple[str, str]] = ()  # (name, path) of whole-detector plans
     detector: bool = True
+    resnets: Sequence[str] = ("resnet50",)  # torchvision ResNets timed whole (logits)
+    resnet_size: Tuple[int, int] = (224, 224)
+    resnet_speedups: Sequence[float] = (2.0, 3.0)
     profile: bool = True
     seed: int = 0
     command: str = ""
@@ -84,7 +88,9 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
     exported = os.path.join(folder, "onnx")
     os.makedirs(exported, exist_ok=True)
     rows, profiles, stages, plans = [], {}, {}, {}
-    eigenvalues = backbone_eigenvalues(options.width, seed=options.seed)
+    eigenvalues = (
+        backbone_eigenvalues(options.width, seed=options.seed) if options.backbone_sizes else None
+    )
     given = {name: Plan.read(path) for name, path in options.plans}
     for number, size in enumerate(options.backbone_sizes):
         subjects = backbone_subjects(
@@ -114,6 +120,11 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         )  # fmt: skip
         if options.profile and device.type == "cpu":
             profiles[case] = backbone_profile(subjects, x, where, threads[0])
+    for arch in options.resnets:
+        resnet_rows, resnet_plans = resnet_benchmark(arch, options, forms, threads, exported,
+                                                     device, progress)  # fmt: skip
+        rows += resnet_rows
+        plans.update(resnet_plans)
     if options.detector:
         detector_rows, stages, detector_plans = detector_benchmark(
             options, detector_forms, threads, exported, device, progress
@@ -172,6 +183,24 @@ def backbone_profile(subjects: Sequence[Subject], x, folder: str, threads: int) 
             timings["onnxruntime"] = (times0["onnxruntime"], ort)
         result[subject.name] = layer_profile(original.module, subject.module, x, timings)
     return result
+
+
+def resnet_benchmark(arch, options, forms, threads, folder, device, progress):
+    """A torchvision ResNet (batch norms folded) against the solver's plans at each of
+    ``options.resnet_speedups``, whole (images -> logits), in every form at each thread count."""
+    size = tuple(options.resnet_size)
+    subjects = resnet_subjects(arch, size, speedups=options.resnet_speedups,
+                               round_to=options.round_ranks, seed=options.seed)  # fmt: skip
+    case = f"{arch} {size[0]}x{size[1]}"
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(options.seed))
+    progress(f"{case}: {', '.join(s.name for s in subjects)} in {', '.join(forms)}")
+    where = os.path.join(folder, slug(case))
+    os.makedirs(where, exist_ok=True)
+    rows = time_case(
+        case, subjects, (x,), forms=forms, threads=threads, folder=where, seconds=options.seconds,
+        device=device, names=(["images"], ["logits"]), progress=progress,
+    )  # fmt: skip
+    return rows, {f"{case}: {s.name}": s.plan for s in subjects[1:]}
 
 
 def detector_benchmark(options, forms, threads, folder, device, progress):

@@ -14,7 +14,11 @@ TARGETS = (
     ("backbone asym3d 4x, best vs best, 1 thread", "backbone", "asym3d,", 1, "ratio", 0.85),
     ("detector 4x at 2000 RoIs, eager channels_last, 1 thread", "detector", "*", 1, "eager", 2.5),
     ("detector 4x at 2000 RoIs, fastest runtime, 1 thread", "detector", "*", 1, "speedup", 3.0),
-)
+    ("ResNet-50 224x224, asym 2x (ranks x16), best vs best, 1 thread", "resnet50", "asym 2x", 1,
+     "speedup", 1.8),
+    ("ResNet-50 224x224, asym3d 2x (ranks x16), best vs best, 1 thread", "resnet50",
+     "asym3d 2x", 1, "speedup", 1.8),
+)  # fmt: skip
 
 
 def form_tables(rows: Sequence[Mapping]) -> str:

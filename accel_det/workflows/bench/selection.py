@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...data.synthetic.shapes import make_task
-from ...nn.chain import apply_plan
+from ...nn.network import apply_plan
 from ...solver import SolverOptions, make_plan
 from ...solver.network import conv_specs
 from ...solver.planning import plan_energy

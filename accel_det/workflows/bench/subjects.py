@@ -18,11 +18,15 @@ from torch import nn
 
 from ...data.synthetic.shapes import make_task
 from ...errors import AccelDetError
+from ...models.resnet import resnet
 from ...models.vgg import init_vgg_weights
+from ...nn.network import apply_plan, prepare
 from ...solver.channel import covariance, eigen_descending
 from ...solver.joint import make_network_plan
+from ...solver.mixed import make_layer_plan
 from ...solver.network import conv_specs
 from ...solver.options import SolverOptions
+from ...solver.targets import network_macs
 from .detector import silence_classifier
 from .forms import accelerated_features, random_features
 from .macs import features_macs
@@ -131,6 +135,45 @@ def backbone_eigenvalues(
     images = make_task(num_images, size=224, seed=seed + 4000)[0]
     features = random_features(width, seed)
     return sampled_eigenvalues(features, images, samples_per_image=samples_per_image, seed=seed)
+
+
+def resnet_subjects(
+    arch: str,
+    input_hw: Tuple[int, int],
+    *,
+    speedups: Sequence[float] = (2.0, 3.0),
+    methods: Sequence[str] = ("asym", "asym3d"),
+    round_to: int = 16,
+    num_images: int = 8,
+    samples_per_image: int = 100,
+    seed: int = 0,
+) -> List[Subject]:
+    """A random-weight torchvision ResNet (batch norms folded, as every runtime folds them) and
+    the solver's plans for it at each speedup and method (rank selection by multiply-adds, ranks
+    rounded to ``round_to``, the stem kept: ``compress``'s defaults), from the eigenvalues of its
+    responses to ``num_images`` generated images at ``input_hw``."""
+    torch.manual_seed(seed)
+    original = prepare(resnet(arch))[0]
+    images = make_task(num_images, size=input_hw[0], seed=seed + 4000)[0]
+    eigenvalues = sampled_eigenvalues(original, images, samples_per_image=samples_per_image,
+                                      seed=seed)  # fmt: skip
+    specs = conv_specs(original, input_hw)
+    base = network_macs(original, input_hw)
+    subjects = [Subject("original", original, base)]
+    for speedup in speedups:
+        for method in methods:
+            options = SolverOptions(speedup=speedup, method=method, round_ranks_to=round_to)
+            plan = make_layer_plan(specs, eigenvalues, options)
+            torch.manual_seed(seed)
+            model = apply_plan(original, plan)
+            for module in model.modules():  # He-initialised: activations keep their scale
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            macs = network_macs(model, input_hw)
+            subjects.append(
+                Subject(f"{method} {speedup:g}x", model.eval(), macs, base / macs, plan)
+            )
+    return subjects
 
 
 def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:

@@ -16,7 +16,7 @@ from ...deploy.export import Graph, export_graph
 from ...deploy.runtime import load_runtime
 from ...detection.trainer import save_results
 from ...models.vgg import vgg16_features
-from ...nn.chain import apply_plan
+from ...nn.network import apply_plan
 from ...plan import Plan
 from ...utils.timing import measure_many
 from ..report import eval_ap50

@@ -11,7 +11,7 @@ from detectron2.data import DatasetMapper
 
 from ...detection.loaders import detection_dataset_dicts
 from ...models.vgg import vgg16_features
-from ...nn.chain import apply_plan
+from ...nn.network import apply_plan
 from ...plan import Plan, conv_entries
 from ...utils.timing import machine, measure_many
 

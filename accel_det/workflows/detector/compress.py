@@ -14,6 +14,7 @@ and ``DIR/plan.png``, for ``MODEL.WEIGHTS`` and ``MODEL.ACCEL.PLAN`` of the acce
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -29,6 +30,7 @@ from ... import __version__
 from ...detection.checkpoint import load_detector_weights
 from ...detection.config import load_config
 from ...errors import AccelDetError
+from ...nn.chain import conv_names
 from ...nn.factorized import is_rank, rank_limits
 from ...plan import Plan
 from ...solver import SolverOptions, compress, conv_specs, get_method
@@ -37,6 +39,7 @@ from ...solver.complexity import LinearSpec
 from ...solver.heldout import split_rows
 from ...solver.joint import check_network_reachable, make_network_plan
 from ...solver.linear import compress_linear_chain
+from ...solver.options import skipped_layers
 from ...solver.pipeline import log_layer
 from ...utils.dist import agreed_errors, barrier, broadcast_parameters, init_distributed
 from ...utils.io import atomic_save_pair, check_writable_folder, refuse_existing, sha256_file
@@ -203,6 +206,9 @@ def compress_detector(
         replace = check_outputs(paths, options)
         cfg, model = load_detector(options, group.device)
         check_fc_ranks(model, options.fc_ranks)
+        names = list(conv_names(model.backbone.features))
+        solver = options.solver.replace(skip=skipped_layers(options.solver, names))
+        options = dataclasses.replace(options, solver=solver)
         rois = int(options.rois_per_image or cfg.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST)
         input_hw = tuple(options.input_hw or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
         linears, fixed = linear_specs(model, rois)

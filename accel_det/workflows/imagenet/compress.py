@@ -1,8 +1,10 @@
-"""Compress a VGG-16 from image files: the library side of ``tools/compress_backbone.py``.
+"""Compress an ImageNet classifier (VGG-16, or a torchvision ResNet-18/34/50/101) from image files:
+the library side of ``tools/compress_backbone.py``.
 
 Reads the weights, draws the images with the seed, runs :func:`accel_det.solver.compress` with a
-per-layer checkpoint, and writes ``OUT.pth`` (the whole accelerated VGG-16), ``OUT.json`` (the
-plan extended with how it was obtained) and ``OUT.png`` (per-layer ranks and errors).
+per-layer checkpoint (on VGG-16's conv layers, or on every conv of a ResNet with its batch norms
+folded), and writes ``OUT.pth`` (the whole accelerated classifier), ``OUT.json`` (the plan
+extended with how it was obtained) and ``OUT.png`` (per-layer ranks and errors).
 
 Under torch.distributed (``torchrun``, or :func:`accel_det.utils.launch.launch`)
 every process reads only its interleaved shard of the drawn images, the solver pools the sampled
@@ -12,6 +14,7 @@ tolerance); process 0 alone writes the outputs and the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -26,23 +29,13 @@ from ... import __version__
 from ...data.sample import sample_images
 from ...data.transforms import crop_transform, normalize, preprocessing_record
 from ...errors import AccelDetError
-from ...models.vgg import (
-    CROP_SIZE,
-    RESIZE_SIZE,
-    TORCHVISION_WEIGHTS,
-    factorized_key,
-    infer_vgg16_config,
-    load_vgg16,
-    load_vgg16_state_dict,
-    weights_file,
-    with_features,
-)
-from ...nn.chain import conv_names
-from ...solver import SolverOptions, compress, conv_specs, get_method
+from ...models.vgg import CROP_SIZE, RESIZE_SIZE
+from ...solver import SolverOptions, compress, get_method
 from ...solver.heldout import split_rows
 from ...solver.joint import check_network_reachable, make_network_plan
-from ...solver.options import PLAN_OPTIONS
+from ...solver.options import PLAN_OPTIONS, skipped_layers
 from ...solver.planning import check_reachable
+from ...solver.targets import Targets
 from ...utils.dist import agreed_errors, barrier, init_distributed
 from ...utils.io import (
     atomic_save_pair,
@@ -50,10 +43,10 @@ from ...utils.io import (
     check_writable_folder,
     load_json,
     refuse_existing,
-    sha256_file,
 )
 from ..plots import plan_table, plot_plan
 from .fc import classifier_specs, compress_classifier, fc6_responses, fc_eigenvalues
+from .source import Source, checked_targets, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +54,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CompressOptions:
     """Everything ``tools/compress_backbone.py`` accepts: the solver's options (defaults: the
-    paper's §6 protocol) and where the weights, images and outputs are."""
+    paper's §6 protocol) and where the weights, images and outputs are; ``arch``: vgg16 or a
+    torchvision ResNet (None: read off the weights)."""
 
     weights: str
     images: str
     output: str
+    arch: Optional[str] = None
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(speedup=4.0))
     num_images: int = 3000
     image_list: Optional[str] = None  # draw only from the images it lists (relative to images)
@@ -213,11 +208,11 @@ def _short(value) -> str:
     return f"{value[:12]}..." if isinstance(value, str) and len(value) == 64 else repr(value)
 
 
-def compress_vgg16(
+def compress_model(
     options: CompressOptions, argv: Optional[Sequence[str]] = None
 ) -> Tuple[torch.nn.Module, dict]:
-    """Run the whole compression; returns the accelerated VGG-16 (on the CPU) and the JSON record
-    written to ``OUT.json``.
+    """Run the whole compression; returns the accelerated classifier (on the CPU) and the JSON
+    record written to ``OUT.json``.
 
     Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) it joins the process group
     (NCCL on GPUs, gloo on the CPU; left initialised for the caller to destroy) and every process
@@ -230,11 +225,12 @@ def compress_vgg16(
         device = group.device
         paths = OutputPaths.from_prefix(options.output)
         replace = check_outputs(paths, options)
-        model, source = _load_source(options)
-        if options.stop_after is not None and options.stop_after not in conv_names(model.features):
-            raise AccelDetError(f"--stop-after {options.stop_after}: no such layer")
-        check_enough_samples(model, options)
-        check_speedup_reachable(model, options)
+        source = load_source(options.weights, options.arch)
+        targets = checked_targets(source, options)
+        solver = options.solver.replace(skip=skipped_layers(options.solver, list(targets.names)))
+        options = dataclasses.replace(options, solver=solver, arch=source.arch)
+        check_speedup_reachable(source, targets, options)
+    model = source.model
     progress = options.progress and group.is_main
     if device.type == "cuda":  # the same responses on every run, so --resume ends bit-identical
         torch.backends.cudnn.benchmark = False
@@ -261,7 +257,7 @@ def compress_vgg16(
     )
 
     image_record = sample.record()
-    info = resume_info(options, source, image_record)
+    info = resume_info(options, source.record, image_record)
     with agreed_errors():
         if group.is_main:
             check_writable_folder(os.path.dirname(os.path.abspath(paths.weights)))
@@ -287,7 +283,7 @@ def compress_vgg16(
 
     try:
         result = compress(
-            model.features,
+            source.part,
             batches,
             options.solver,
             device=device,
@@ -312,10 +308,11 @@ def compress_vgg16(
         compress_classifier(
             model, result.plan, fc_target, regressed, fc_images, method, options.solver
         )
-    accelerated = with_features(model.cpu(), result.model.cpu())
+    accelerated = source.accelerated(result.model)
     record = _record(
-        options, argv, result.plan, source, image_record, paths, device, group.world_size, started
-    )
+        options, argv, result.plan, source.record, image_record, paths, device, group.world_size,
+        started,
+    )  # fmt: skip
     with agreed_errors():  # the outputs are complete when any process returns
         if group.is_main:
             record = _write_outputs(accelerated, record, paths, options.plot, replace)
@@ -326,48 +323,16 @@ def use_deterministic_algorithms() -> None:
     """Deterministic GPU kernels for the rest of this process: cuBLAS with a fixed workspace
     (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, unless set; it must be set before cuBLAS starts) and
     ``torch.use_deterministic_algorithms`` (an op without a deterministic kernel warns). cuDNN is
-    made deterministic by :func:`compress_vgg16` on GPUs in any case."""
+    made deterministic by :func:`compress_model` on GPUs in any case."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _load_source(options: CompressOptions):
-    """The plain VGG-16 to compress and where it came from (path, sha256, architecture)."""
-    state = load_vgg16_state_dict(options.weights)
-    key = factorized_key(state)
-    if key is not None:
-        raise AccelDetError(
-            f"{options.weights} is already an accelerated VGG-16 ({key}); compress a plain VGG-16"
-        )
-    model, _, _ = load_vgg16(state)
-    broken = next(
-        (k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None
-    )
-    if broken is not None:
-        raise AccelDetError(f"weights {options.weights}: {broken} holds NaN or Inf values")
-    source_file = weights_file(options.weights)
-    config = infer_vgg16_config(state)
-    source = {
-        "path": options.weights
-        if options.weights == TORCHVISION_WEIGHTS
-        else os.path.abspath(source_file),
-        "sha256": sha256_file(source_file) if source_file else None,
-        **config,
-    }
-    logger.info(
-        "weights %s: VGG-16, width %g, %d classes, sha256 %s",
-        options.weights,
-        config["width"],
-        config["num_classes"],
-        (source["sha256"] or "?")[:12],
-    )
-    return model, source
 
 
 def _record(options, argv, plan, source, image_record, paths, device, world_size, started) -> dict:
     """``OUT.json``: the solver's plan extended with how it was obtained."""
     record = dict(plan)
     record.update(
+        arch=source["arch"],
         options=options.record(),
         command=list(argv) if argv is not None else None,
         preprocessing=preprocessing_record(options.resize, options.crop),
@@ -425,31 +390,14 @@ def _write_outputs(
     return record
 
 
-def check_enough_samples(model, options: CompressOptions) -> None:
-    """Refuse fewer sampled responses than a compressed layer has filters: its response covariance
-    would be singular (the reduced-rank regression then fails or is meaningless)."""
-    per_image = options.solver.samples_per_image
-    for spec in conv_specs(model.features, (options.crop, options.crop)):
-        if spec.name in options.solver.skip:
-            continue
-        samples = options.num_images * min(per_image, spec.out_hw[0] * spec.out_hw[1])
-        if samples < spec.out_channels:
-            raise AccelDetError(
-                f"{options.num_images} images x {per_image} samples give {samples} responses of "
-                f"{spec.name}, fewer than its {spec.out_channels} filters: use more --num-images "
-                f"or --samples-per-image"
-            )
-
-
-def check_speedup_reachable(model, options: CompressOptions) -> None:
+def check_speedup_reachable(source: Source, targets: Targets, options: CompressOptions) -> None:
     """Refuse, from the layers' shapes, a --speedup that rank 1 everywhere cannot reach, before any
-    image is read."""
-    specs = conv_specs(model.features, (options.crop, options.crop))
+    image is read (with VGG-16's fc layers under one budget for --fc)."""
     if options.fc:
-        linears, fixed = classifier_specs(model)
-        check_network_reachable(specs, linears, options.solver, fixed_macs=fixed)
+        linears, fixed = classifier_specs(source.model)
+        check_network_reachable(targets.specs, linears, options.solver, fixed_macs=fixed)
     else:
-        check_reachable(specs, options.solver)
+        check_reachable(targets.specs, options.solver)
 
 
 def compress_in_group(options: CompressOptions, argv: Optional[Sequence[str]] = None) -> int:
@@ -466,7 +414,7 @@ def compress_in_group(options: CompressOptions, argv: Optional[Sequence[str]] = 
         )  # process 0 tells the story; warnings from all
     try:
         with logging_redirect_tqdm():
-            compress_vgg16(options, argv=argv)
+            compress_model(options, argv=argv)
     finally:
         shutdown()
     return 0
