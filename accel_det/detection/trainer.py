@@ -94,8 +94,8 @@ def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
     (``MODEL.WEIGHTS``, or with ``resume`` the last checkpoint of ``OUTPUT_DIR``) fit the model:
     completely when it is only evaluated (not ``train``)."""
     plan = None
-    if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone" or cfg.MODEL.ACCEL.PLAN:
-        plan = load_plan(cfg.MODEL.ACCEL.PLAN)
+    if cfg.MODEL.BACKBONE.NAME.startswith("build_accel_") or cfg.MODEL.ACCEL.PLAN:
+        plan = load_plan(cfg.MODEL.ACCEL.PLAN, cfg.MODEL.BACKBONE.NAME)
     if plan is not None and linear_entries(plan) and cfg.MODEL.ROI_BOX_HEAD.NAME != "VGG16BoxHead":
         raise AccelDetError(
             f"the plan {cfg.MODEL.ACCEL.PLAN} has fc entries ({', '.join(linear_entries(plan))}) "

@@ -17,10 +17,12 @@ from detectron2.modeling import build_model  # noqa: E402
 import accel_det.detection  # noqa: E402,F401
 from accel_det.data.synthetic.voc import make_synthetic_voc  # noqa: E402
 from accel_det.detection import accelerated_weights  # noqa: E402
+from accel_det.detection.checkpoint import check_weights_fit  # noqa: E402
 from accel_det.detection.config import load_config  # noqa: E402
 from accel_det.errors import AccelDetError  # noqa: E402
 from accel_det.nn import CHANNEL, SPATIAL_CHANNEL, FactorizedConv2d  # noqa: E402
 from accel_det.solver import compress, find_targets, plan_from_structures  # noqa: E402
+from tests.detection.test_model import all_configs, vgg16_configs  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +37,7 @@ TINY_R50_FPN = [
     "MODEL.RESNETS.WIDTH_PER_GROUP", "4",
     "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.ROI_HEADS.NUM_CLASSES", "20",
+    "MODEL.ROI_HEADS.NUM_CLASSES", "5",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
     "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "32",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
@@ -168,6 +170,21 @@ def test_full_ranks_from_the_solver_reproduce_the_plain_detector(tmp_path):
     assert torch.allclose(expected.pred_boxes.tensor, actual.pred_boxes.tensor, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [c for c in all_configs() if c not in vgg16_configs()],  # the VGG ones: test_model
+)
+def test_resnet_fpn_configs_load_build_and_detect(tmp_path, config):
+    plan = write_plan(tmp_path, original_plan(plain_model().backbone))
+    cfg = load_config(config, [*TINY_R50_FPN, "MODEL.ACCEL.PLAN", plan])
+    model = build_model(cfg).eval()
+    assert sorted(model.backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
+    image = torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8)
+    with torch.no_grad():
+        (out,) = model([{"image": image, "height": 64, "width": 80}])
+    assert out["instances"].image_size == (64, 80)
+
+
 def test_frozen_stages_stay_frozen_factorized_or_not(tmp_path):
     plain = plain_model()
     specs = find_targets(plain.backbone, (64, 64)).specs
@@ -226,6 +243,12 @@ def test_missing_names_and_weights_are_refused(tmp_path):
     factorized = plan_from_structures(specs, {"fpn_output3": dict(structure=CHANNEL, rank=4)})
     with pytest.raises(AccelDetError, match="factorizes fpn_output3"):
         accelerated_weights(cfg, plain.state_dict(), plan=factorized)
+    # a plain checkpoint given to the accelerated detector: refused before Detectron2 loads it
+    torch.save({"model": plain.state_dict()}, tmp_path / "plain.pth")
+    with pytest.raises(AccelDetError, match=r"hold the batch norm backbone\.bottom_up\.stem"):
+        check_weights_fit(build_model(cfg), str(tmp_path / "plain.pth"))
+    torch.save({"model": accelerated_weights(cfg, plain.state_dict())}, tmp_path / "accel.pth")
+    check_weights_fit(build_model(cfg), str(tmp_path / "accel.pth"), complete=True)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +264,7 @@ def tiny_voc(tmp_path_factory):
 def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_path):
     plain = plain_model()
     result = compress(plain.backbone, images(), speedup=2.0, method="asym", progress=False,
-                      heldout_fraction=0, schedule=((0.01, 2), (1.0, 2)))  # fmt: skip
+                      heldout_fraction=0, schedule=((0.01, 2), (1.0, 2)), round_ranks_to=1)  # fmt: skip
     plan = write_plan(tmp_path, result.plan)
     cfg = tiny_cfg("MODEL.ACCEL.PLAN", plan)
     weights = tmp_path / "accel.pth"
@@ -258,9 +281,14 @@ def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_pa
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    converted = torch.load(weights, weights_only=True)["model"]
     saved = torch.load(out / "model_final.pth", weights_only=True)["model"]
-    assert "backbone.bottom_up.res4.0.conv2.vertical.weight" in saved or any(
-        k.endswith(".reduce.weight") for k in saved
-    )
+    assert saved.keys() == converted.keys()
+    assert any(k.endswith((".reduce.weight", ".vertical.weight")) for k in saved)
+    changed = {k for k in saved if not torch.equal(saved[k], converted[k])}
+    assert not any(
+        k.startswith(("backbone.bottom_up.stem.", "backbone.bottom_up.res2.")) for k in changed
+    )  # frozen
+    assert any(k.startswith("backbone.bottom_up.res4.") for k in changed)  # trained
     results = json.loads((out / "eval_results.json").read_text())
     assert "AP50" in results["synthetic_voc_test"]["bbox"]
