@@ -263,8 +263,9 @@ def tiny_voc(tmp_path_factory):
 
 def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_path):
     plain = plain_model()
+    options = dict(heldout_fraction=0, schedule=((0.01, 2), (1.0, 2)), round_ranks_to=1)
     result = compress(plain.backbone, images(), speedup=2.0, method="asym", progress=False,
-                      heldout_fraction=0, schedule=((0.01, 2), (1.0, 2)), round_ranks_to=1)  # fmt: skip
+                      **options)  # fmt: skip
     plan = write_plan(tmp_path, result.plan)
     cfg = tiny_cfg("MODEL.ACCEL.PLAN", plan)
     weights = tmp_path / "accel.pth"
@@ -275,7 +276,8 @@ def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_pa
     run = subprocess.run(
         [sys.executable, "tools/train_net.py", "--config", CONFIG, *TINY_R50_FPN,
          "MODEL.ACCEL.PLAN", plan, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out),
-         "DATASETS.TRAIN", "('synthetic_voc_trainval',)", "DATASETS.TEST", "('synthetic_voc_test',)",
+         "DATASETS.TRAIN", "('synthetic_voc_trainval',)",
+         "DATASETS.TEST", "('synthetic_voc_test',)",
          "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001",
          "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
