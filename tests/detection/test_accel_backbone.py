@@ -294,3 +294,43 @@ def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_pa
     assert any(k.startswith("backbone.bottom_up.res4.") for k in changed)  # trained
     results = json.loads((out / "eval_results.json").read_text())
     assert "AP50" in results["synthetic_voc_test"]["bbox"]
+
+
+def test_compress_detector_on_a_resnet_fpn_then_eval_only(tiny_voc, tmp_path):
+    """tools/compress_detector.py on the plain R50-FPN detector: every conv of the ResNet and the
+    FPN under one budget (the stem kept, as the paper keeps conv1_1), outputs that
+    tools/train_net.py --eval-only takes with the accelerated config."""
+    weights = tmp_path / "plain.pth"
+    torch.save({"model": plain_model().state_dict()}, weights)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_voc), OMP_NUM_THREADS="1")
+    data = ["DATASETS.TRAIN", "('synthetic_voc_trainval',)",
+            "DATASETS.TEST", "('synthetic_voc_test',)", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
+    out = tmp_path / "2x"
+    run = subprocess.run(
+        [sys.executable, "tools/compress_detector.py", "--config", "faster_rcnn_R_50_FPN.yaml",
+         "--output", str(out), "--speedup", "2", "--num-images", "4", "--samples-per-image", "16",
+         "--iterations", "2", "--round-ranks", "1", "--no-progress", *TINY_R50_FPN, *data,
+         "MODEL.WEIGHTS", str(weights)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert 2.0 <= plan["theoretical_speedup"] <= 2.1
+    assert plan["backbone_name"] == "build_resnet_fpn_backbone"
+    layers = plan["layers"]
+    assert len(layers) == 53 + 8 and layers["bottom_up.stem.conv1"]["structure"] == "original"
+    assert layers["bottom_up.res3.0.conv2"]["relu"] and not layers["fpn_output2"]["relu"]
+    assert "bottom_up.res5.2.conv3" in run.stdout and (out / "plan.png").is_file()  # the table
+    state = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert any(k.startswith("backbone.fpn_lateral") and ".expand." in k for k in state)
+    overrides = plan["config_overrides"]
+    assert overrides[:4] == ["MODEL.BACKBONE.NAME", "build_accel_backbone",
+                             "MODEL.ACCEL.BACKBONE_NAME", "build_resnet_fpn_backbone"]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "tools/train_net.py", "--config", "faster_rcnn_R_50_FPN.yaml",
+         "--eval-only", *TINY_R50_FPN, *data, *overrides, "OUTPUT_DIR", str(tmp_path / "eval")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert "AP50" in results["synthetic_voc_test"]["bbox"]
