@@ -65,6 +65,7 @@ SHAPE_METHODS = ("size", "dim")
 # Known blocks, for the modules that do not trace: (module, class) -> conv -> (its batch norm,
 # what follows it). A conv the block does not have (``downsample`` is often None) is passed over.
 TORCHVISION, DETECTRON2 = "torchvision.models.resnet", "detectron2.modeling.backbone.resnet"
+DETECTRON2_FPN = "detectron2.modeling.backbone.fpn"
 KNOWN_BLOCKS: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
     (TORCHVISION, "BasicBlock"): {
         "conv1": ("bn1", RELU),
@@ -89,6 +90,8 @@ KNOWN_BLOCKS: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
         "conv2": (INTERNAL_NORM, ADD),
         "shortcut": (INTERNAL_NORM, ADD),
     },
+    # RetinaNet's P6/P7: P6 is an output of the network and, through a ReLU, P7's input
+    (DETECTRON2_FPN, "LastLevelP6P7"): {"p6": (None, OUTPUT), "p7": (None, OUTPUT)},
 }
 # Known modules that do not trace and hold convs of their own beside other parts: (module, class)
 # -> the start of a conv child's name -> (its batch norm, what follows it). Detectron2's FPN: each
@@ -96,7 +99,7 @@ KNOWN_BLOCKS: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
 # and the upsampling as it is), each 3×3 output conv gives an output of the network (and the
 # max-pooled P6).
 KNOWN_CONV_CHILDREN: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
-    ("detectron2.modeling.backbone.fpn", "FPN"): {
+    (DETECTRON2_FPN, "FPN"): {
         "fpn_lateral": (INTERNAL_NORM, ADD),
         "fpn_output": (INTERNAL_NORM, OUTPUT),
     },
@@ -197,8 +200,13 @@ def parts_convs(module: nn.Module, prefix: str, why: str, use_fx: bool, result: 
         graph, child_why = trace(child) if use_fx else (None, why)
         block = KNOWN_BLOCKS.get((type(child).__module__, type(child).__name__))
         if graph is not None:
-            result.convs.update(graph_convs(child, graph, path, root=False))
-        elif block is not None:
+            try:
+                result.convs.update(graph_convs(child, graph, path, root=False))
+                continue
+            except AccelDetError:  # an output used where this cannot see: the table may know
+                if block is None:
+                    raise
+        if block is not None:
             result.convs.update(block_convs(child, block, path))
         else:
             parts_convs(child, path, child_why, use_fx, result)

@@ -185,6 +185,25 @@ def test_resnet_fpn_configs_load_build_and_detect(tmp_path, config):
     assert out["instances"].image_size == (64, 80)
 
 
+def test_retinanet_p6_p7_are_targets_and_their_backbone_accelerates(tmp_path):
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    levels = "['res3', 'res4', 'res5']"
+    opts = ["MODEL.RESNETS.OUT_FEATURES", levels, "MODEL.FPN.IN_FEATURES", levels]
+    cfg = tiny_cfg(*opts)
+    torch.manual_seed(0)
+    plain = BACKBONE_REGISTRY.get("build_retinanet_resnet_fpn_backbone")(cfg, ShapeSpec(channels=3))
+    specs = {s.name: s for s in find_targets(plain, (64, 64)).specs}
+    assert specs["top_block.p6"].after == "output" and specs["top_block.p7"].after == "output"
+    plan = plan_from_structures(specs.values(), {"top_block.p6": dict(structure=CHANNEL, rank=4)})
+    cfg = tiny_cfg(*opts, "MODEL.ACCEL.PLAN", write_plan(tmp_path, plan),
+                   "MODEL.ACCEL.BACKBONE_NAME", "build_retinanet_resnet_fpn_backbone")  # fmt: skip
+    accelerated = BACKBONE_REGISTRY.get("build_accel_backbone")(cfg, ShapeSpec(channels=3))
+    assert isinstance(accelerated.top_block.p6, FactorizedConv2d)
+    assert sorted(accelerated.output_shape()) == ["p3", "p4", "p5", "p6", "p7"]
+
+
 def test_frozen_stages_stay_frozen_factorized_or_not(tmp_path):
     plain = plain_model()
     specs = find_targets(plain.backbone, (64, 64)).specs
