@@ -4,12 +4,12 @@ A conv layer is named by its qualified module name (``layer3.4.conv2``). What it
 read from the module's ``torch.fx`` graph where the module traces (any conv, batch norm and
 factorized layer kept whole), else from a small table of known blocks (:data:`KNOWN_BLOCKS`:
 torchvision's ``BasicBlock`` / ``Bottleneck``, Detectron2's ``BasicStem`` / ``BottleneckBlock`` /
-``BasicBlock``; :data:`KNOWN_CONV_CHILDREN`: the lateral and output convs of Detectron2's
-``FPN``), else from its children the same way; a conv whose surroundings neither tell is refused
-by name. A batch norm right after a conv (eval ``BatchNorm2d``, ``FrozenBatchNorm2d``, or
-the ``norm`` inside Detectron2's ``Conv2d``) is folded into it; then a ReLU after it makes the layer
-a nonlinear target (eq. 5), a residual add, pooling, a concatenation or the network's output a
-linear one (eq. 12 without r).
+``BasicBlock`` / ``LastLevelP6P7``; :data:`KNOWN_CONV_CHILDREN`: the lateral and output convs of
+Detectron2's ``FPN``), else from its children the same way; a conv whose surroundings neither
+tell is refused by name. A batch norm right after a conv (eval ``BatchNorm2d``,
+``FrozenBatchNorm2d``, or the ``norm`` inside Detectron2's ``Conv2d``) is folded into it; then a
+ReLU after it makes the layer a nonlinear target (eq. 5), a residual add, pooling, a
+concatenation or the network's output a linear one (eq. 12 without r).
 """
 
 from __future__ import annotations
