@@ -8,7 +8,7 @@ backbone at 2x, 3x, 4x with asym. (3d) on the training images, fine-tunes each b
 ``output/demo/report.md``, ``output/demo/mAP_vs_speedup.png`` and ``output/demo/results.json``.
 Finished stages are reused on a second run (``--force`` redoes them).
 
-    .venv/bin/python tools/demo.py                      # 10-15 minutes on 2 CPU cores
+    .venv/bin/python tools/demo.py                      # run time: docs/benchmarks.md
     .venv/bin/python tools/demo.py --speedups 3 4 SOLVER.MAX_ITER 500
 """
 
