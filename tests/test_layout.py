@@ -123,7 +123,6 @@ TOOLS_EXEMPT = {"install_detectron2.py"}
 TOOLS_TO_THIN = {
     "benchmark_speed.py",
     "benchmark_solver.py",
-    "eval_imagenet.py",
     "export_model.py",
     "finetune_imagenet.py",
     "make_proposals.py",
@@ -137,7 +136,6 @@ LONG_FUNCTIONS = {
     "tools/benchmark_solver.py:main",
     "tools/finetune_imagenet.py:build_parser",
     "tools/finetune_imagenet.py:main",
-    "tools/eval_imagenet.py:main",
     "tools/demo.py:build_parser",
     "tools/compress_backbone.py:build_parser",
     "tools/benchmark_runtimes.py:build_parser",
