@@ -105,6 +105,7 @@ class SpeedBenchmark:
         self.detectors = None
 
     def run(self) -> dict:
+        """Plans, levers, grid and allocator lever in turn; writes and returns the record."""
         options = self.options
         torch.set_num_threads(options.threads)
         env_threads = os.environ.get("OMP_NUM_THREADS", "unset")
@@ -186,6 +187,7 @@ class SpeedBenchmark:
         return plan_files
 
     def print_plans(self) -> None:
+        """d' and d'' of every plan, layer by layer."""
         print("\nplans (d' and d'' of conv1_1 ... conv5_3; '-': layer kept):")
         for name, plan in self.plans.items():
             layers = [
@@ -199,6 +201,7 @@ class SpeedBenchmark:
             )
 
     def start_record(self, env_threads: str) -> dict:
+        """The record's settings, machine and models, before anything is timed."""
         options = self.options
         return {
             "format": speed.SPEED_FORMAT,
@@ -467,10 +470,12 @@ class SpeedBenchmark:
 
 
 def say(text: str) -> None:
+    """A progress line, indented under its section."""
     print(f"  {text}", flush=True)
 
 
 def load_average() -> str:
+    """The system's 1, 5 and 15 minute load averages (other jobs skew the timings)."""
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:

@@ -161,6 +161,7 @@ class FinetuneTrainer:
 
     @property
     def device(self) -> torch.device:
+        """This process's device."""
         return self.dist.device
 
     def start(self, resume: bool, overwrite: bool) -> None:
