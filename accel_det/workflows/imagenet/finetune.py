@@ -158,6 +158,7 @@ class FinetuneTrainer:
         self.window: List[float] = []
         self.window_start, self.images_seen = time.perf_counter(), 0
         self.evaluations: dict = {}
+        self.optimizer = self.wrapped = self.log = self.bar = None  # set by start() and train()
 
     @property
     def device(self) -> torch.device:
