@@ -24,15 +24,15 @@ outputs failed, finishes) an interrupted run; a checkpoint is never thrown away 
 --overwrite, and existing outputs are replaced only with --overwrite.
 Under torchrun (or --num-gpus N) each process reads a shard of the images.
 
-A ResNet(-FPN) detector: the same command with its config (Detectron2's, e.g.
-faster_rcnn_R_50_FPN_1x.yaml, or configs/Base-RCNN-FPN.yaml with MODEL.RESNETS.DEPTH 50) and
-trained weights; the responses come from DATASETS.TRAIN's images (no proposals needed). Evaluate
-with the same config and the overrides the plan records (config_overrides, also logged):
+A ResNet(-FPN) detector (configs/faster_rcnn_R_50_FPN.yaml, R101: MODEL.RESNETS.DEPTH 101; C4:
+Detectron2's configs) has its backbone compressed, from DATASETS.TRAIN's images (no proposals);
+evaluate with the same config and the overrides the plan records (config_overrides, also logged):
 
-    tools/train_net.py --config-file faster_rcnn_R_50_FPN_1x.yaml --eval-only \\
+    tools/train_net.py --config faster_rcnn_R_50_FPN.yaml --eval-only \\
         MODEL.BACKBONE.NAME build_accel_backbone \\
         MODEL.ACCEL.BACKBONE_NAME build_resnet_fpn_backbone \\
-        MODEL.ACCEL.PLAN output/r50_2x/plan.json MODEL.WEIGHTS output/r50_2x/model_final.pth
+        MODEL.ACCEL.PLAN output/r50_2x/plan.json MODEL.WEIGHTS output/r50_2x/model_final.pth \\
+        OUTPUT_DIR output/r50_2x/eval
 """
 
 from __future__ import annotations
