@@ -72,7 +72,17 @@ def build_plain_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbo
     return BACKBONE_REGISTRY.get(wrapped_builder_name(cfg))(cfg, input_shape)
 
 
-def check_plan_layers(backbone: nn.Module, plan: Mapping, source: str, builder: str) -> None:
+def plan_name(source: str) -> str:
+    """``plan plan.json``, or ``the plan`` when it has no file."""
+    return f"plan {source}" if source else "the plan"
+
+
+def whose(builder: str) -> str:
+    """``build_resnet_backbone's backbone``, or ``the backbone`` when the builder is not known."""
+    return f"{builder}'s backbone" if builder else "the backbone"
+
+
+def check_plan_layers(backbone: nn.Module, plan: Mapping, source: str, builder: str = "") -> None:
     """Raise :class:`AccelDetError` naming the first conv entry of ``plan`` (in its order) that
     names no conv of ``backbone``: a plan made for another network."""
     aliases = {name: path for path, name in (chain_aliases(backbone) or {}).items()}
@@ -82,13 +92,13 @@ def check_plan_layers(backbone: nn.Module, plan: Mapping, source: str, builder: 
         if path not in convs:
             where = f"layer {name}" + (f" (module {path})" if path != name else "")
             raise AccelDetError(
-                f"plan {source} was not made for this backbone: it names {where}, which "
-                f"{builder}'s backbone does not have (its convs: {', '.join(sorted(convs)[:3])}, …)"
+                f"{plan_name(source)} was not made for this backbone: it names {where}, which "
+                f"{whose(builder)} does not have (its convs: {', '.join(sorted(convs)[:3])}, …)"
             )
 
 
 def accelerate_backbone(
-    backbone: Backbone, plan: Mapping, source: str = "the plan", builder: str = "the"
+    backbone: Backbone, plan: Mapping, source: str = "", builder: str = ""
 ) -> Backbone:
     """A copy of ``backbone`` with its batch norms folded and the convs ``plan`` names replaced
     (:func:`~accel_det.nn.apply_plan`), frozen where ``backbone`` was; the plan kept as ``.plan``.
@@ -98,7 +108,7 @@ def accelerate_backbone(
     try:
         accelerated = apply_plan(backbone, plan)
     except AccelDetError as error:
-        raise AccelDetError(f"plan {source} does not fit {builder}'s backbone: {error}") from None
+        raise AccelDetError(f"{plan_name(source)} does not fit {whose(builder)}: {error}") from None
     freeze(accelerated, frozen)
     accelerated.train(backbone.training)
     accelerated.plan = dict(plan)
@@ -146,6 +156,7 @@ def accelerated_weights(
     ``MODEL.ACCEL.PLAN``), which a plan that factorizes any layer needs. The other tensors (the
     heads) are ``plain``'s, unchanged. Raises :class:`AccelDetError` naming the first tensor that
     does not fit."""
+    source = cfg.MODEL.ACCEL.PLAN if plan is None else ""
     plan = Plan.from_dict(plan) if plan is not None else load_plan(cfg.MODEL.ACCEL.PLAN)
     builder = wrapped_builder_name(cfg)
     tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in plain.items()}
@@ -156,7 +167,7 @@ def accelerated_weights(
         f"the plain weights do not fit {builder}'s backbone",
         BACKBONE_PREFIX,
     )
-    accelerated = accelerate_backbone(backbone.eval(), plan, "given", builder)
+    accelerated = accelerate_backbone(backbone.eval(), plan, source, builder)
     if solved is not None:
         load_strict(accelerated, solved, "the solver's weights do not fit the plan's backbone")
     elif factorized_layers(plan):
