@@ -1,0 +1,137 @@
+"""The detectors the R-CNN speed benchmark times: a Detectron2 R-CNN with random weights whose
+batch norms carry realistic statistics, and copies whose backbone follows a solver plan.
+
+Timing only: random weights have flat spectra, so the plans (rank selection, eqs. 13-14, on
+eigenvalues of responses sampled on random images) and the factorized layers' weights (random,
+each output channel scaled to the mean and spread of the conv it replaces) say nothing about
+accuracy. What they keep is what speed depends on: the layers' shapes, the activations' scale (no
+layer runs on denormal numbers), and a ReLU sparsity like a trained network's.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ...detection.accel_backbone import accelerate_backbone
+from ...detection.config import load_config
+from ...nn.factorized import FactorizedConv2d
+from ...nn.network import prepare
+from ...plan import Plan
+from ...solver import SolverOptions, conv_specs, make_plan
+from .plans import sampled_eigenvalues
+
+CALIBRATION_HW = (256, 352)
+
+
+def random_detector(config_file: str, opts: Sequence[str] = (), seed: int = 0):
+    """``(cfg, model)``: the eval-mode Detectron2 model of ``config_file`` (+ ``opts``) on the
+    CPU, Detectron2's random initialisation, its backbone's batch norms calibrated
+    (:func:`calibrate_batch_norms`)."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(config_file, [*opts, "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    calibrate_batch_norms(model.backbone, seed=seed)
+    return cfg, model
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """Detectron2's ``FrozenBatchNorm2d`` or a torch batch norm."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+        type(module).__name__ == "FrozenBatchNorm2d"
+    )
+
+
+@torch.no_grad()
+def calibrate_batch_norms(backbone: nn.Module, hw: Tuple[int, int] = CALIBRATION_HW, seed=0):
+    """Give every batch norm of ``backbone`` the statistics of its input on a random image (one
+    forward pass, shallow to deep) and a random scale in [0.3, 1] and shift N(0, 0.2²), as a
+    trained network's: activations of unit scale, about half of every ReLU's outputs zero."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in backbone.modules() if is_batch_norm(m)]
+
+    def calibrate(module, args):
+        x = args[0]
+        channels = x.shape[1]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-6)
+        module.weight.copy_(0.3 + 0.7 * torch.rand(channels, generator=generator))
+        module.bias.copy_(0.2 * torch.randn(channels, generator=generator))
+
+    handles = [m.register_forward_pre_hook(calibrate) for m in norms]
+    try:
+        backbone.eval()(torch.randn(1, 3, *hw, generator=generator))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def backbone_plans(
+    backbone: nn.Module,
+    speedups: Sequence[float],
+    input_hw: Tuple[int, int],
+    *,
+    method: str = "asym3d",
+    images: int = 4,
+    samples_per_image: int = 256,
+    seed: int = 0,
+) -> Dict[str, Plan]:
+    """Per speedup, the plan ``compress(backbone, ..., speedup=, method=)`` would follow at
+    ``input_hw`` (rank selection by multiply-adds, eqs. 13-14), from eigenvalues of responses
+    sampled on ``images`` random images (:func:`~.plans.sampled_eigenvalues`): the layers'
+    shapes for timing, not a quality statement. Named ``2x``, ``3x``, …"""
+    generator = torch.Generator().manual_seed(seed)
+    batch = torch.randn(images, 3, *CALIBRATION_HW, generator=generator)
+    eigenvalues = sampled_eigenvalues(backbone, batch, samples_per_image=samples_per_image)
+    specs = conv_specs(backbone, input_hw)
+    return {
+        f"{speedup:g}x": make_plan(specs, eigenvalues, SolverOptions(speedup=speedup, method=method))
+        for speedup in speedups
+    }
+
+
+def accelerated_detector(model: nn.Module, plan, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose backbone follows ``plan`` (``accelerate_backbone``: batch norms
+    folded, the plan's convs factorized), each factorized layer matched to the conv it replaces
+    (:func:`match_statistics`)."""
+    accelerated = copy.deepcopy(model)
+    accelerated.backbone = accelerate_backbone(model.backbone, plan)
+    match_statistics(accelerated.backbone, model.backbone, seed=seed)
+    return accelerated.eval()
+
+
+@torch.no_grad()
+def match_statistics(
+    accelerated: nn.Module, original: nn.Module, hw: Tuple[int, int] = CALIBRATION_HW, seed=0
+):
+    """Scale and shift each output channel of every factorized layer of ``accelerated`` (its last
+    conv's weight and bias) so that, on a random image, it has the mean and spread of the folded
+    conv of ``original`` it replaces, given the same input (one forward pass, shallow to deep)."""
+    folded, _ = prepare(original)
+    generator = torch.Generator().manual_seed(seed)
+    layers = {n: m for n, m in accelerated.named_modules() if isinstance(m, FactorizedConv2d)}
+
+    def hook_for(name: str):
+        def match(module, args, output):
+            target = folded.get_submodule(name)(args[0])
+            dims = (0, 2, 3)
+            scale = target.std(dim=dims) / output.std(dim=dims).clamp_min(1e-12)
+            shift = target.mean(dim=dims) - scale * output.mean(dim=dims)
+            last = list(module.children())[-1]
+            last.weight.mul_(scale.view(-1, 1, 1, 1))
+            last.bias.copy_(scale * last.bias + shift)
+            return output * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+        return match
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
+    try:
+        accelerated.eval()(torch.randn(1, 3, *hw, generator=generator))
+    finally:
+        for handle in handles:
+            handle.remove()
