@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speedups", type=SPEEDUP, nargs="+", default=[2.0, 3.0], help="plans (default: 2 3)"
     )
-    parser.add_argument("--method", default="asym3d", help="the plans' method (default: asym3d)")
+    X
     parser.add_argument(
         "--threads",
         type=NON_NEGATIVE_INT,

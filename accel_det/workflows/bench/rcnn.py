@@ -21,11 +21,11 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ...deploy.backbone import backbone_graph, backbone_samples
+from ...deploy.backbone import backbone_graph
 from ...deploy.export import export_graph, relative_difference
 from ...deploy.runtime import load_runtime, one_line
 from ...errors import AccelDetError
@@ -35,14 +35,13 @@ from ..detector.backbone import padded
 from .plans import plan_summary
 from .rcnn_forms import (
     BACKBONE_FORMS,
-    DESCRIPTIONS,
-    EXPORTED,
     MODEL_FORMS,
     STAGES,
     backbone_call,
     model_call,
 )
 from .rcnn_models import accelerated_detector, backbone_plans, random_detector
+from .rcnn_report import markdown, plot_stages
 
 logger = logging.getLogger(__name__)
 QUICK_HW = (320, 427)
@@ -56,7 +55,7 @@ class RcnnBenchOptions:
     opts: List[str] = field(default_factory=list)
     input_hw: Tuple[int, int] = (800, 1333)
     speedups: Tuple[float, ...] = (2.0, 3.0)
-    method: str = "asym3d"
+    method: str = "asym"
     threads: Tuple[int, ...] = (1, 0)  # 0: all cores
     repeats: int = 5
     warmup: int = 1
@@ -180,9 +179,7 @@ def time_threads(models, exports, image, normalized, threads, options, unavailab
                 )
             for form in MODEL_FORMS:
                 try:
-                    call, timer = model_call(
-                        form, model, image, threads=count, onnx_path=onnx_path
-                    )
+                    call, timer = model_call(form, model, image, threads=count, onnx_path=onnx_path)
                 except Exception as error:  # detectron2's tracing raises many types
                     unavailable[f"model {name} {form}"] = one_line(error)
                     logger.warning("model %s in %s: unavailable (%s)", name, form, one_line(error))
@@ -254,18 +251,10 @@ def target_check(best: Sequence[dict]) -> dict:
 
 
 def write_outputs(record: dict, paths: Dict[str, str]) -> None:
-    from .rcnn_report import markdown, plot_stages
-
+    """The tables (``.md``, also printed), the stage bars (``.png``), then the record."""
     text = markdown(record)
     atomic_write_text(text, paths["md"])
     with atomic_path(paths["png"]) as temporary:
         plot_stages(record["rows"], temporary)
     atomic_write_json(record, paths["json"])
     print(text)
-
-
-def form_description(form: str) -> str:
-    return DESCRIPTIONS.get(form, form)
-
-
-__all__ = ["EXPORTED", "RcnnBenchOptions", "run", "best_forms", "target_check", "output_paths"]

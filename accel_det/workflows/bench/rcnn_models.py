@@ -76,7 +76,7 @@ def backbone_plans(
     speedups: Sequence[float],
     input_hw: Tuple[int, int],
     *,
-    method: str = "asym3d",
+    method: str = "asym",
     images: int = 4,
     samples_per_image: int = 256,
     seed: int = 0,
@@ -89,10 +89,11 @@ def backbone_plans(
     batch = torch.randn(images, 3, *CALIBRATION_HW, generator=generator)
     eigenvalues = sampled_eigenvalues(backbone, batch, samples_per_image=samples_per_image)
     specs = conv_specs(backbone, input_hw)
-    return {
-        f"{speedup:g}x": make_plan(specs, eigenvalues, SolverOptions(speedup=speedup, method=method))
-        for speedup in speedups
-    }
+    plans = {}
+    for speedup in speedups:
+        options = SolverOptions(speedup=speedup, method=method)
+        plans[f"{speedup:g}x"] = make_plan(specs, eigenvalues, options)
+    return plans
 
 
 def accelerated_detector(model: nn.Module, plan, seed: int = 0) -> nn.Module:

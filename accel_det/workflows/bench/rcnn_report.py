@@ -54,9 +54,7 @@ def part_table(record: Mapping, part: str, threads: int, models: Sequence[str]) 
             for m in models
         ]
         lines.append(f"| {form} | " + " | ".join(values) + " |")
-    best = {
-        b["model"]: b for b in record["best"] if b["part"] == part and b["threads"] == threads
-    }
+    best = {b["model"]: b for b in record["best"] if b["part"] == part and b["threads"] == threads}
     values = [
         f"{best[m]['median_ms']:.0f} ({best[m]['form']}"
         + (f", **{best[m]['speedup']:.2f}x**)" if m != "original" else ")")
