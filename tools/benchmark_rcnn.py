@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speedups", type=SPEEDUP, nargs="+", default=[2.0, 3.0], help="plans (default: 2 3)"
     )
-    X
+    parser.add_argument(
+        "--method",
+        default="asym",
+        help="the plans' method (default: asym; asym3d's rank selection cannot reach 2x on "
+        "R50-FPN)",
+    )
     parser.add_argument(
         "--threads",
         type=NON_NEGATIVE_INT,
