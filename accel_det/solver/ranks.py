@@ -104,7 +104,7 @@ def select_ranks(
             if ranks[name] < len(values[name]) and spent + costs[name] <= budget
         ]
         if not fitting:
-            return ranks
+            return exchange_fill(eigenvalues, costs, ranks, budget, min_rank=min_rank)
         _, _, name = max(fitting)
         ranks[name] += 1
         spent += costs[name]
@@ -227,7 +227,9 @@ def select_ranks_by_table(
                     )
                 )
         if not fitting:
-            return ranks
+            return exchange_fill(
+                eigenvalues, tables, ranks, budget, min_rank=min_rank, round_to=round_to
+            )
         _, _, name, up, extra = max(fitting)
         ranks[name] = up
         spent += extra
@@ -337,66 +339,192 @@ def uniform_ranks(specs: Sequence[ConvSpec], speedup: float) -> Dict[str, int]:
     return {s.name: uniform_rank(s, speedup) for s in specs}
 
 
+def spatial_break_even(spec: ConvSpec, width: Optional[int] = None) -> int:
+    """The largest d'' at which the k×1 + 1×k split of the k×k part of a layer (``width``
+    filters, d by default) costs strictly less than that k×k layer:
+    d''·(kh·c + kw·d̃)·H'W' < d̃·k²c·H'W' (0 when no split pays). Above it a split only adds error
+    and multiply-adds."""
+    width = spec.out_channels if width is None else width
+    return (width * spec.fan_in * spec.positions - 1) // spatial_macs(spec, 1, width)
+
+
 def spatial_ranks(
     specs: Sequence[ConvSpec],
     budget: float,
     ranks: Optional[Mapping[str, int]] = None,
     *,
     round_to: Multiple = 1,
+    spectra: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Dict[str, int]:
-    """d'' per layer so that the layers fit ``budget`` multiply-adds, each with the same spatial
-    ratio.
+    """d'' of the layers that are split so that the layers fit ``budget`` multiply-adds; a layer
+    missing from the result keeps its k×k part whole.
 
-    The k×k part of every layer (d' filters when ``ranks`` are given, else d) is made s times
-    cheaper, d'' = floor(d̃·k²c / (s·(kh·c + kw·d̃))); the 1×1 layers of ``ranks`` cost
-    d·d'·H'W' as they are. The smallest s that meets the budget is found by bisection, which is how
-    the paper's "√r each" becomes an exact whole-model r once the 1×1 cost is counted.
+    The k×k part of every layer has d' filters when ``ranks`` are given (its 1×1 layer costs
+    d·d'·H'W' as it is), else d. A layer is split only below its break-even rank
+    (:func:`spatial_break_even`), so a split always saves multiply-adds, and only as far as the
+    budget needs: the budget is a ceiling, and layers that it does not need stay whole.
 
-    ``round_to`` > 1 (beyond the paper) keeps every d'' a multiple of it, or the full spatial rank
-    min(kh·c, kw·d̃): each d'' above is rounded down (to ``round_to`` at least) before the budget
-    is checked, so the bisection still meets it; then, since all layers step at once, single
-    layers are stepped back up by ``round_to`` while the budget allows, the most-cut layer
-    (largest k×k / (k×1 + 1×k) ratio) first. Thin convs run in steps of channel tiles (oneDNN on
-    CPU: 16 fp32 channels per AVX-512 vector; tensor cores: 8 fp16), so rounded ranks waste less.
+    With ``spectra`` (per layer, the squared singular values of the (kh·c)×(kw·d) kernel matrix,
+    largest first: the energy filter reconstruction keeps, §5.3) d'' is chosen per layer by the
+    greedy of eqs. (13)–(14) with these energies in place of the eigenvalues: the filter energy
+    lost per multiply-add saved is smallest (:func:`select_ranks_by_table`, where a layer's full
+    rank stands for the whole k×k layer). Without them, as the paper's "√r each", the k×k part of
+    every split layer is made s times cheaper, d'' = floor(d̃·k²c / (s·(kh·c + kw·d̃))), with the
+    smallest s that meets the budget (bisection); a layer whose d'' would not pay stays whole.
+
+    ``round_to`` > 1 (beyond the paper) keeps every d'' a multiple of it (a layer whose
+    break-even rank is below its multiple is not split). Thin convs run in steps of channel tiles
+    (oneDNN on CPU: 16 fp32 channels per AVX-512 vector; tensor cores: 8 fp16), so rounded ranks
+    waste less.
     """
     check_multiple(round_to)
     ranks = dict(ranks or {})
+    width = {s.name: ranks.get(s.name, s.out_channels) for s in specs}
+    dense = {s.name: width[s.name] * s.fan_in * s.positions for s in specs}
+    limit = {s.name: spatial_break_even(s, width[s.name]) for s in specs}
+    fixed = sum(width[s.name] * s.out_channels * s.positions for s in specs if s.name in ranks)
+    cheapest = fixed + sum(
+        spatial_macs(s, multiple_of(round_to, s.name), width[s.name])
+        if multiple_of(round_to, s.name) <= limit[s.name]
+        else dense[s.name]
+        for s in specs
+    )
+    if cheapest > budget:
+        raise AccelDetError("the speedup is impossible even with spatial rank 1 in every layer")
+    if spectra is not None:
+        return _spatial_ranks_by_energy(
+            specs, budget - fixed, width, dense, limit, round_to, spectra
+        )
+    return _spatial_ranks_by_ratio(specs, budget - fixed, width, dense, limit, round_to)
 
-    def full_rank(spec: ConvSpec) -> int:
-        kh, kw = spec.kernel_size
-        return min(spec.in_channels * kh, ranks.get(spec.name, spec.out_channels) * kw)
 
-    def rounded(spec: ConvSpec, value: int) -> int:
-        full, step = full_rank(spec), multiple_of(round_to, spec.name)
-        if step == 1 or value >= full:
-            return max(1, min(full, value))
-        return min(full, max(step, value - value % step))
+def _spatial_ranks_by_energy(specs, budget, width, dense, limit, round_to, spectra):
+    """Per-layer d'' by the greedy of eqs. (13)–(14) over filter energies (see
+    :func:`spatial_ranks`): rank limit + 1 stands for the whole layer, holding all the energy."""
+    values, tables, multiples = {}, {}, {}
+    for s in specs:
+        top = limit[s.name]
+        energy = torch.as_tensor(spectra[s.name]).double().clamp_min(0).flatten()
+        energy = torch.cat([energy, energy.new_zeros(max(0, top + 1 - len(energy)))])
+        values[s.name] = torch.cat([energy[:top], energy[top:].sum().reshape(1)])
+        tables[s.name] = [float(spatial_macs(s, r, width[s.name])) for r in range(1, top + 1)]
+        tables[s.name].append(float(dense[s.name]))
+        multiples[s.name] = multiple_of(round_to, s.name)
+    chosen = select_ranks_by_table(values, tables, budget, round_to=multiples)
+    return {s.name: chosen[s.name] for s in specs if chosen[s.name] <= limit[s.name]}
+
+
+BAND = 1.02  # a plan's layers spend at least budget / BAND where exchanges of steps allow it
+
+
+def exchange_fill(
+    eigenvalues: Mapping[str, torch.Tensor],
+    tables: Mapping[str, Sequence[float]],
+    ranks: Mapping[str, int],
+    budget: float,
+    min_rank: int = 1,
+    *,
+    round_to: Multiple = 1,
+    band: float = BAND,
+) -> Dict[str, int]:
+    """Exchanges after the greedy of :func:`select_ranks_by_table` (beyond the paper), whose last
+    steps up move one layer at a time and so may leave up to one (rounded) step of the budget
+    unspent: one layer one allowed rank up and another down to the highest allowed rank that
+    makes the pair fit the budget, when the pair spends more of it. First the exchange that keeps
+    the most energy, if any keeps
+    more (eq. 13's product E grows: the plan is better at no cost); then, while the layers spend
+    less than ``budget / band``, the one that loses the least, so that a plan of coarse ranks
+    still lands close under its budget. Same arguments as :func:`select_ranks_by_table`, and
+    ``ranks`` to start from (within the budget)."""
+    check_multiple(round_to)
+    order = list(eigenvalues)
+    ranks = dict(ranks)
+    kept, cost, allowed = {}, {}, {}
+    for name in order:
+        values = eigenvalues[name].double().clamp_min(0).numpy()
+        energy = np.concatenate([[0.0], np.cumsum(values)])
+        with np.errstate(divide="ignore"):
+            kept[name] = np.log(np.maximum(energy / max(energy[-1], 1e-300), 1e-300))
+        cost[name] = np.array([0.0] + monotone_costs(_as_table(tables[name], len(values), name)))
+        step = multiple_of(round_to, name)
+        allowed[name] = np.array(
+            sorted({r for r in range(step, len(values) + 1, step) if r >= min_rank} | {len(values)})
+        )
+    spent = sum(float(cost[name][ranks[name]]) for name in order)
+
+    def step_up(name: str):
+        """(rank, Δcost, Δlog-energy) of the next allowed rank up, or None."""
+        here = ranks[name]
+        prices = cost[name][allowed[name]]
+        higher = prices[prices > cost[name][here]]
+        if not len(higher):
+            return None
+        up = int(allowed[name][prices == higher[0]][-1])  # the most energy at that cost
+        return up, cost[name][up] - cost[name][here], kept[name][up] - kept[name][here]
+
+    def step_down(name: str, room: float):
+        """(rank, Δcost, Δlog-energy) of the highest allowed rank down that frees at least
+        ``room``, or None."""
+        here = ranks[name]
+        lower = allowed[name][cost[name][allowed[name]] <= cost[name][here] - room]
+        lower = lower[cost[name][lower] < cost[name][here]]
+        if not len(lower):
+            return None
+        down = int(lower[-1])
+        return down, cost[name][down] - cost[name][here], kept[name][down] - kept[name][here]
+
+    for _ in range(100 * len(order)):
+        moves = []
+        for a in order:
+            up = step_up(a)
+            if up is None:
+                continue
+            for b in order:
+                down = None if b == a else step_down(b, spent + up[1] - budget)
+                if down is None:
+                    continue
+                after = spent + up[1] + down[1]
+                if spent < after <= budget:
+                    moves.append((up[2] + down[2], after, a, up[0], b, down[0]))
+        if not moves:
+            break
+        gain, after, a, up, b, down = max(moves)
+        if gain <= 1e-12 and spent >= budget / band:
+            break
+        ranks[a], ranks[b], spent = up, down, float(after)
+    return ranks
+
+
+def _spatial_ranks_by_ratio(specs, budget, width, dense, limit, round_to):
+    """One spatial ratio s for every split layer, the smallest that meets the budget (see
+    :func:`spatial_ranks`); since all layers step at once, single layers are then stepped back up
+    by their multiple (1 unrounded) while the budget allows, the most-cut layer (largest k×k /
+    (k×1 + 1×k) ratio) first."""
+
+    def rounded(spec: ConvSpec, value: int) -> Optional[int]:
+        step = multiple_of(round_to, spec.name)
+        value = max(1, value) if step == 1 else max(step, value - value % step)
+        return value if value <= limit[spec.name] else None  # None: not split, kept whole
 
     def layer_ranks(ratio: float) -> Dict[str, int]:
         result = {}
         for spec in specs:
-            width = ranks.get(spec.name, spec.out_channels)
-            dense = width * spec.fan_in * spec.positions
-            result[spec.name] = rounded(
-                spec, math.floor(dense / (ratio * spatial_macs(spec, 1, width)) + 1e-9)
-            )
+            unit = spatial_macs(spec, 1, width[spec.name])
+            value = rounded(spec, math.floor(dense[spec.name] / (ratio * unit) + 1e-9))
+            if value is not None:
+                result[spec.name] = value
         return result
 
     def cost_of(chosen: Mapping[str, int]) -> float:
-        total = 0.0
-        for spec in specs:
-            width = ranks.get(spec.name, spec.out_channels)
-            total += spatial_macs(spec, chosen[spec.name], width)
-            if spec.name in ranks:
-                total += width * spec.out_channels * spec.positions
-        return total
+        return sum(
+            spatial_macs(s, chosen[s.name], width[s.name]) if s.name in chosen else dense[s.name]
+            for s in specs
+        )
 
     def cost(ratio: float) -> float:
         return cost_of(layer_ranks(ratio))
 
     low, high = 1e-3, 1e9
-    if cost(high) > budget:
-        raise AccelDetError("the speedup is impossible even with spatial rank 1 in every layer")
     for _ in range(200):
         middle = math.sqrt(low * high)
         if cost(middle) <= budget:
@@ -406,26 +534,24 @@ def spatial_ranks(
         if high / low < 1 + 1e-12:
             break
     result = layer_ranks(high)
-    if multiple_of(round_to, None) > 1:
-        by_name = {spec.name: spec for spec in specs}
+    by_name = {spec.name: spec for spec in specs}
 
-        def ratio_of(name: str) -> float:  # how many times cheaper the k×k part of the layer is
-            spec, width = by_name[name], ranks.get(name, by_name[name].out_channels)
-            return width * spec.fan_in * spec.positions / spatial_macs(spec, result[name], width)
+    def ratio_of(name: str) -> float:  # how many times cheaper the k×k part of the layer is
+        return dense[name] / spatial_macs(by_name[name], result[name], width[name])
 
-        spent = cost_of(result)
-        while True:
-            steps = []
-            for name, value in result.items():
-                step = multiple_of(round_to, name)
-                up = min(full_rank(by_name[name]), value + step - value % step)
-                if up > value:
-                    extra = cost_of({**result, name: up}) - spent
-                    if spent + extra <= budget:
-                        steps.append((ratio_of(name), name, up, extra))
-            if not steps:
-                break
-            _, name, up, extra = max(steps)
-            result[name] = up
-            spent += extra
+    spent = cost_of(result)
+    while True:
+        steps = []
+        for name, value in result.items():
+            step = multiple_of(round_to, name)
+            up = value + step - value % step
+            if up <= limit[name]:
+                extra = cost_of({**result, name: up}) - spent
+                if spent + extra <= budget:
+                    steps.append((ratio_of(name), name, up, extra))
+        if not steps:
+            break
+        _, name, up, extra = max(steps)
+        result[name] = up
+        spent += extra
     return result

@@ -41,6 +41,7 @@ from ...solver.joint import check_network_reachable, make_network_plan
 from ...solver.linear import compress_linear_chain
 from ...solver.options import skipped_layers
 from ...solver.pipeline import log_layer
+from ...solver.planning import check_plan_pays
 from ...utils.dist import agreed_errors, barrier, broadcast_parameters, init_distributed
 from ...utils.io import atomic_save_pair, check_writable_folder, refuse_existing, sha256_file
 from ..plots import plan_table, plot_plan
@@ -232,16 +233,18 @@ def compress_detector(
     fc_eigenvalues = {}
     if fc_method is not None:
         y6, owners = fc6_responses(model, model.backbone.features, images, progress)
-        heldout = split_rows(owners, options.solver.heldout_fraction, options.solver.seed)
+        heldout = split_rows(
+            owners, options.solver.heldout_fraction, options.solver.seed, warn=False
+        )
         y6, y7 = fc_targets(model, y6)
         fc_eigenvalues = {
             n: eigen_descending(covariance(y[~heldout])[1])[0] for n, y in zip(FC_LAYERS, (y6, y7))
         }
 
-    def planner(specs, eigenvalues):
+    def planner(specs, eigenvalues, spatial_spectra=None):
         return make_network_plan(
             specs, linears, {**eigenvalues, **fc_eigenvalues}, options.solver, fixed_macs=fixed,
-            target=options.target, fc_ranks=options.fc_ranks,
+            target=options.target, fc_ranks=options.fc_ranks, spatial_spectra=spatial_spectra,
         )  # fmt: skip
 
     def on_layer_done(name: str, entry: dict) -> None:
@@ -326,6 +329,7 @@ def write_outputs(model, record: Plan, paths: dict, plot: bool, replace: bool = 
     last, with the weights' sha256; without ``replace``, refused if either exists by then), then
     the plot; the solver's checkpoint is removed only when all are written (else the error says
     that ``--resume`` writes them)."""
+    check_plan_pays(record, paths["plan"])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     checkpoint = {"model": state, "__author__": "accel-det compress_detector"}
     try:
