@@ -498,8 +498,8 @@ def exchange_fill(
 def _spatial_ranks_by_ratio(specs, budget, width, dense, limit, round_to):
     """One spatial ratio s for every split layer, the smallest that meets the budget (see
     :func:`spatial_ranks`); since all layers step at once, single layers are then stepped back up
-    by their multiple (1 unrounded) while the budget allows, the most-cut layer (largest k×k /
-    (k×1 + 1×k) ratio) first."""
+    by their multiple (1 unrounded; past the break-even rank: left whole) while the budget
+    allows, the most-cut layer (largest k×k / (k×1 + 1×k) ratio) first."""
 
     def rounded(spec: ConvSpec, value: int) -> Optional[int]:
         step = multiple_of(round_to, spec.name)
@@ -545,13 +545,16 @@ def _spatial_ranks_by_ratio(specs, budget, width, dense, limit, round_to):
         for name, value in result.items():
             step = multiple_of(round_to, name)
             up = value + step - value % step
-            if up <= limit[name]:
-                extra = cost_of({**result, name: up}) - spent
-                if spent + extra <= budget:
-                    steps.append((ratio_of(name), name, up, extra))
+            changed = {**result, name: up} if up <= limit[name] else without(result, name)
+            extra = cost_of(changed) - spent
+            if spent + extra <= budget:
+                steps.append((ratio_of(name), name, changed, extra))
         if not steps:
             break
-        _, name, up, extra = max(steps)
-        result[name] = up
+        _, _, result, extra = max(steps, key=lambda step: step[:2])
         spent += extra
     return result
+
+
+def without(ranks: Mapping[str, int], name: str) -> Dict[str, int]:
+    return {key: value for key, value in ranks.items() if key != name}

@@ -9,11 +9,11 @@ import torch
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import vgg16_features
 from accel_det.solver import SolverOptions, conv_specs
-from accel_det.solver.complexity import ConvSpec, LinearSpec, conv_macs
+from accel_det.solver.complexity import ConvSpec, LinearSpec, conv_macs, spatial_macs
 from accel_det.solver.joint import make_network_plan
 from accel_det.solver.mixed import make_layer_plan
 from accel_det.solver.planning import check_plan_pays, spatial_layers
-from accel_det.solver.ranks import layer_multiples
+from accel_det.solver.ranks import layer_multiples, spatial_ranks
 from tests.helpers import hand_macs
 
 CASES = 260
@@ -62,6 +62,20 @@ def split_pays(spec, width, spatial_rank):
     kh, kw = spec.kernel_size
     c = spec.in_channels
     return spatial_rank * (kh * c + kw * width) < width * kh * kw * c
+
+
+def check_splits_needed(plan, convs, budget, where):
+    """Every split is needed: leaving any one split layer whole would exceed the budget."""
+    spent = sum(entry["macs"] for entry in plan["layers"].values())
+    for spec in convs:
+        entry = plan["layers"][spec.name]
+        if entry["spatial_rank"] is None:
+            continue
+        rank = entry["rank"] if entry["rank"] != spec.out_channels else None
+        shape = {
+            k: getattr(spec, k) for k in ("in_channels", "out_channels", "kernel_size", "out_hw")
+        }
+        assert spent - entry["macs"] + hand_macs(shape, rank) > budget, (where, spec.name)
 
 
 def step_costs(convs, linears, options):
@@ -118,6 +132,7 @@ def check_case(seed):
     total = sum(conv_macs(s) for s in convs + linears)
     budget, step = total / options.speedup, max(step_costs(convs, linears, options))
     assert total / achieved >= budget - step, (seed, achieved, options.speedup)  # < 1 step unspent
+    check_splits_needed(plan, convs, budget, seed)
     fine = options.round_ranks_to == 1 or step <= 0.02 * budget
     if fine:
         assert achieved <= 1.02 * options.speedup, (seed, achieved, options.speedup)
@@ -132,3 +147,75 @@ def test_every_factorized_layer_pays_and_plans_land_within_two_percent():
     results = [check_case(seed) for seed in range(CASES)]
     planned = [r for r in results if r is not None]
     assert len(planned) >= 200 and sum(planned) >= 120, (len(planned), sum(planned))
+
+
+def power_law(length, exponent):
+    return torch.arange(1, length + 1, dtype=torch.float64) ** -exponent
+
+
+def demo_detector(rois):
+    """The demo detector's layers (configs/demo/vgg16_synthetic.yaml: VGG-16 of width 0.125 at
+    160×214, fc6/fc7 of 256, 5 classes) at ``rois`` RoIs, the box predictor fixed."""
+    convs = conv_specs(vgg16_features(0.125)[:-1], (160, 214))
+    linears = [LinearSpec("fc6", 64 * 7 * 7, 256, rois), LinearSpec("fc7", 256, 256, rois)]
+    return convs, linears, rois * 256 * (6 + 4 * 5)
+
+
+@pytest.mark.parametrize("rois", [300, 2000])
+@pytest.mark.parametrize("kernel_spectra", [True, False])
+def test_demo_detector_plans_keep_every_conv_whose_split_would_not_pay(rois, kernel_spectra):
+    """detector_2x / detector_3x of the demo (asym3d, ranks rounded to 16, the whole detector's
+    budget): every split pays, and at 2000 RoIs, where fc6 is most of the work, the convs that
+    the budget does not need stay original (before, every conv was split at 1.00× or worse, e.g.
+    conv5_3 at d'' = 112, 1.17 times the multiply-adds of the original)."""
+    convs, linears, fixed = demo_detector(rois)
+    g = torch.Generator().manual_seed(0)  # the spectra of tests/solver/test_joint.py
+    eigenvalues = {
+        s.name: torch.sort(torch.rand(s.out_channels, generator=g) ** 4, descending=True).values
+        for s in convs + linears
+    }
+    spectra = {s.name: power_law(3 * min(s.in_channels, s.out_channels), 1.0) for s in convs}
+    for speedup in (2.0, 3.0):
+        options = SolverOptions(speedup=speedup, method="asym3d", round_ranks_to=16)
+        plan = make_network_plan(
+            convs, linears, eigenvalues, options, fixed_macs=fixed,
+            spatial_spectra=spectra if kernel_spectra else None,
+        )  # fmt: skip
+        assert speedup <= plan["theoretical_speedup_network"] <= 1.02 * speedup
+        network = plan["original_macs_network"]
+        check_splits_needed(plan, convs, network / speedup - fixed, (speedup, kernel_spectra))
+        for spec in convs:
+            entry = plan["layers"][spec.name]
+            if entry["structure"] == "original":
+                assert entry["macs"] == entry["original_macs"] and entry["spatial_rank"] is None
+                continue
+            assert entry["macs"] < entry["original_macs"], (speedup, spec.name)
+            if entry["spatial_rank"] is not None:
+                width = entry["rank"] or spec.out_channels
+                assert split_pays(spec, width, entry["spatial_rank"]), (speedup, spec.name)
+
+
+@pytest.mark.parametrize("kernel_spectra", [True, False])
+def test_a_budget_met_without_splits_splits_nothing(kernel_spectra):
+    """The spatial step spends only what the budget needs: with room for every layer whole, none
+    is split (before, d'' was raised past the break-even rank to use the room up: conv5_3 of the
+    demo at d'' = 112, 1.17 times its multiply-adds); with a little less, each split layer is
+    needed, and by filter energy only a few are split (one common ratio splits nearly all)."""
+    convs = spatial_layers(demo_detector(2000)[0])[1:]
+    dense = sum(conv_macs(s) for s in convs)
+    spectra = {s.name: power_law(3 * min(s.in_channels, s.out_channels), 1.0) for s in convs}
+    spectra = spectra if kernel_spectra else None
+    for round_to in (1, 16):
+        assert spatial_ranks(convs, dense * 1.3, round_to=round_to, spectra=spectra) == {}
+        assert spatial_ranks(convs, dense, round_to=round_to, spectra=spectra) == {}
+        chosen = spatial_ranks(convs, dense * 0.97, round_to=round_to, spectra=spectra)
+        costs = {
+            s.name: spatial_macs(s, chosen[s.name]) if s.name in chosen else conv_macs(s)
+            for s in convs
+        }
+        assert 0.97 * dense / 1.02 <= sum(costs.values()) <= 0.97 * dense
+        assert 0 < len(chosen) < (len(convs) / 2 if kernel_spectra else len(convs) + 1)
+        for name, spatial_rank in chosen.items():
+            spec = next(s for s in convs if s.name == name)
+            assert split_pays(spec, spec.out_channels, spatial_rank)
+            assert sum(costs.values()) - costs[name] + conv_macs(spec) > 0.97 * dense
