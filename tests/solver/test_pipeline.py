@@ -40,9 +40,10 @@ def test_every_method_meets_the_speedup_and_keeps_the_interface(method):
     for name, entry in plan["layers"].items():
         if name != "conv1_1":
             full = entry["rank"] == entry["out_channels"]
-            assert entry["structure"] == (folded[expected[method]] if full else expected[method]), (
-                name
-            )
+            allowed = {folded[expected[method]] if full else expected[method]}
+            if method == "asym3d":  # a split only where it is worth its error (filter energy)
+                allowed.add("original" if full else "channel")
+            assert entry["structure"] in allowed, name
     for entry in plan["layers"].values():
         assert entry["error"] is None or 0 <= entry["error"] < 1.5
     x = torch.rand(2, 3, 24, 24)
@@ -324,51 +325,42 @@ def test_carrying_activations_between_layers_changes_nothing():
 
 
 def test_full_rank_layers_fold_the_1x1_layer_away():
+    """A layer at full rank d' = d after a factorized one is solved with M folded into it (eq. 12
+    makes up for its approximated input); before any factorized layer it keeps its own weights."""
     net = small_net()
-    for method, folded in (("asym", "original"), ("asym3d", "spatial")):
+    index = {"conv3_3": 14, "conv3_2": 12, "conv3_1": 10, "conv2_2": 7, "conv2_1": 5, "conv1_2": 2}
+    seen = set()
+    for method, speedup in (("asym3d", 1.1), ("asym3d", 1.15), ("linear", 1.1)):
         result = compress(
-            net, image_batches(), speedup=1.15, method=method, schedule=SHORT, progress=False
+            net, image_batches(), speedup=speedup, method=method, schedule=SHORT, progress=False
         )
-        full = [n for n, e in result.plan["layers"].items() if e["rank"] == e["out_channels"]]
-        assert full, "expected layers kept at full rank at this mild speedup"
-        index = {
-            "conv3_3": 14,
-            "conv3_2": 12,
-            "conv3_1": 10,
-            "conv2_2": 7,
-            "conv2_1": 5,
-            "conv1_2": 2,
-        }
+        layers = result.plan["layers"]
+        full = [n for n, e in layers.items() if e["rank"] == e["out_channels"]]
+        first = min(index[n] for n, e in layers.items() if e["structure"] != "original")
+        for name, entry in layers.items():
+            if name in index and index[name] < first:  # untouched: no rank, its own weights
+                assert entry["rank"] is None and entry["error"] == 0.0
+                assert torch.equal(result.model[index[name]].weight, net[index[name]].weight)
         for name in full:
-            entry = result.plan["layers"][name]
-            assert entry["structure"] == folded and entry["error"] is not None
+            entry = layers[name]
+            assert index[name] > first or entry["structure"] == "spatial"
+            assert entry["error"] is not None
+            assert entry["structure"] in ("original", "spatial")
+            seen.add((method, entry["structure"]))
             layer = result.model[index[name]]
             assert not isinstance(layer, FactorizedConv2d) or "expand" not in dict(
                 layer.named_children()
             )
-        assert result.plan["theoretical_speedup"] >= 1.15
+        assert result.plan["theoretical_speedup"] >= speedup
         rebuilt = apply_plan(small_net(seed=2), result.plan)
         rebuilt.load_state_dict(result.model.state_dict())
-    # Folding is exact: a full-rank linear solution on the layer's own responses reproduces it.
-    linear = compress(net, image_batches(), speedup=1.15, method="linear", progress=False)
-    first_full = min(
-        (n for n, e in linear.plan["layers"].items() if e["rank"] == e["out_channels"]),
-        key=lambda n: n,
-    )
-    assert first_full
-    with torch.no_grad():
-        layer = linear.model[
-            {"conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}[
-                first_full
-            ]
-        ]
-        conv = net[
-            {"conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}[
-                first_full
-            ]
-        ]
-        inputs = torch.rand(2, conv.in_channels, 8, 8)
-        assert torch.allclose(layer(inputs), conv(inputs), atol=1e-4)
+        if method == "linear":  # folding is exact: full-rank PCA of a layer's own responses
+            for name in full:
+                with torch.no_grad():
+                    inputs = torch.rand(2, net[index[name]].in_channels, 8, 8)
+                    expected = net[index[name]](inputs)
+                    assert torch.allclose(result.model[index[name]](inputs), expected, atol=1e-4)
+    assert seen == {("asym3d", "original"), ("asym3d", "spatial"), ("linear", "original")}
 
 
 def test_held_out_error_shows_overfitting_and_is_recorded(caplog):
