@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import os
 import time
@@ -71,11 +72,11 @@ def compress(
     map sizes the multiply-adds are counted at (default: the first batch's). ``checkpoint`` is a
     file rewritten after each layer; with ``resume`` the run continues after the last layer it
     holds and ends identical to an uninterrupted run. ``model`` itself is left untouched.
-    ``planner(specs, eigenvalues, spatial_spectra=...)`` replaces the default plan (e.g. one
-    budget with fc layers, :func:`~.joint.make_network_plan`; by default
-    :func:`~.mixed.make_layer_plan`); ``spatial_spectra`` are the kernel energies of the k×k layers
-    (:func:`~.spatial.kernel_energies`, None without a spatial step); entries of layers it adds
-    are kept as they are.
+    ``planner(specs, eigenvalues)`` replaces the default plan (e.g. one budget with fc layers,
+    :func:`~.joint.make_network_plan`; by default :func:`~.mixed.make_layer_plan`); if it takes a
+    keyword ``spatial_spectra``, it gets the kernel energies of the k×k layers there
+    (:func:`~.spatial.kernel_energies`, None without a spatial step), which choose d'' per layer;
+    entries of layers it adds are kept as they are.
 
     Under torch.distributed each process passes its own shard of the images, as
     ``{"images": ..., "indices": ...}`` batches whose indices number the images globally; the
@@ -116,9 +117,9 @@ def compress(
             s.name: kernel_energies(original.get_submodule(names[s.name]).weight)
             for s in spatial_layers(specs)
         }
-    plan = (planner or functools.partial(make_layer_plan, options=options))(
-        specs, eigenvalues, spatial_spectra=spectra
-    )
+    planner = planner or functools.partial(make_layer_plan, options=options)
+    extra = {"spatial_spectra": spectra} if takes_keyword(planner, "spatial_spectra") else {}
+    plan = planner(specs, eigenvalues, **extra)
     plan.update(
         samples_per_image=options.samples_per_image,
         seed=options.seed,
@@ -275,6 +276,12 @@ def log_layer(name: str, entry: Mapping) -> None:
         text(entry.get("heldout_error")),
         entry["seconds"],
     )
+
+
+def takes_keyword(function: Callable, name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name``."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def module_device(module: nn.Module) -> torch.device:

