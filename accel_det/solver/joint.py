@@ -49,8 +49,8 @@ from .ranks import (
     layer_multiples,
     round_down_ranks,
     select_ranks,
-    spatial_ranks,
 )
+from .splits import spatial_ranks
 
 TARGETS = ("network", "conv", "fc")
 

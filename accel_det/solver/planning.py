@@ -20,10 +20,9 @@ from .ranks import (
     layer_multiples,
     round_down_ranks,
     select_ranks,
-    spatial_break_even,
-    spatial_ranks,
     uniform_ranks,
 )
+from .splits import spatial_break_even, spatial_ranks
 
 
 def structure_of(rank: Optional[int], spatial_rank: Optional[int], out_channels: int) -> str:

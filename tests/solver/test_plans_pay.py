@@ -13,7 +13,8 @@ from accel_det.solver.complexity import ConvSpec, LinearSpec, conv_macs, spatial
 from accel_det.solver.joint import make_network_plan
 from accel_det.solver.mixed import make_layer_plan
 from accel_det.solver.planning import check_plan_pays, spatial_layers
-from accel_det.solver.ranks import layer_multiples, spatial_ranks
+from accel_det.solver.ranks import layer_multiples
+from accel_det.solver.splits import spatial_ranks
 from tests.helpers import hand_macs
 
 CASES = 260
