@@ -148,10 +148,12 @@ def check_plan_pays(plan: Mapping, source: str = "the plan") -> None:
     """Refuse a plan with a factorized layer that does not cost strictly fewer multiply-adds than
     the original layer (counted from the shape its entry records), or a 3d layer whose spatial
     split does not cost fewer than its k×k layer of d' filters would: such a layer only adds
-    error. Plans are checked with it before they are written."""
+    error. Plans are checked with it before they are written. (With ``rank_cost="latency"`` d' is
+    priced by measured latency, where rank selection only takes ranks faster than the layer.)"""
+    latency = plan.get("rank_cost") == "latency"  # d' priced by measured latency: pays there
     for name, entry in plan["layers"].items():
         structure = entry.get("structure", ORIGINAL)
-        if structure == ORIGINAL:
+        if structure == ORIGINAL or (latency and structure == CHANNEL):
             continue
         if "in_features" in entry:
             spec = LinearSpec(name, entry["in_features"], entry["out_features"], entry["rois"])
