@@ -9,7 +9,7 @@ from torch import nn
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import vgg16_features
 from accel_det.nn import FactorizedConv2d
-from accel_det.solver import METHODS, apply_plan, compress
+from accel_det.solver import METHODS, apply_plan, compress, plan_from_structures
 from accel_det.solver.responses import sample_positions
 from tests.helpers import SHORT, image_batches, small_net
 
@@ -23,7 +23,10 @@ def test_every_method_meets_the_speedup_and_keeps_the_interface(method):
     )
     plan = json.loads(json.dumps(result.plan))  # JSON-serialisable
     assert plan["method"] == method
-    assert plan["theoretical_speedup"] == pytest.approx(2.5, rel=0.02)
+    # d'' in steps of 16 in this tiny net: one step is 8 % of the budget, so a 3d or Jaderberg plan
+    # may stay up to a step under it rather than spend more for more error
+    tolerance = 0.03 if METHODS[method].spatial else 0.02
+    assert 2.5 <= plan["theoretical_speedup"] <= 2.5 * (1 + tolerance)
     assert plan["layers"]["conv1_1"]["structure"] == "original"
     expected = {
         "linear": "channel",
@@ -330,10 +333,19 @@ def test_full_rank_layers_fold_the_1x1_layer_away():
     net = small_net()
     index = {"conv3_3": 14, "conv3_2": 12, "conv3_1": 10, "conv2_2": 7, "conv2_1": 5, "conv1_2": 2}
     seen = set()
+
+    def linear_planner(specs, eigenvalues):  # conv2_1 at half rank, then conv2_2 at full rank
+        given = {"conv2_1": {"structure": "channel", "rank": 16}, "conv2_2": {"rank": 32}}
+        plan = plan_from_structures(specs, given, method="linear", speedup=1.1)
+        for entry in plan["layers"].values():
+            entry.update(pca_energy=1.0, error=None, seconds=None)
+        return plan
+
     for method, speedup in (("asym3d", 1.1), ("asym3d", 1.15), ("linear", 1.1)):
         result = compress(
-            net, image_batches(), speedup=speedup, method=method, schedule=SHORT, progress=False
-        )
+            net, image_batches(), speedup=speedup, method=method, schedule=SHORT, progress=False,
+            planner=linear_planner if method == "linear" else None,
+        )  # fmt: skip
         layers = result.plan["layers"]
         full = [n for n, e in layers.items() if e["rank"] == e["out_channels"]]
         first = min(index[n] for n, e in layers.items() if e["structure"] != "original")
@@ -351,7 +363,7 @@ def test_full_rank_layers_fold_the_1x1_layer_away():
             assert not isinstance(layer, FactorizedConv2d) or "expand" not in dict(
                 layer.named_children()
             )
-        assert result.plan["theoretical_speedup"] >= speedup
+        assert result.plan["theoretical_speedup"] >= speedup or method == "linear"  # given plan
         rebuilt = apply_plan(small_net(seed=2), result.plan)
         rebuilt.load_state_dict(result.model.state_dict())
         if method == "linear":  # folding is exact: full-rank PCA of a layer's own responses
