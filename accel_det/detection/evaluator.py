@@ -12,10 +12,8 @@ from detectron2.evaluation.pascal_voc_evaluation import parse_rec
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from ..evaluation import DetectionRecords, ap50_with_interval, write_records
+from ..evaluation import INTERVAL_KEY, DetectionRecords, ap50_with_interval, write_records
 from ..evaluation.ap import records_from_lines, records_path, voc_metrics
-
-INTERVAL_KEY = "bbox_AP50_interval"  # next to "bbox" in the results: floats only (EvalHook)
 
 
 class EvaluationResults(OrderedDict):
@@ -87,11 +85,3 @@ def save_records(results: Mapping, path: str) -> None:
             target = target[: -len(".detections.npz")] + f".{name}.detections.npz"
         write_records(records, target)
 
-
-def load_interval(results: Mapping) -> Optional[Mapping]:
-    """The AP50 interval of the first data set's results (``{"low", "high", ...}``), or None for
-    results written without one."""
-    if results and "bbox" not in results:
-        results = results.get(next(iter(results))) or {}
-    value = results.get(INTERVAL_KEY) if isinstance(results, Mapping) else None
-    return value if isinstance(value, Mapping) else None

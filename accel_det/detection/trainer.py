@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with a VOC/COCO evaluator by data set type (VOC: one that keeps the
-    per-image detections and gives AP50's bootstrap interval, :class:`VOCDetectionEvaluator`), the weights it loads
-    (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked against the model
+    per-image detections and gives AP50's bootstrap interval, :class:`VOCDetectionEvaluator`),
+    the weights it loads (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked
+    against the model
     (:func:`check_weights_fit`) first and read as data, checkpoints written atomically
     (:class:`AtomicCheckpointer`), and data loaders that read proposal files as data
     (:mod:`.loaders`)."""

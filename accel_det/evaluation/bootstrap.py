@@ -11,7 +11,7 @@ arrays (numpy, no Python loop over resamples).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -22,6 +22,8 @@ RESAMPLES = 1000
 SEED = 0
 LEVEL = 0.95
 BLOCK = 2_000_000  # array elements (resamples × detections of a class) evaluated at once
+# where Detectron2's results (eval_results.json) hold AP50's interval, next to "bbox"
+INTERVAL_KEY = "bbox_AP50_interval"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +79,11 @@ def bootstrap_ap50(
     )
 
 
-def _bounds(values: np.ndarray, level: float):
+def interval_from_samples(value: float, samples: np.ndarray, level: float = LEVEL) -> Interval:
+    """``value`` with the percentile interval of its bootstrap ``samples`` at ``level``."""
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
+    low, high = np.percentile(samples, [tail, 100.0 - tail])
+    return Interval(float(value), float(low), float(high), level, len(samples))
 
 
 def ap50_with_interval(
@@ -91,8 +94,9 @@ def ap50_with_interval(
 ) -> Interval:
     """AP50 on the whole test set (Detectron2's value) with the percentile bootstrap interval
     over test images."""
-    low, high = _bounds(bootstrap_ap50(records, resamples, seed), level)
-    return Interval(float(ap50(records)), low, high, level, resamples, records.num_images)
+    samples = bootstrap_ap50(records, resamples, seed)
+    interval = interval_from_samples(ap50(records), samples, level)
+    return dataclasses.replace(interval, images=records.num_images)
 
 
 def paired_delta(
@@ -111,9 +115,29 @@ def paired_delta(
     delta = bootstrap_ap50(records, resamples, seed) - bootstrap_ap50(baseline, resamples, seed)
     if samples is not None:
         samples["delta"] = delta
-    low, high = _bounds(delta, level)
-    value = float(ap50(records) - ap50(baseline))
-    return Interval(value, low, high, level, resamples, records.num_images)
+    interval = interval_from_samples(ap50(records) - ap50(baseline), delta, level)
+    return dataclasses.replace(interval, images=records.num_images)
+
+
+def results_interval(results: Mapping) -> Optional[Interval]:
+    """AP50 and its interval from Detectron2's results as written to ``eval_results.json``
+    (``{data set: {"bbox": {"AP50": ..}, "bbox_AP50_interval": {"low": .., "high": ..}}}``, or
+    one data set's part); None for results without an interval."""
+    if isinstance(results, Mapping) and results and "bbox" not in results:
+        results = results.get(next(iter(results)))
+    if not isinstance(results, Mapping):
+        return None
+    bounds, bbox = results.get(INTERVAL_KEY), results.get("bbox")
+    if not isinstance(bounds, Mapping) or not isinstance(bbox, Mapping) or "AP50" not in bbox:
+        return None
+    return Interval(
+        float(bbox["AP50"]),
+        float(bounds["low"]),
+        float(bounds["high"]),
+        float(bounds.get("level", LEVEL)),
+        int(bounds.get("resamples", RESAMPLES)),
+        int(bounds.get("images", 0)),
+    )
 
 
 def check_paired(a: DetectionRecords, b: DetectionRecords) -> None:
