@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="results JSON to write (default: X.onnx.<runtime>.eval_results.json next to --model)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument(
+        "--baseline",
+        metavar="NPZ",
+        help="per-image detections of another evaluation on the same test set (the "
+        "X.detections.npz next to its eval_results.json): print ΔAP50 against it, paired on the "
+        "same resampled test images",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     add_common_arguments(parser)
     return parser
@@ -60,9 +67,12 @@ def main(args) -> int:
     from accel_det.deploy.runtime import check_runtime
     from accel_det.detection.config import load_config, resolve_config_file
     from accel_det.detection.trainer import save_results
+    from accel_det.evaluation import paired_delta, read_records, results_interval
+    from accel_det.evaluation.ap import records_path
     from accel_det.utils.io import check_writable_folder
 
     runtime = check_runtime(args.model, args.runtime)
+    baseline = read_records(args.baseline) if args.baseline else None
     output = args.output or results_path(args.model, runtime)
     cfg = load_config(args.config_file, args.opts)
     check_results_output(output, args.model, cfg, resolve_config_file(args.config_file))
@@ -89,11 +99,17 @@ def main(args) -> int:
     )
     for name, result in results.items():
         ap = result.get("bbox", {})
+        bounds = results_interval(result)
+        ap50 = str(bounds) if bounds else f"{ap.get('AP50', float('nan')):.2f}"
         print(
-            f"{name}: AP {ap.get('AP', float('nan')):.2f}, AP50 {ap.get('AP50', float('nan')):.2f}"
-            f", AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime})"
+            f"{name}: AP {ap.get('AP', float('nan')):.2f}, AP50 {ap50} (95 % bootstrap interval "
+            f"over test images), AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime})"
         )
-    print(f"results written to {output}")
+        records = getattr(result, "records", None)
+        if baseline is not None and records is not None:
+            delta = paired_delta(records, baseline)
+            print(f"{name}: against {args.baseline}: {delta.delta_text()} (paired)")
+    print(f"results written to {output} (per-image detections: {records_path(output)})")
     return 0
 
 

@@ -276,9 +276,25 @@ def test_demo_pipeline_end_to_end_on_tiny_data(tmp_path):
         saved["synthetic_data"] is True
         and saved["records"][1]["latency"]["backbone"]["threads"] == 1
     )
+    # every AP50 with its interval, every comparison paired on the same test images
+    for row in summary["rows"]:
+        bounds = row["ap50_interval"]
+        assert bounds["low"] <= row["ap50"] <= bounds["high"] and bounds["images"] == 5
+    assert (out / "baseline" / "eval_results.detections.npz").is_file()
+    found = {(c["model"], c["against"]) for c in summary["comparisons"]}
+    assert {("detector_2x", "asym3d_2x"), ("asym3d_2x", "baseline")} <= found
+    assert "### Comparisons (paired on the same test images)" in report
+    assert "ΔAP50 [95 %, paired]" in report
     # a second run reuses every finished stage
     again = run_demo(options)
     assert [r["ap50"] for r in again["rows"]] == [r["ap50"] for r in summary["rows"]]
+    # another fine-tuning seed: new fine-tuned models, the baseline and compression reused
+    from accel_det.workflows.demo.seeds import seed_spread
+
+    spread = seed_spread(options, [1])
+    assert spread["finetune_seeds"] == [0, 1] and set(spread["models"]["asym3d_2x"]) == {0, 1}
+    assert (out / "asym3d_2x_ftseed1" / "eval_results.detections.npz").is_file()
+    assert "AP50, seed 1" in (out / "seeds.md").read_text()
 
 
 def short_training(root, out, *extra, iterations=1, resume=False):

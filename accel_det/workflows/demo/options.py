@@ -43,11 +43,20 @@ class DemoOptions:
     latency_repeats: int = 30
     full_width_repeats: int = 5  # also time the plans' structures on a full-width VGG-16 (0: skip)
     workers: int = 2  # processes for data generation and selective search
-    seed: int = 0
+    seed: int = 0  # data, pre-training, compression; and training unless set below
+    train_seed: Optional[int] = None  # the baseline's training (default: seed)
+    finetune_seed: Optional[int] = None  # the accelerated models' fine-tuning (default: seed)
     opts: Sequence[str] = ()  # config overrides for every stage
     finetune_opts: Sequence[str] = ()  # config overrides for the fine-tuning stages
     force: bool = False
     progress: bool = True
+
+    def seeds(self) -> dict:
+        """The seeds of the baseline's training and of fine-tuning (``seed`` where not set)."""
+        return {
+            "train": self.seed if self.train_seed is None else self.train_seed,
+            "finetune": self.seed if self.finetune_seed is None else self.finetune_seed,
+        }
 
     def record(self) -> dict:
         return {
