@@ -13,7 +13,10 @@ record (``X.onnx.json``, written by tools/export_model.py) is checked against th
 model exported for another test size, pixel format or classes is refused. Results are printed
 and written to ``X.onnx.<runtime>.eval_results.json`` next to the model (one file per model and
 runtime; or to --output, which replaces an existing file only with --overwrite, and never the
-model, its record, the config or a proposal file).
+model, its record, the config or a proposal file), the per-image detections next to them
+(``X.detections.npz``). AP50 is printed with its 95 % bootstrap interval over test images;
+``--baseline B.detections.npz`` (another evaluation of the same test set, e.g. the PyTorch
+model's ``eval_results.detections.npz``) adds the paired ΔAP50 against it.
 """
 
 import argparse
@@ -79,6 +82,8 @@ def main(args) -> int:
     if not os.path.isfile(args.model):
         raise not_found("exported model file", args.model)
     check_export_record(cfg, args.model)
+    if baseline is not None:
+        check_baseline_images(baseline, cfg, args.baseline)
     refuse_existing([output], args.overwrite)
     check_writable_folder(os.path.dirname(os.path.abspath(output)), create=False)
     results = evaluate_exported(cfg, args.model, runtime, args.threads, check_record=False)
@@ -111,6 +116,22 @@ def main(args) -> int:
             print(f"{name}: against {args.baseline}: {delta.delta_text()} (paired)")
     print(f"results written to {output} (per-image detections: {records_path(output)})")
     return 0
+
+
+def check_baseline_images(baseline, cfg, path: str) -> None:
+    """Refuse a --baseline evaluated on other images than this config's one test set."""
+    from accel_det.detection.datasets import dataset_image_ids
+    from accel_det.errors import AccelDetError
+
+    if len(cfg.DATASETS.TEST) != 1:
+        raise AccelDetError("--baseline needs a config with one test set (DATASETS.TEST)")
+    ids = dataset_image_ids(cfg.DATASETS.TEST[0])
+    if list(baseline.image_ids) != list(ids):
+        raise AccelDetError(
+            f"--baseline {path} was evaluated on {baseline.num_images} other images than "
+            f"{cfg.DATASETS.TEST[0]} ({len(ids)} images): a paired comparison needs the same "
+            "test set"
+        )
 
 
 if __name__ == "__main__":

@@ -73,14 +73,15 @@ class DetectionRecords:
         return counts
 
 
-def box_overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one box with each of ``boxes`` in VOC's inclusive pixels (``voc_eval``'s +1)."""
-    iw = np.maximum(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]) + 1.0, 0.0)
-    ih = np.maximum(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]) + 1.0, 0.0)
+def box_overlaps(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """IoU of each row of ``det`` with the same row of ``gt`` in VOC's inclusive pixels
+    (``voc_eval``'s +1), element for element the same arithmetic."""
+    iw = np.maximum(np.minimum(gt[:, 2], det[:, 2]) - np.maximum(gt[:, 0], det[:, 0]) + 1.0, 0.0)
+    ih = np.maximum(np.minimum(gt[:, 3], det[:, 3]) - np.maximum(gt[:, 1], det[:, 1]) + 1.0, 0.0)
     inters = iw * ih
     union = (
-        (box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
-        + (boxes[:, 2] - boxes[:, 0] + 1.0) * (boxes[:, 3] - boxes[:, 1] + 1.0)
+        (det[:, 2] - det[:, 0] + 1.0) * (det[:, 3] - det[:, 1] + 1.0)
+        + (gt[:, 2] - gt[:, 0] + 1.0) * (gt[:, 3] - gt[:, 1] + 1.0)
         - inters
     )
     return inters / union
@@ -91,45 +92,62 @@ def match_class(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The detections of class ``cls`` sorted by score as ``voc_eval`` sorts them: their image
     indices, and whether each is a true positive and a false positive at ``iou_threshold`` (a
-    detection matched to a difficult box is neither)."""
+    detection matched to a difficult box is neither).
+
+    As ``voc_eval``: each detection takes the ground-truth box of its image with the largest IoU
+    (the first of equals); above the threshold it is a true positive if that box is not difficult
+    and no earlier detection took it, a false positive if one did; else a false positive."""
     index = np.flatnonzero(records.det_class == cls)
     index = index[np.argsort(-records.det_score[index])]
+    det_image, det_box = records.det_image[index], records.det_box[index]
     gt = np.flatnonzero(records.gt_class == cls)
-    by_image = {}
-    for g in gt:
-        by_image.setdefault(int(records.gt_image[g]), []).append(g)
-    taken = np.zeros(len(records.gt_class), dtype=bool)
+    gt = gt[np.argsort(records.gt_image[gt], kind="stable")]  # by image, in annotation order
+    first = np.searchsorted(records.gt_image[gt], det_image, "left")
+    count = np.searchsorted(records.gt_image[gt], det_image, "right") - first
+    best = np.full(len(index), -np.inf)
+    taken_row = np.full(len(index), -1)
+    for k in range(int(count.max()) if len(index) else 0):
+        has = k < count
+        rows = gt[np.minimum(first + k, len(gt) - 1)]
+        overlap = np.where(has, box_overlaps(det_box, records.gt_box[rows]), -np.inf)
+        better = overlap > best
+        best = np.where(better, overlap, best)
+        taken_row = np.where(better, rows, taken_row)
+    above = best > iou_threshold
+    difficult = above & np.append(records.gt_difficult, False)[taken_row]  # -1: none
+    candidate = np.flatnonzero(above & ~difficult)
     tp = np.zeros(len(index))
-    fp = np.zeros(len(index))
-    for k, d in enumerate(index):
-        rows = by_image.get(int(records.det_image[d]))
-        if not rows:
-            fp[k] = 1.0
-            continue
-        overlaps = box_overlaps(records.det_box[d], records.gt_box[rows])
-        best = rows[int(np.argmax(overlaps))]
-        if overlaps.max() <= iou_threshold:
-            fp[k] = 1.0
-        elif not records.gt_difficult[best]:
-            if taken[best]:
-                fp[k] = 1.0
-            else:
-                tp[k] = 1.0
-                taken[best] = True
-    return records.det_image[index], tp, fp
+    _, firsts = np.unique(taken_row[candidate], return_index=True)
+    tp[candidate[firsts]] = 1.0
+    fp = np.where(~above | ((tp == 0) & ~difficult), 1.0, 0.0)
+    return det_image, tp, fp
+
+
+def class_matches(records: DetectionRecords, iou_threshold: float = IOU_THRESHOLD) -> List:
+    """:func:`match_class` of every class, cut after each class's last true positive (the
+    detections after it add points of no more recall and less precision)."""
+    matches = []
+    for c in range(len(records.class_names)):
+        det_image, tp, fp = match_class(records, c, iou_threshold)
+        hits = np.flatnonzero(tp)
+        end = hits[-1] + 1 if len(hits) else 0
+        matches.append((det_image[:end], tp[:end], fp[:end]))
+    return matches
 
 
 def average_precision(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> np.ndarray:
-    """``voc_ap`` along the last axis: the 11-point VOC 2007 metric (the mean of the best
-    precision at recall >= 0, 0.1, ..., 1), or the area under the interpolated precision-recall
-    curve (VOC 2010 on)."""
+    """``voc_ap`` along the last axis of ``rec`` (non-decreasing) and ``prec``: the 11-point VOC
+    2007 metric (the mean of the best precision at recall >= 0, 0.1, ..., 1), or the area under
+    the interpolated precision-recall curve (VOC 2010 on)."""
     batch = rec.shape[:-1]
     if use_07_metric:
+        # the best precision at recall >= t is the envelope's value at the first such point
+        envelope = np.flip(np.maximum.accumulate(np.flip(prec, -1), axis=-1), -1)
+        envelope = np.concatenate([envelope, np.zeros(batch + (1,))], axis=-1)
         ap = np.zeros(batch)
         for t in RECALL_LEVELS:
-            reached = rec >= t
-            best = np.max(np.where(reached, prec, -np.inf), axis=-1, initial=-np.inf)
-            ap = ap + np.where(reached.any(axis=-1), best, 0.0) / 11.0
+            start = np.sum(rec < t, axis=-1, keepdims=True)
+            ap = ap + np.take_along_axis(envelope, start, axis=-1)[..., 0] / 11.0
         return ap
     zeros = np.zeros(batch + (1,))
     mrec = np.concatenate([zeros, rec, zeros + 1.0], axis=-1)
@@ -148,14 +166,15 @@ def weighted_ap(
 ) -> np.ndarray:
     """AP of one class for each row of ``weights`` (resamples × images: how often each test image
     is drawn): ``voc_eval``'s cumulative sums with each detection counted as often as its image.
-    The detections after the last true positive are left out: they add points of no more recall
-    and less precision, which change neither metric."""
-    last = np.flatnonzero(tp)
-    end = last[-1] + 1 if len(last) else 0
-    det_image, tp, fp = det_image[:end], tp[:end], fp[:end]
-    w = weights[:, det_image]
-    tp_sum = np.cumsum(w * tp, axis=1)
-    fp_sum = np.cumsum(w * fp, axis=1)
+
+    Only the points of the precision-recall curve at true positives are made: a point after a
+    false positive has the recall of the last true positive before it and less precision, so it
+    changes neither the 11-point metric nor the interpolated area."""
+    hits, misses = np.flatnonzero(tp), np.flatnonzero(fp)
+    tp_sum = np.cumsum(weights[:, det_image[hits]], axis=1)
+    fp_sum = np.zeros((len(weights), len(misses) + 1))
+    np.cumsum(weights[:, det_image[misses]], axis=1, out=fp_sum[:, 1:])
+    fp_sum = fp_sum[:, np.searchsorted(misses, hits)]  # false positives before each hit
     npos = weights @ positives
     with np.errstate(divide="ignore", invalid="ignore"):
         rec = tp_sum / npos[:, None]
@@ -167,24 +186,25 @@ def ap_per_class(
     records: DetectionRecords,
     weights: Optional[np.ndarray] = None,
     iou_threshold: float = IOU_THRESHOLD,
+    matches: Optional[List] = None,
 ) -> np.ndarray:
     """AP (0-1) of each class at ``iou_threshold``: shape (classes,), or (resamples, classes) for
     ``weights`` of shape (resamples, images); no weights: every test image once (Detectron2's
-    value)."""
+    value). ``matches``: :func:`class_matches` at that threshold, when already made."""
     single = weights is None
     weights = np.ones((1, records.num_images)) if single else np.asarray(weights, dtype=np.float64)
     positives = records.positives()
+    matches = class_matches(records, iou_threshold) if matches is None else matches
     aps = np.zeros((len(weights), len(records.class_names)))
-    for c in range(len(records.class_names)):
-        det_image, tp, fp = match_class(records, c, iou_threshold)
+    for c, (det_image, tp, fp) in enumerate(matches):
         aps[:, c] = weighted_ap(det_image, tp, fp, positives[c], weights, records.use_07_metric)
     return aps[0] if single else aps
 
 
-def ap50(records: DetectionRecords, weights: Optional[np.ndarray] = None):
+def ap50(records: DetectionRecords, weights: Optional[np.ndarray] = None, matches=None):
     """AP50 in percent, the mean over classes as Detectron2 reports it (an array per resample
     with ``weights``)."""
-    return np.mean(ap_per_class(records, weights) * 100, axis=-1)
+    return np.mean(ap_per_class(records, weights, IOU_THRESHOLD, matches) * 100, axis=-1)
 
 
 def voc_metrics(records: DetectionRecords) -> dict:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ..errors import AccelDetError
-from .ap import DetectionRecords, ap50
+from .ap import DetectionRecords, ap50, class_matches
 
 RESAMPLES = 1000
 SEED = 0
@@ -70,12 +70,14 @@ def resample_counts(images: int, resamples: int = RESAMPLES, seed: int = SEED) -
 def bootstrap_ap50(
     records: DetectionRecords, resamples: int = RESAMPLES, seed: int = SEED
 ) -> np.ndarray:
-    """AP50 (points) of each bootstrap resample of the test images, shape (resamples,)."""
+    """AP50 (points) of each bootstrap resample of the test images, shape (resamples,): the
+    detections matched once, then every resample's AP50 from its image counts."""
     counts = resample_counts(records.num_images, resamples, seed)
-    most = max(1, int(np.bincount(records.det_class).max()) if len(records.det_class) else 1)
+    matches = class_matches(records)
+    most = max([len(m[0]) for m in matches] + [1])
     step = max(1, BLOCK // most)
     return np.concatenate(
-        [ap50(records, counts[i : i + step]) for i in range(0, resamples, step)]
+        [ap50(records, counts[i : i + step], matches) for i in range(0, resamples, step)]
     )
 
 
