@@ -84,4 +84,3 @@ def save_records(results: Mapping, path: str) -> None:
         if len(evaluated) > 1:
             target = target[: -len(".detections.npz")] + f".{name}.detections.npz"
         write_records(records, target)
-
