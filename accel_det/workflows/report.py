@@ -432,9 +432,16 @@ def _delta_cell(row: Mapping) -> str:
 
 
 def family(row: Mapping) -> str:
-    """The group a model belongs to in the plot: its name up to the last ``_`` (``detector_4x``
-    → ``detector``), the baseline its own."""
-    return "baseline" if row["baseline"] else row["name"].rsplit("_", 1)[0]
+    """The group a model belongs to in the plot: its name up to a last ``_<speedup>x``
+    (``detector_4x`` → ``detector``); any other name (``fc_svd``, the baseline) its own."""
+    head, _, tail = row["name"].rpartition("_")
+    if row["baseline"] or not head or not tail.endswith("x"):
+        return "baseline" if row["baseline"] else row["name"]
+    try:
+        float(tail[:-1])
+    except ValueError:
+        return row["name"]
+    return head
 
 
 def plot_map_vs_speedup(rows: Sequence[Mapping], path: str, title: str = "AP50 vs speedup") -> None:
@@ -476,7 +483,10 @@ def plot_map_vs_speedup(rows: Sequence[Mapping], path: str, title: str = "AP50 v
                 ax.plot([x, theory], [y, y], ":", color=color, linewidth=0.8)
                 ax.plot([theory], [y], marker=marker, color=color, markerfacecolor="none",
                         markersize=7, linestyle="none")  # fmt: skip
-            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
+            label = r["name"][len(name) + 1 :] if len(members) > 1 else r["name"]
+            offset = (6, 6) if members.index(r) % 2 == 0 else (6, -14)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=10,
+                        color=color)  # fmt: skip
     ax.plot([], [], "o", color="gray", markerfacecolor="none", label="theoretical speedup (open)")
     measured = {"detector_onnxruntime": "measured, ONNX Runtime", "detector": "measured, eager"}
     ax.set_xlabel(
