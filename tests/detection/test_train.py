@@ -385,12 +385,18 @@ def test_an_output_dir_with_another_run_is_refused_or_moved_aside_whole(tmp_path
     assert check(run, "trained_from.pth", eval_only=True) == CONTINUE  # what config.yaml names
     assert check(run, other, overwrite=True) == OVERWRITE
 
+    (run / "eval_results.detections.npz").write_bytes(b"per-image detections")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     config = run / "config.yaml"
     moved = start_run(str(run), CONTINUE, in_use=[str(config)])
     (aside,) = (run / "previous_runs").iterdir()
-    assert "eval_results.json, config.yaml" in moved and str(aside) in moved
-    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "eval_results.json"]
+    assert "eval_results.json, eval_results.detections.npz, config.yaml" in moved
+    assert str(aside) in moved
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "config.yaml",
+        "eval_results.detections.npz",
+        "eval_results.json",
+    ]
     assert config.exists() and not (run / "eval_results.json").exists()  # copied / moved
     assert start_run(str(run), CONTINUE) == ""  # no results: nothing to move
     start_run(str(run), OVERWRITE)
