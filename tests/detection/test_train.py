@@ -294,6 +294,13 @@ def test_demo_pipeline_end_to_end_on_tiny_data(tmp_path):
     spread = seed_spread(options, [1])
     assert spread["finetune_seeds"] == [0, 1] and set(spread["models"]["asym3d_2x"]) == {0, 1}
     assert (out / "asym3d_2x_ftseed1" / "eval_results.detections.npz").is_file()
+    from accel_det.utils.io import load_torch_file
+
+    weights = [
+        load_torch_file(str(out / f / "model_final.pth"))["model"]
+        for f in ("asym3d_2x", "asym3d_2x_ftseed1")
+    ]
+    assert any((weights[0][k] != weights[1][k]).any() for k in weights[0])
     assert "AP50, seed 1" in (out / "seeds.md").read_text()
 
 
