@@ -52,6 +52,14 @@ class Interval:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, value) -> Optional["Interval"]:
+        """The interval of an :meth:`as_dict` mapping (extra keys ignored); None for none."""
+        if not isinstance(value, Mapping):
+            return None
+        fields = ("value", "low", "high", "level", "resamples", "images")
+        return cls(**{k: value[k] for k in fields if k in value})
+
 
 def _num(value: float, sign: str = "") -> str:
     return f"{value:{sign}.1f}".replace("-", "\u2212")

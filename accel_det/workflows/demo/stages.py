@@ -382,16 +382,8 @@ class DemoRun:
         if self.accel_cfg is None:
             self.accel_cfg = load_config(o.accel_config, list(o.opts) + self.data_opts)
         accel_cfg = self.accel_cfg.clone()
-        accel_cfg.merge_from_list(
-            [
-                "MODEL.ACCEL.PLAN",
-                plan_path,
-                "MODEL.WEIGHTS",
-                weights_path,
-                "OUTPUT_DIR",
-                finetune_dir,
-            ]
-        )
+        accel_cfg.merge_from_list(["MODEL.ACCEL.PLAN", plan_path, "MODEL.WEIGHTS", weights_path,
+                                   "OUTPUT_DIR", finetune_dir])  # fmt: skip
         cfg = self.configs[baseline["name"]]
         key = stage_key(cfg.dump(), file_digest(baseline["weights"]), stage, o.compress_images,
                         o.samples_per_image, o.fc_samples_per_image, self.rois, o.seed,
