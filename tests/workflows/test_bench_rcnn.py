@@ -54,7 +54,10 @@ def test_quick_run_record_is_consistent(tmp_path, monkeypatch):
     )
     for check in record["exports"].values():  # the accelerated backbones export too
         assert check["onnxruntime"] <= 1e-3 and check["openvino"] <= 1e-3
-    assert record["macs"]["2x"] < record["macs"]["original"]
+    original, accelerated = record["macs"]["original"], record["macs"]["2x"]
+    assert accelerated["backbone"] < original["backbone"]
+    assert accelerated["proposal_generator"] == original["proposal_generator"]  # same features
+    assert "| total |" in open(paths["md"]).read()
 
 
 def test_best_forms_picks_the_fastest_form_per_model():

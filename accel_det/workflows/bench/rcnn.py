@@ -40,7 +40,7 @@ from .rcnn_forms import (
     backbone_call,
     model_call,
 )
-from .rcnn_models import accelerated_detector, backbone_plans, random_detector
+from .rcnn_models import accelerated_detector, backbone_plans, inference_macs, random_detector
 from .rcnn_report import markdown, plot_stages
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def run(options: RcnnBenchOptions) -> dict:
         "backbone_input_hw": list(backbone_hw),
         "machine": {**machine(), "load_average": list(os.getloadavg())},
         "plans": {name: plan_summary(plan) for name, plan in plans.items()},
-        "macs": backbone_macs(models, backbone_hw),
+        "macs": {name: inference_macs(m, image) for name, m in models.items()},
         "exports": exports,
         "unavailable": unavailable,
         "rows": rows,
@@ -156,13 +156,6 @@ def export_backbone(name: str, model, normalized: torch.Tensor, paths: Dict[str,
     got = load_runtime(path, "openvino", 0)(normalized)
     openvino = max(relative_difference(g, e.numpy()) for g, e in zip(got, expected))
     return {"path": path, "onnxruntime": result.max_difference, "openvino": openvino}
-
-
-def backbone_macs(models, input_hw) -> Dict[str, int]:
-    """Multiply-adds of each model's backbone convs at ``input_hw`` (the solver's count)."""
-    from ...solver.targets import network_macs
-
-    return {name: int(network_macs(m.backbone, input_hw)) for name, m in models.items()}
 
 
 def time_threads(models, exports, image, normalized, threads, options, unavailable) -> List[dict]:

@@ -136,3 +136,37 @@ def match_statistics(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def inference_macs(model: nn.Module, image: torch.Tensor) -> Dict[str, int]:
+    """Multiply-adds of the convs and fc layers of one inference of ``model`` on ``image``
+    (3×H×W), counted by forward hooks, per part: ``backbone`` (with the FPN),
+    ``proposal_generator`` (the RPN head, run once per FPN level), ``roi_heads`` (the box head
+    on the RPN's proposals), and ``total``. The whole model's theoretical speedup is the ratio
+    of totals: the backbone's share bounds what a backbone plan can give (Amdahl)."""
+    counts: Dict[str, int] = {"backbone": 0, "proposal_generator": 0, "roi_heads": 0}
+
+    def hook_for(part: str):
+        def count(module, args, output):
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                per_output = module.in_channels // module.groups * kh * kw
+            else:
+                per_output = module.in_features
+            counts[part] += output.numel() * per_output
+
+        return count
+
+    handles = []
+    for part in counts:
+        for module in getattr(model, part).modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                handles.append(module.register_forward_hook(hook_for(part)))
+    try:
+        model.eval().inference([{"image": image}], do_postprocess=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts["total"] = sum(counts.values())
+    return counts

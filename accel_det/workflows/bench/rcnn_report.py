@@ -24,6 +24,7 @@ def markdown(record: Mapping) -> str:
         "",
     ]
     models = list(dict.fromkeys(r["model"] for r in record["rows"]))
+    lines += macs_table(record.get("macs", {}), models) + [""]
     for part in PARTS:
         for threads in sorted({r["threads"] for r in record["rows"]}):
             lines += part_table(record, part, threads, models) + [""]
@@ -34,6 +35,28 @@ def markdown(record: Mapping) -> str:
         lines += ["", *(f"- unavailable: {k}: {v}" for k, v in record["unavailable"].items())]
     lines += ["", *(f"- {form}: {text}" for form, text in DESCRIPTIONS.items())]
     return "\n".join(lines) + "\n"
+
+
+def macs_table(macs: Mapping, models: Sequence[str]) -> List[str]:
+    """GMACs of each model by part, and the theoretical speedups (ratios of multiply-adds)."""
+    if not macs:
+        return []
+    parts = ("backbone", "proposal_generator", "roi_heads", "total")
+    lines = [
+        "**Multiply-adds (convs and fc layers of one inference), GMACs (theoretical speedup)**",
+        "",
+        "| part | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    for part in parts:
+        base = macs["original"][part]
+        values = [
+            f"{macs[m][part] / 1e9:.1f}"
+            + (f" ({base / macs[m][part]:.2f}x)" if m != "original" and macs[m][part] else "")
+            for m in models
+        ]
+        lines.append(f"| {part} | " + " | ".join(values) + " |")
+    return lines
 
 
 def part_table(record: Mapping, part: str, threads: int, models: Sequence[str]) -> List[str]:
