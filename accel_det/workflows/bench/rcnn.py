@@ -106,7 +106,7 @@ def run(options: RcnnBenchOptions) -> dict:
     backbone_hw = padded(options.input_hw, original.backbone)
     logger.info("plans for %s at %s", options.speedups, backbone_hw)
     plans = backbone_plans(
-        original.backbone, options.speedups, backbone_hw, method=options.method, seed=options.seed
+        original, options.speedups, backbone_hw, method=options.method, seed=options.seed
     )
     models = {"original": original}
     models.update({name: accelerated_detector(original, plan) for name, plan in plans.items()})

@@ -36,8 +36,23 @@ def random_detector(config_file: str, opts: Sequence[str] = (), seed: int = 0):
     cfg = load_config(config_file, [*opts, "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
-    calibrate_batch_norms(model.backbone, seed=seed)
+    calibrate_batch_norms(model.backbone, backbone_images(model, 1, seed=seed), seed=seed)
     return cfg, model
+
+
+@torch.no_grad()
+def backbone_images(
+    model: nn.Module, count: int, hw: Tuple[int, int] = CALIBRATION_HW, seed: int = 0
+) -> torch.Tensor:
+    """``count`` random images (0-255 pixels) as ``model``'s backbone sees them: normalized by
+    its ``PIXEL_MEAN`` and ``PIXEL_STD`` (Detectron2's R-50 weights take pixels minus the mean,
+    unscaled) and padded to its ``size_divisibility``."""
+    generator = torch.Generator().manual_seed(seed)
+    images = [
+        {"image": torch.randint(0, 256, (3, *hw), generator=generator).float()}
+        for _ in range(count)
+    ]
+    return model.preprocess_image(images).tensor
 
 
 def is_batch_norm(module: nn.Module) -> bool:
@@ -48,10 +63,11 @@ def is_batch_norm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def calibrate_batch_norms(backbone: nn.Module, hw: Tuple[int, int] = CALIBRATION_HW, seed=0):
-    """Give every batch norm of ``backbone`` the statistics of its input on a random image (one
-    forward pass, shallow to deep) and a random scale in [0.3, 1] and shift N(0, 0.2²), as a
-    trained network's: activations of unit scale, about half of every ReLU's outputs zero."""
+def calibrate_batch_norms(backbone: nn.Module, images: torch.Tensor, seed: int = 0):
+    """Give every batch norm of ``backbone`` the statistics of its input on ``images`` (the
+    backbone's input: :func:`backbone_images`; one forward pass, shallow to deep) and a random
+    scale in [0.3, 1] and shift N(0, 0.2²), as a trained network's: activations of unit scale,
+    about half of every ReLU's outputs zero."""
     generator = torch.Generator().manual_seed(seed)
     norms = [m for m in backbone.modules() if is_batch_norm(m)]
 
@@ -65,14 +81,14 @@ def calibrate_batch_norms(backbone: nn.Module, hw: Tuple[int, int] = CALIBRATION
 
     handles = [m.register_forward_pre_hook(calibrate) for m in norms]
     try:
-        backbone.eval()(torch.randn(1, 3, *hw, generator=generator))
+        backbone.eval()(images)
     finally:
         for handle in handles:
             handle.remove()
 
 
 def backbone_plans(
-    backbone: nn.Module,
+    model: nn.Module,
     speedups: Sequence[float],
     input_hw: Tuple[int, int],
     *,
@@ -83,12 +99,12 @@ def backbone_plans(
 ) -> Dict[str, Plan]:
     """Per speedup, the plan ``compress(backbone, ..., speedup=, method=)`` would follow at
     ``input_hw`` (rank selection by multiply-adds, eqs. 13-14), from eigenvalues of responses
-    sampled on ``images`` random images (:func:`~.plans.sampled_eigenvalues`): the layers'
-    shapes for timing, not a quality statement. Named ``2x``, ``3x``, …"""
-    generator = torch.Generator().manual_seed(seed)
-    batch = torch.randn(images, 3, *CALIBRATION_HW, generator=generator)
-    eigenvalues = sampled_eigenvalues(backbone, batch, samples_per_image=samples_per_image)
-    specs = conv_specs(backbone, input_hw)
+    sampled on ``images`` random images (:func:`~.plans.sampled_eigenvalues`) for
+    ``model.backbone``: the layers' shapes for timing, not a quality statement. Named ``2x``,
+    ``3x``, …"""
+    batch = backbone_images(model, images, seed=seed + 1)
+    eigenvalues = sampled_eigenvalues(model.backbone, batch, samples_per_image=samples_per_image)
+    specs = conv_specs(model.backbone, input_hw)
     plans = {}
     for speedup in speedups:
         options = SolverOptions(speedup=speedup, method=method)
@@ -102,19 +118,17 @@ def accelerated_detector(model: nn.Module, plan, seed: int = 0) -> nn.Module:
     (:func:`match_statistics`)."""
     accelerated = copy.deepcopy(model)
     accelerated.backbone = accelerate_backbone(model.backbone, plan)
-    match_statistics(accelerated.backbone, model.backbone, seed=seed)
+    images = backbone_images(model, 1, seed=seed + 2)
+    match_statistics(accelerated.backbone, model.backbone, images)
     return accelerated.eval()
 
 
 @torch.no_grad()
-def match_statistics(
-    accelerated: nn.Module, original: nn.Module, hw: Tuple[int, int] = CALIBRATION_HW, seed=0
-):
+def match_statistics(accelerated: nn.Module, original: nn.Module, images: torch.Tensor):
     """Scale and shift each output channel of every factorized layer of ``accelerated`` (its last
-    conv's weight and bias) so that, on a random image, it has the mean and spread of the folded
-    conv of ``original`` it replaces, given the same input (one forward pass, shallow to deep)."""
+    conv's weight and bias) so that, on ``images``, it has the mean and spread of the folded conv
+    of ``original`` it replaces, given the same input (one forward pass, shallow to deep)."""
     folded, _ = prepare(original)
-    generator = torch.Generator().manual_seed(seed)
     layers = {n: m for n, m in accelerated.named_modules() if isinstance(m, FactorizedConv2d)}
 
     def hook_for(name: str):
@@ -132,7 +146,7 @@ def match_statistics(
 
     handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
     try:
-        accelerated.eval()(torch.randn(1, 3, *hw, generator=generator))
+        accelerated.eval()(images)
     finally:
         for handle in handles:
             handle.remove()
