@@ -5,6 +5,8 @@ ONNX Runtime or OpenVINO.
 * :mod:`.export`: ``export_graph(graph, path, "onnx"|"openvino", tolerance=...)``
 * :mod:`.classifier`: ``classifier_graph(weights, plan, backbone=...)``, a VGG-16 or ResNet
   classifier or its convs (:mod:`.vgg`: ``vgg16_graph``, the VGG-16 case)
+* :mod:`.backbone`: ``export_backbone(model.backbone, path, fmt, input_hw=...)``, a Detectron2
+  backbone (ResNet-FPN, plain or accelerated) as image → feature maps
 * :mod:`.detector` (Detectron2): ``detector_graph(cfg)``, Fast R-CNN as image + proposals →
   scores + boxes
 * :mod:`.evaluate` (Detectron2): ``ExportedDetector``, ``evaluate_exported(cfg, path)``
@@ -12,6 +14,7 @@ ONNX Runtime or OpenVINO.
 This package imports no detectron2; its ``detector`` and ``evaluate`` modules do.
 """
 
+from .backbone import backbone_graph, export_backbone
 from .classifier import classifier_graph
 from .export import (
     DEFAULT_TOLERANCE,
@@ -32,8 +35,10 @@ __all__ = [
     "ExportResult",
     "Graph",
     "Runtime",
+    "backbone_graph",
     "classifier_graph",
     "dynamic_dim",
+    "export_backbone",
     "export_graph",
     "load_runtime",
     "relative_difference",
