@@ -49,6 +49,7 @@ def test_quick_run_record_is_consistent(tmp_path, monkeypatch):
             if (r["part"], r["threads"], r["model"]) == (best["part"], best["threads"], "original")
         )  # fmt: skip
         assert best["speedup"] == pytest.approx(original / best["median_ms"])
+        assert best["fastest_ms"] == min(r["min_ms"] for r in cell)
     assert record["target"]["measured"] == pytest.approx(
         next(b["speedup"] for b in record["best"] if (b["part"], b["model"]) == ("model", "2x"))
     )
@@ -67,9 +68,12 @@ def test_best_forms_picks_the_fastest_form_per_model():
         {"part": "model", "threads": 1, "model": "2x", "form": "a", "median_ms": 4.0},
         {"part": "model", "threads": 1, "model": "2x", "form": "b", "median_ms": 5.0},
     ]
+    for r, fastest in zip(rows, (6.0, 7.0, 3.5, 2.0)):
+        r["min_ms"] = fastest
     best = {b["model"]: b for b in rcnn.best_forms(rows)}
     assert (best["original"]["form"], best["2x"]["form"]) == ("b", "a")
     assert best["2x"]["speedup"] == pytest.approx(2.0)
+    assert best["2x"]["speedup_fastest"] == pytest.approx(3.0)  # 6 ms against 2 ms
     assert rcnn.target_check(list(best.values()))["met"] is True
 
 

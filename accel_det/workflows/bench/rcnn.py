@@ -221,16 +221,21 @@ def row(key, seconds: Sequence[float], stages, threads: int, model) -> dict:
 
 
 def best_forms(rows: Sequence[dict]) -> List[dict]:
-    """Per part, thread count and model: its fastest form, and its speedup, the original's best
-    median over its best median."""
-    best = {}
+    """Per part, thread count and model: its fastest form (by median), and its speedup, the
+    original's best median over its best median; also ``speedup_fastest``, the same ratio of the
+    fastest rounds (each model's fastest round in any form), which a loaded machine disturbs
+    less."""
+    best, fastest = {}, {}
     for r in rows:
         key = (r["part"], r["threads"], r["model"])
         if key not in best or r["median_ms"] < best[key]["median_ms"]:
             best[key] = {"part": r["part"], "threads": r["threads"], "model": r["model"],
                          "form": r["form"], "median_ms": r["median_ms"]}  # fmt: skip
-    for (part, threads, _), entry in best.items():
+        fastest[key] = min(fastest.get(key, float("inf")), r["min_ms"])
+    for (part, threads, model), entry in best.items():
         entry["speedup"] = best[(part, threads, "original")]["median_ms"] / entry["median_ms"]
+        entry["fastest_ms"] = fastest[(part, threads, model)]
+        entry["speedup_fastest"] = fastest[(part, threads, "original")] / entry["fastest_ms"]
     return list(best.values())
 
 

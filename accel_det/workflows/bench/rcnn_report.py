@@ -85,6 +85,14 @@ def part_table(record: Mapping, part: str, threads: int, models: Sequence[str]) 
         if m in best
     ]
     lines.append("| **best form** | " + " | ".join(values) + " |")
+    values = [
+        f"{best[m]['fastest_ms']:.0f}"
+        + (f" ({best[m]['speedup_fastest']:.2f}x)" if m != "original" else "")
+        for m in models
+        if m in best and "fastest_ms" in best[m]
+    ]
+    if values:
+        lines.append("| fastest round, any form | " + " | ".join(values) + " |")
     return lines
 
 
