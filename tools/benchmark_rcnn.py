@@ -11,6 +11,10 @@ JSON record at --output, its .md and .png (stage bars) next to it, and the expor
     python tools/benchmark_rcnn.py --output output/rcnn/benchmark_rcnn.json
     python tools/benchmark_rcnn.py --output output/rcnn/benchmark_rcnn.json --threads 1
     python tools/benchmark_rcnn.py --output out.json --quick     # 320x427, one round
+    python tools/benchmark_rcnn.py --threads 1 --output out.json MODEL.RESNETS.DEPTH 101
+
+Config overrides (KEY VALUE) go last, after an option other than --threads or --speedups (which
+would take them as values).
 
 Measured tables: docs/benchmarks.md.
 """
