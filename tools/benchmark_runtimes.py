@@ -30,6 +30,8 @@ import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 import torch
 
+from accel_det.benchmarks.runtime_run import RuntimeBenchmarkOptions, run
+from accel_det.benchmarks.runtimes import CPU_FORMS, CUDA_FORMS
 from accel_det.errors import AccelDetError
 from accel_det.models.resnet import RESNETS
 from accel_det.utils.cli import (
@@ -42,8 +44,6 @@ from accel_det.utils.cli import (
     run_tool,
 )
 from accel_det.utils.io import check_writable_folder
-from accel_det.workflows.bench.runtime_run import RuntimeBenchmarkOptions, run
-from accel_det.workflows.bench.runtimes import CPU_FORMS, CUDA_FORMS
 
 
 def size(text: str):

@@ -25,11 +25,11 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
+from accel_det.benchmarks.speed import SPEED_FORMAT
 from accel_det.errors import AccelDetError
 from accel_det.utils.cli import POSITIVE_INT, add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, load_json
 from accel_det.workflows import report
-from accel_det.workflows.bench.speed import SPEED_FORMAT
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The speed benchmark's runtime axis (accel_det.workflows.bench.runtimes / runtime_axis /
+"""The speed benchmark's runtime axis (accel_det.benchmarks.runtimes / runtime_axis /
 layers / subjects, tools/benchmark_runtimes.py): every form computes what eager PyTorch computes,
 multiply-adds and speedups recounted by hand, per-layer times attributed to the right layer, and a
 tiny end-to-end run whose record is consistent with itself."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from accel_det.benchmarks import layers, runtime_axis, runtimes, subjects
 from accel_det.nn.chain import conv_names
 from accel_det.nn.network import apply_plan
-from accel_det.workflows.bench import layers, runtime_axis, runtimes, subjects
 from tests.helpers import REPO, hand_macs, load_tool, small_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -202,7 +202,7 @@ def test_the_gpu_forms_compute_what_eager_pytorch_computes(form, tolerance):
 
 
 def test_targets_judge_the_default_plans_worst_case():
-    from accel_det.workflows.bench.runtime_tables import target_lines
+    from accel_det.benchmarks.runtime_tables import target_lines
 
     best = [
         {"case": "backbone 224x224", "threads": 1, "model": "asym, ranks x16", "ratio": 0.93},
@@ -219,10 +219,10 @@ def test_targets_judge_the_default_plans_worst_case():
 
 
 def test_a_plan_made_elsewhere_is_timed_and_one_that_does_not_fit_is_refused():
+    from accel_det.benchmarks.forms import random_features
     from accel_det.errors import AccelDetError
     from accel_det.solver import plan_from_structures
     from accel_det.solver.network import conv_specs
-    from accel_det.workflows.bench.forms import random_features
 
     def plan_at(width):
         specs = conv_specs(random_features(width), (64, 64))
@@ -257,7 +257,7 @@ def test_a_missing_plan_file_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_resnet_subjects_meet_their_speedups_and_the_targets_read_them():
-    from accel_det.workflows.bench.runtime_tables import target_lines
+    from accel_det.benchmarks.runtime_tables import target_lines
 
     found = subjects.resnet_subjects(
         "resnet18", (64, 64), speedups=(2.0,), num_images=2, samples_per_image=20

@@ -66,7 +66,7 @@ def write_demo_report(
         f"({pre['iterations']} iterations of 32 crops, batch norms folded afterwards; held-out "
         f"crop accuracy {pre['held_out_accuracy']:.1%}), converted like ImageNet weights "
         f"(`vgg16_to_detectron2`).",
-        f"Compression (`accel_det.workflows.detector.compress_detector`, what "
+        f"Compression (`accel_det.workflows.detector_compression.compress_detector`, what "
         f"`tools/compress_detector.py` runs): {options.method}, rank selection, conv1_1 kept, on "
         f"{options.compress_images} training images preprocessed as the detector's input, "
         f"{options.samples_per_image} sampled conv responses and {options.fc_samples_per_image} "

@@ -42,11 +42,11 @@ from ...detection.trainer import Trainer, by_dataset, check_inputs, save_results
 from ...errors import AccelDetError
 from ...solver import SolverOptions
 from ...utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_safe
-from ..detector import DetectorCompressOptions, compress_detector
+from ..detector_compression import DetectorCompressOptions, compress_detector
 from ..report import eval_ap50
 from .cache import cached_record, file_digest, stage_key
 from .deployed import deployed_latency, export_detector, exported_ap50
-from .detector import evaluate, load_model
+from .evaluation import evaluate, load_model
 from .latency import measure_detectors, timing_input
 from .options import DemoOptions, DemoStage
 from .pretrain import pretrain_on_crops
@@ -353,7 +353,8 @@ class DemoRun:
 
     def accelerate(self, stage: DemoStage, baseline: dict) -> dict:
         """The baseline compressed as ``stage`` says (reused when done) with
-        :func:`~accel_det.workflows.detector.compress_detector`, evaluated, then fine-tuned."""
+        :func:`~accel_det.workflows.detector_compression.compress_detector`, evaluated, then
+        fine-tuned."""
         o = self.options
         stage_dir = os.path.join(self.out, stage.name)
         compressed_dir = os.path.join(stage_dir, "compressed")

@@ -15,13 +15,13 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...deploy.detector import DetectorGraph, sample_inputs
-from ...deploy.export import dynamic_dim
-from ...plan import Plan
-from ...solver.options import SolverOptions
-from ...utils.io import atomic_write_json, atomic_write_text, json_safe
-from ...utils.timing import device_name, machine
-from ..plots import plot_runtime_speedups
+from ..deploy.detector import DetectorGraph, sample_inputs
+from ..deploy.export import dynamic_dim
+from ..plan import Plan
+from ..solver.options import SolverOptions
+from ..utils.io import atomic_write_json, atomic_write_text, json_safe
+from ..utils.timing import device_name, machine
+from ..workflows.plots import plot_runtime_speedups
 from . import runtime_tables as tables
 from .layers import detector_stages, eager_conv_ms, layer_profile, onnxruntime_conv_ms
 from .macs import features_macs

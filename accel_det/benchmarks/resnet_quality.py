@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ...data.synthetic.shapes import NUM_CLASSES, make_task
-from ...errors import AccelDetError
-from ...solver import compress
-from ...utils.io import atomic_torch_save, load_torch_file
-from ...utils.tables import text_table
-from ..classifier import fit_classifier
+from ..data.synthetic.shapes import NUM_CLASSES, make_task
+from ..errors import AccelDetError
+from ..solver import compress
+from ..utils.io import atomic_torch_save, load_torch_file
+from ..utils.tables import text_table
+from ..workflows.classifier import fit_classifier
 
 logger = logging.getLogger(__name__)
 METHODS = ("linear", "nonlinear", "asym", "asym3d")
@@ -257,7 +257,7 @@ def plot_sweep(sweep: dict, path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from ...utils.io import atomic_path
+    from ..utils.io import atomic_path
 
     fig, (ax_error, ax_accuracy) = plt.subplots(1, 2, figsize=(12, 4.2))
     for method in dict.fromkeys(r["method"] for r in sweep["records"]):

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ...errors import AccelDetError
-from ...utils.io import atomic_write_json, check_writable_folder, json_safe
+from ..errors import AccelDetError
+from ..utils.io import atomic_write_json, check_writable_folder, json_safe
 from . import quality as bench
 from . import quality_report, resnet_quality, selection, smallnet
 
@@ -285,6 +285,6 @@ def print_resnet_record(record: dict) -> None:
 
 def machine() -> dict:
     """The CPU and the torch version."""
-    from ...utils.timing import device_name
+    from ..utils.timing import device_name
 
     return {"cpu": device_name("cpu"), "torch": torch.__version__}

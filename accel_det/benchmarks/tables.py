@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-from ...utils.tables import markdown_table
+from ..utils.tables import markdown_table
 from .speed import ORIGINAL_NAME
 
 

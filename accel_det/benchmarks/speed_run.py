@@ -12,15 +12,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ...data.synthetic.shapes import make_task
-from ...errors import AccelDetError
-from ...nn.chain import conv_names
-from ...plan import plan_fingerprint
-from ...utils.dist import pick_device
-from ...utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
-from ...utils.timing import device_name, machine, num_threads
-from . import detector as bench_detector
-from . import forms, macs, speed, tables
+from ..data.synthetic.shapes import make_task
+from ..errors import AccelDetError
+from ..nn.chain import conv_names
+from ..plan import plan_fingerprint
+from ..utils.dist import pick_device
+from ..utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
+from ..utils.timing import device_name, machine, num_threads
+from . import fast_rcnn, forms, macs, speed, tables
 from . import plans as bench_plans
 
 
@@ -385,7 +384,7 @@ class SpeedBenchmark:
                 )
             return rows
         if self.detectors is None:
-            self.detectors = bench_detector.build_detectors(
+            self.detectors = fast_rcnn.build_detectors(
                 self.grid_plans,
                 self.plan_files,
                 width=options.width,
@@ -393,7 +392,7 @@ class SpeedBenchmark:
                 device=device,
                 seed=options.seed,
             )
-        return bench_detector.detector_case(
+        return fast_rcnn.detector_case(
             case,
             self.detectors,
             self.grid_plans,

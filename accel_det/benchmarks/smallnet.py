@@ -12,10 +12,10 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ...data.synthetic.shapes import NUM_CLASSES
-from ...models.vgg import init_vgg_weights, vgg16_features
-from ...utils.io import atomic_torch_save, json_safe, load_torch_file
-from ..classifier import BatchNormClassifier, fit_classifier
+from ..data.synthetic.shapes import NUM_CLASSES
+from ..models.vgg import init_vgg_weights, vgg16_features
+from ..utils.io import atomic_torch_save, json_safe, load_torch_file
+from ..workflows.classifier import BatchNormClassifier, fit_classifier
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from ...nn.chain import conv_names
-from ...utils.timing import measure_many, time_chain
+from ..nn.chain import conv_names
+from ..utils.timing import measure_many, time_chain
 from .forms import conv_leaves
 from .subjects import conv_macs
 

@@ -16,18 +16,18 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...data.synthetic.shapes import make_task
-from ...errors import AccelDetError
-from ...models.resnet import resnet
-from ...models.vgg import init_vgg_weights
-from ...nn.network import apply_plan, prepare
-from ...solver.channel import covariance, eigen_descending
-from ...solver.joint import make_network_plan
-from ...solver.mixed import make_layer_plan
-from ...solver.network import conv_specs
-from ...solver.options import SolverOptions
-from ...solver.targets import network_macs
-from .detector import silence_classifier
+from ..data.synthetic.shapes import make_task
+from ..errors import AccelDetError
+from ..models.resnet import resnet
+from ..models.vgg import init_vgg_weights
+from ..nn.network import apply_plan, prepare
+from ..solver.channel import covariance, eigen_descending
+from ..solver.joint import make_network_plan
+from ..solver.mixed import make_layer_plan
+from ..solver.network import conv_specs
+from ..solver.options import SolverOptions
+from ..solver.targets import network_macs
+from .fast_rcnn import silence_classifier
 from .forms import accelerated_features, random_features
 from .macs import features_macs
 from .plans import sampled_eigenvalues, solver_plans
@@ -181,8 +181,8 @@ def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int =
     ``model`` at ``rois_per_image`` random RoIs of each image (fc7 reads ReLU(fc6))."""
     from detectron2.structures import Boxes
 
-    from ...deploy.detector import sample_inputs
-    from ..detector.compress import FC_LAYERS
+    from ..deploy.detector import sample_inputs
+    from ..workflows.detector_compression.compress import FC_LAYERS
 
     head, pooler = model.roi_heads.box_head, model.roi_heads.box_pooler
     generator = torch.Generator().manual_seed(seed)
@@ -205,7 +205,7 @@ def detector_plan(
     features = model.backbone.features
     eigenvalues = sampled_eigenvalues(features, images, samples_per_image=100, seed=options.seed)
     eigenvalues.update(fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
-    from ..detector.compress import linear_specs
+    from ..workflows.detector_compression.compress import linear_specs
 
     linears, fixed = linear_specs(model, rois)
     return make_network_plan(
@@ -221,7 +221,7 @@ def random_detector(config: str, opts: Sequence = (), seed: int = 0):
 
     import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
 
-    from ...detection.config import load_config
+    from ..detection.config import load_config
 
     torch.manual_seed(seed)
     cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])

@@ -7,7 +7,7 @@ from typing import Sequence, Tuple
 
 from torch import nn
 
-from ...solver.targets import network_macs
+from ..solver.targets import network_macs
 
 
 def features_macs(features: nn.Module, input_hw: Tuple[int, int], batch: int = 1) -> int:

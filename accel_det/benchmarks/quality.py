@@ -25,11 +25,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ...data.synthetic.shapes import make_task
-from ...errors import AccelDetError
-from ...solver import METHODS, compress
-from ...solver.channel import nonlinear_reconstruction
-from ...solver.planning import plan_energy
+from ..data.synthetic.shapes import make_task
+from ..errors import AccelDetError
+from ..solver import METHODS, compress
+from ..solver.channel import nonlinear_reconstruction
+from ..solver.planning import plan_energy
 from .forms import random_features
 from .memory import peak_memory
 from .smallnet import (

@@ -8,8 +8,8 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...utils.timing import measure_for
+from ..errors import AccelDetError
+from ..utils.timing import measure_for
 from .macs import detector_fvcore_macs, detector_macs
 from .speed import ORIGINAL_NAME, Case, grid_rows
 
@@ -65,7 +65,7 @@ def build_detectors(
 
     import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
 
-    from ...detection.config import load_config
+    from ..detection.config import load_config
 
     base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, "MODEL.WEIGHTS", "", *opts]
     torch.manual_seed(seed)

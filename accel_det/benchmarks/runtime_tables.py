@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Mapping, Sequence
 
-from ...utils.tables import markdown_table
+from ..utils.tables import markdown_table
 from .runtimes import DESCRIPTIONS
 
 # (what, case prefix, model family or "*", threads, measure, target)

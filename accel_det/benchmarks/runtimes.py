@@ -20,9 +20,9 @@ from typing import Callable, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...deploy.export import Graph, export_graph
-from ...deploy.runtime import load_runtime
-from ...errors import AccelDetError
+from ..deploy.export import Graph, export_graph
+from ..deploy.runtime import load_runtime
+from ..errors import AccelDetError
 
 CPU_FORMS = ("eager", "channels_last", "torchscript", "onnxruntime", "openvino")
 EXPORTED = ("onnxruntime", "openvino")

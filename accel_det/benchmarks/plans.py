@@ -10,16 +10,16 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...nn.factorized import CHANNEL
-from ...nn.network import apply_plan
-from ...plan import Plan, plan_fingerprint
-from ...solver import SolverOptions, make_plan, plan_from_structures
-from ...solver.channel import covariance, eigen_descending
-from ...solver.complexity import whole_model_speedup
-from ...solver.network import conv_specs
-from ...solver.responses import ResponseSampler
-from ...solver.targets import find_targets
+from ..errors import AccelDetError
+from ..nn.factorized import CHANNEL
+from ..nn.network import apply_plan
+from ..plan import Plan, plan_fingerprint
+from ..solver import SolverOptions, make_plan, plan_from_structures
+from ..solver.channel import covariance, eigen_descending
+from ..solver.complexity import whole_model_speedup
+from ..solver.network import conv_specs
+from ..solver.responses import ResponseSampler
+from ..solver.targets import find_targets
 
 # Paper Table 6, VGG-16 at 4x with rank selection (asym., conv1_1 kept): d' of conv1_2 ... conv5_3.
 TABLE6_4X_RANKS = {

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from ...utils.timing import measure_for
+from ..utils.timing import measure_for
 from .runtimes import EXPORTED, build_call, export_onnx
 from .subjects import Subject
 

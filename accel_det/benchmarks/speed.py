@@ -31,9 +31,9 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...nn.factorized import FactorizedConv2d
-from ...utils.timing import measure_for, time_chain
+from ..errors import AccelDetError
+from ..nn.factorized import FactorizedConv2d
+from ..utils.timing import measure_for, time_chain
 from .forms import MODES, fusion_available, model_form
 from .macs import features_macs, fvcore_macs
 

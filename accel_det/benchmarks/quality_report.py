@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Sequence, Tuple
 
-from ...solver import METHODS
-from ...utils.tables import text_table
+from ..solver import METHODS
+from ..utils.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def plot_sweep(sweep: dict, path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from ...utils.io import atomic_path
+    from ..utils.io import atomic_path
 
     colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     fig, (ax_error, ax_accuracy) = plt.subplots(1, 2, figsize=(13, 4.4))
