@@ -16,7 +16,7 @@ LAYERS = [
     {"nn"},
     {"plan"},
     {"solver"},
-    {"models", "data"},
+    {"models", "data", "evaluation"},
     {"detection"},
     {"deploy"},
     {"workflows"},
