@@ -30,6 +30,7 @@ import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 import torch
 
+from accel_det.benchmarks.plans import named_paths
 from accel_det.benchmarks.runtime_run import RuntimeBenchmarkOptions, run
 from accel_det.benchmarks.runtimes import CPU_FORMS, CUDA_FORMS
 from accel_det.errors import AccelDetError
@@ -55,20 +56,6 @@ def size(text: str):
     if min(value) < 32:
         raise argparse.ArgumentTypeError(f"{text}: at least 32x32 (five 2x downsamplings)")
     return value
-
-
-def named_paths(items):
-    """``[NAME=]PATH`` items as (name, path), the name defaulting to the file's stem; each file
-    must exist."""
-    pairs = []
-    for item in items:
-        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
-        if not os.path.isfile(path):
-            raise AccelDetError(f"plan file not found: {path}")
-        pairs.append((name or os.path.splitext(os.path.basename(path))[0], path))
-    if len({n for n, _ in pairs}) < len(pairs):
-        raise AccelDetError("two plans have the same name: name them, --plan NAME=PATH")
-    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         sections=["![AP50 vs speedup](mAP_vs_speedup.png)"],
     )
     atomic_write_json({"records": records, "rows": rows}, os.path.join(folder, "records.json"))
-    print(report.markdown_table(rows))
+    print(report.results_table(rows))
     for comparison in comparisons:
         print(report.comparison_text(comparison))
     print(f"\nwrote {path}, {png} and records.json")

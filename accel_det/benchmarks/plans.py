@@ -120,6 +120,24 @@ def plan_summary(plan: Mapping) -> dict:
     }
 
 
+def named_path(item: str) -> Tuple[str, str]:
+    """A ``[NAME=]PATH`` plan argument as (name, path), the name defaulting to the file's stem."""
+    name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+    return name or os.path.splitext(os.path.basename(path))[0], path
+
+
+def named_paths(items: Sequence[str]) -> List[Tuple[str, str]]:
+    """``[NAME=]PATH`` plan arguments as (name, path) pairs (:func:`named_path`); each file must
+    exist and the names must differ."""
+    pairs = [named_path(item) for item in items]
+    for _, path in pairs:
+        if not os.path.isfile(path):
+            raise AccelDetError(f"plan file not found: {path}")
+    if len({n for n, _ in pairs}) < len(pairs):
+        raise AccelDetError("two plans have the same name: name them, --plan NAME=PATH")
+    return pairs
+
+
 def read_plan_files(
     items: Sequence[str], features: nn.Sequential, input_hw: Tuple[int, int], width: float
 ) -> Tuple[Dict[str, dict], Dict[str, str]]:
@@ -128,7 +146,7 @@ def read_plan_files(
     absolute paths by name."""
     plans, files = {}, {}
     for item in items:
-        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        name, path = named_path(item)
         plan = Plan.read(path)
         try:
             apply_plan(features, plan)
@@ -150,7 +168,6 @@ def read_plan_files(
                 f"plan {path} does not fit VGG-16 at width {width}: {detail}"
             ) from None
         plan["file"] = os.path.abspath(path)
-        name = name or os.path.splitext(os.path.basename(path))[0]
         if name in files:
             raise AccelDetError(f"two --plan files are named {name!r}: name them, --plan NAME=PATH")
         plans[name] = plan

@@ -3,15 +3,11 @@ on it for a few CPU minutes, and every method of the solver at several speedups,
 output error, accuracy, compression time and peak memory (paper Fig. 5/6, Tables 6/7 in shape).
 
 Also the speed figures of the solver (one 512-channel layer from 30,000 samples; compressing all of
-VGG-16 against plain forward passes) and the MAC-based vs latency-based rank selection (beyond the
-paper, :mod:`accel_det.solver.latency`). No ImageNet and no GPU is needed: numbers come from a
-network that is small enough to train on 2 CPU cores, so they show the *order* of the methods and
-the shape of the curves, not the paper's absolute ImageNet errors.
-
-Peak memory is the increase of the process's resident set size (RSS) over its value at the start
-of a run, polled every 2 ms by a thread with psutil (tracemalloc does not see PyTorch's C++
-allocations); freed heap is handed back to the OS (``malloc_trim``) before each run so that the
-baseline is low.
+VGG-16 against plain forward passes); the MAC-based vs latency-based rank selection (beyond the
+paper) is in :mod:`accel_det.benchmarks.selection`. No ImageNet and no GPU is needed: numbers come
+from a network that is small enough to train on 2 CPU cores, so they show the *order* of the
+methods and the shape of the curves, not the paper's absolute ImageNet errors. Peak memory:
+:mod:`accel_det.benchmarks.memory`.
 """
 
 from __future__ import annotations
@@ -43,10 +39,6 @@ from .smallnet import (
 )
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -256,11 +248,6 @@ def method_order(
     return [r["method"] for r in sorted(rows, key=lambda r: r[key], reverse=reverse)]
 
 
-# --------------------------------------------------------------------------------------------
-# Speed figures
-# --------------------------------------------------------------------------------------------
-
-
 def time_channel_solve(
     samples: int = 30000,
     channels: int = 512,
@@ -371,8 +358,3 @@ def time_compress_vs_forward(
             last["forward_seconds"] - first["forward_seconds"]
         )
     return record
-
-
-# --------------------------------------------------------------------------------------------
-# MAC-based vs latency-based rank selection
-# --------------------------------------------------------------------------------------------

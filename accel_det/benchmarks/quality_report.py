@@ -10,10 +10,6 @@ from ..utils.tables import text_table
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------------
-
 
 def record_label(record: dict) -> str:
     if not METHODS[record["method"]].channel:  # no ranks to select
@@ -88,11 +84,6 @@ def plot_sweep(sweep: dict, path: str, title: str = "") -> None:
     with atomic_path(path) as temporary:
         fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------
-# The trained network, cached next to the outputs
-# --------------------------------------------------------------------------------------------
 
 
 def rounding_table(rounding: dict, speedups: Sequence[float]) -> str:

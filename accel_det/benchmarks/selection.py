@@ -27,10 +27,6 @@ from .smallnet import (
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------------
-
 
 def plan_only(
     features: nn.Sequential,
@@ -234,11 +230,6 @@ def latency_comparison(
                 small[name] = record
             result["small_net"] = small
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------------
 
 
 def latency_table_text(comparison: dict) -> str:

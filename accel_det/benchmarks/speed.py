@@ -32,8 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import AccelDetError
-from ..nn.factorized import FactorizedConv2d
-from ..utils.timing import measure_for, time_chain
+from ..utils.timing import measure_for
 from .forms import MODES, fusion_available, model_form
 from .macs import features_macs, fvcore_macs
 
@@ -173,26 +172,6 @@ def lever_matrix(
                 f"{time.perf_counter() - start:.0f}s"
             )
     return result
-
-
-def layer_profile(
-    model: nn.Sequential, x: torch.Tensor, *, threads: Optional[int] = 1, repeats: int = 5
-) -> dict:
-    """Median milliseconds of each leaf module (each conv of a factorized layer on its own) on its
-    own input, summed into conv and non-conv time (ReLU, max-pool). The factorization leaves the
-    non-conv time as it is, which bounds the actual speedup at r times fewer conv multiply-adds:
-    T / (T_conv / r + T_other)."""
-    leaves: List[Tuple[str, nn.Module]] = []
-    for index, module in enumerate(model):
-        if isinstance(module, FactorizedConv2d):
-            leaves += [(f"{index}.{name}", child) for name, child in module.named_children()]
-        else:
-            leaves.append((str(index), module))
-    seconds = time_chain([m for _, m in leaves], x, threads=threads, repeats=repeats)
-    medians = {name: 1e3 * t for (name, _), t in zip(leaves, seconds)}
-    conv = sum(medians[name] for name, module in leaves if isinstance(module, nn.Conv2d))
-    other = sum(medians.values()) - conv
-    return {"conv_ms": conv, "other_ms": other, "total_ms": conv + other, "layers": medians}
 
 
 LEVERS = (

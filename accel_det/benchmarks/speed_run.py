@@ -19,7 +19,7 @@ from ..plan import plan_fingerprint
 from ..utils.dist import pick_device
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
 from ..utils.timing import device_name, machine, num_threads
-from . import fast_rcnn, forms, macs, speed, tables
+from . import fast_rcnn, forms, layers, macs, speed, tables
 from . import plans as bench_plans
 
 
@@ -265,7 +265,7 @@ class SpeedBenchmark:
         profiles = {}
         for name in [speed.ORIGINAL_NAME] + list(rounded):
             model = self.features if name == speed.ORIGINAL_NAME else self.models[name]
-            profiles[name] = speed.layer_profile(
+            profiles[name] = layers.leaf_time_profile(
                 forms.model_form(model, "channels_last", x), x, threads=min(options.lever_threads)
             )
         self.record["layer_profile"] = profiles

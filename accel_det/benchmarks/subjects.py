@@ -45,34 +45,6 @@ class Subject:
     plan: Mapping = dataclasses.field(default_factory=dict)
 
 
-def conv_macs(module: nn.Module, inputs: tuple) -> Dict[str, int]:
-    """Multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` of ``module`` on ``inputs``, by
-    qualified name (counted from the shapes each sees in one forward pass)."""
-    counts: Dict[str, int] = {}
-    hooks = []
-
-    def count(name):
-        def hook(layer, args, output):
-            if isinstance(layer, nn.Conv2d):
-                per_position = layer.weight.numel()  # d * c/groups * kh * kw
-                counts[name] = per_position * output.shape[0] * output.shape[2] * output.shape[3]
-            else:
-                counts[name] = layer.weight.numel() * (output.numel() // output.shape[-1])
-
-        return hook
-
-    for name, layer in module.named_modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            hooks.append(layer.register_forward_hook(count(name)))
-    try:
-        with torch.inference_mode():
-            module(*inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return counts
-
-
 def backbone_subjects(
     width: float,
     input_hw: Tuple[int, int],
@@ -176,13 +148,14 @@ def resnet_subjects(
     return subjects
 
 
-def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:
+def roi_fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:
     """Eigenvalues (largest first) of the covariance of fc6's and fc7's responses of a Fast R-CNN
     ``model`` at ``rois_per_image`` random RoIs of each image (fc7 reads ReLU(fc6))."""
     from detectron2.structures import Boxes
 
     from ..deploy.detector import sample_inputs
     from ..workflows.detector_compression.compress import FC_LAYERS
+    from ..workflows.detector_compression.responses import fc_targets
 
     head, pooler = model.roi_heads.box_head, model.roi_heads.box_pooler
     generator = torch.Generator().manual_seed(seed)
@@ -192,9 +165,8 @@ def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int =
             feature = model.backbone.features(image[None])
             _, boxes = sample_inputs(*image.shape[1:], rois_per_image, generator)
             rows.append(head.fc6(pooler([feature], [Boxes(boxes)]).flatten(1)))
-        y6 = torch.cat(rows)
-        y7 = head.fc7(y6.clamp(min=0))
-    return {n: eigen_descending(covariance(y)[1])[0] for n, y in zip(FC_LAYERS, (y6, y7))}
+    responses = fc_targets(model, torch.cat(rows))
+    return {n: eigen_descending(covariance(y)[1])[0] for n, y in zip(FC_LAYERS, responses)}
 
 
 def detector_plan(
@@ -204,7 +176,7 @@ def detector_plan(
     image: conv and fc layers under one budget, the box predictor kept."""
     features = model.backbone.features
     eigenvalues = sampled_eigenvalues(features, images, samples_per_image=100, seed=options.seed)
-    eigenvalues.update(fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
+    eigenvalues.update(roi_fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
     from ..workflows.detector_compression.compress import linear_specs
 
     linears, fixed = linear_specs(model, rois)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from accel_det.benchmarks import layers, runtime_axis, runtimes, subjects
+from accel_det.benchmarks import layers, macs, runtime_axis, runtimes, subjects
 from accel_det.nn.chain import conv_names
 from accel_det.nn.network import apply_plan
 from tests.helpers import REPO, hand_macs, load_tool, small_net
@@ -48,10 +48,10 @@ def test_unknown_forms_are_refused():
 def test_multiply_adds_are_counted_as_by_hand():
     conv = nn.Conv2d(5, 7, 3, padding=1)
     linear = nn.Linear(11, 13)
-    counts = subjects.conv_macs(conv, (torch.randn(2, 5, 6, 4),))
+    counts = macs.layer_macs(conv, (torch.randn(2, 5, 6, 4),))
     layer = {"in_channels": 5, "out_channels": 7, "kernel_size": (3, 3), "out_hw": (6, 4)}
     assert counts == {"": 2 * hand_macs(layer)}
-    assert subjects.conv_macs(linear, (torch.randn(17, 11),)) == {"": 17 * 11 * 13}
+    assert macs.layer_macs(linear, (torch.randn(17, 11),)) == {"": 17 * 11 * 13}
 
 
 def test_speedups_and_best_against_best_are_ratios_of_medians():
