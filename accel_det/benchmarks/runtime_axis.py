@@ -43,7 +43,7 @@ def time_case(
             paths[subject.name] = export_onnx(
                 subject.module,
                 inputs,
-                os.path.join(folder, f"{slug(subject.name)}.onnx"),
+                os.path.join(folder, f"{file_stem(subject.name)}.onnx"),
                 dynamic_shapes=dynamic_shapes,
                 names=names,
             )
@@ -144,6 +144,8 @@ def best_against_best(rows: Sequence[Mapping], original: str = "original") -> Li
     return result
 
 
-def slug(name: str) -> str:
-    """A file-name form of a subject's name."""
+def file_stem(name: str) -> str:
+    """A subject's, case's or plan's name as a file stem: every character that is not a letter or
+    digit becomes ``_`` (:func:`accel_det.benchmarks.plans.slug` collapses runs instead; each
+    benchmark keeps its own file names)."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()

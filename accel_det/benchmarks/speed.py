@@ -33,11 +33,12 @@ from torch import nn
 
 from ..errors import AccelDetError
 from ..utils.timing import measure_for
+from .fast_rcnn import detector_inputs
 from .forms import MODES, fusion_available, model_form
-from .macs import features_macs, fvcore_macs
+from .macs import detector_fvcore_macs, detector_macs, features_macs, fvcore_macs
+from .subjects import ORIGINAL_NAME
 
 SPEED_FORMAT = "accel-det-speed/1"
-ORIGINAL_NAME = "original"
 
 MIN_SIZE = {"backbone": 32, "detector": 16}  # smallest input side each part runs at
 
@@ -323,4 +324,43 @@ def grid_rows(case: Case, timed, macs, conv, checked, plans, dtype) -> List[dict
                 "ratio": actual / theoretical_all,
             }
         )
+    return rows
+
+
+def detector_case(
+    case: Case,
+    detectors: Mapping[str, nn.Module],
+    plans: Mapping[str, Mapping],
+    *,
+    threads: int,
+    seconds: float,
+    proposals: int = 300,
+    device="cpu",
+    check_fvcore: bool = True,
+    warmup: int = 1,
+    min_repeats: int = 2,
+    max_repeats: int = 10,
+    seed: int = 0,
+) -> List[dict]:
+    """One detector case: each detector (backbone in channels_last) called on the same inputs
+    (Detectron2's preprocessing, backbone, RoI pooling, fc6/fc7, predictions, post-processing)."""
+    inputs = detector_inputs(case, proposals, seed, device)
+    macs, conv, checked = {}, {}, {}
+    for name, model in detectors.items():
+        model.backbone.to(memory_format=torch.channels_last)
+        macs[name], conv[name] = detector_macs(model, inputs)
+        if check_fvcore:
+            checked[name] = detector_fvcore_macs(model, inputs[:1]) * case.batch
+    timed = measure_for(
+        {n: (lambda m=m: m(inputs)) for n, m in detectors.items()},
+        threads=threads,
+        seconds=seconds,
+        warmup=warmup,
+        min_repeats=min_repeats,
+        max_repeats=max_repeats,
+        device=device,
+    )
+    rows = grid_rows(case, timed, macs, conv, checked, plans, torch.float32)
+    for row in rows:
+        row["proposals"] = proposals
     return rows

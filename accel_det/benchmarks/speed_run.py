@@ -19,7 +19,7 @@ from ..plan import plan_fingerprint
 from ..utils.dist import pick_device
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
 from ..utils.timing import device_name, machine, num_threads
-from . import fast_rcnn, forms, layers, macs, speed, tables
+from . import fast_rcnn, forms, layers, macs, speed, speed_tables
 from . import plans as bench_plans
 
 
@@ -249,13 +249,13 @@ class SpeedBenchmark:
         )
         levers = speed.lever_rows(self.matrix, self.plans, self.families, options.round_ranks)
         self.record.update(lever_matrix=self.matrix, levers=levers)
-        print("\n" + tables.matrix_table(self.matrix))
-        print("\n" + tables.lever_table(levers, self.families))
+        print("\n" + speed_tables.matrix_table(self.matrix))
+        print("\n" + speed_tables.lever_table(levers, self.families))
         print(
             f"(largest relative output difference of a channels_last / fused form against its "
-            f"contiguous model: {tables.largest_error(self.matrix):.1e})"
+            f"contiguous model: {speed_tables.largest_error(self.matrix):.1e})"
         )
-        print(tables.paper_reference())
+        print(speed_tables.paper_reference())
         self.profile_section([n for n in lever_models if n.endswith(f"x{options.round_ranks}")])
 
     def profile_section(self, rounded: Sequence[str]) -> None:
@@ -321,7 +321,7 @@ class SpeedBenchmark:
                 + (f"; fvcore DISAGREES for {mismatched}" if mismatched else "")
             )
         self.record["grid"] = rows
-        print("\n" + tables.grid_table(rows))
+        print("\n" + speed_tables.grid_table(rows))
         print(
             "theor. (conv): the paper's theoretical speedup, all conv layers; theor. (all MACs): "
             "also fc6/fc7 and the predictors of the detector; actual / theor. uses the latter; "
@@ -392,7 +392,7 @@ class SpeedBenchmark:
                 device=device,
                 seed=options.seed,
             )
-        return fast_rcnn.detector_case(
+        return speed.detector_case(
             case,
             self.detectors,
             self.grid_plans,
@@ -448,7 +448,7 @@ class SpeedBenchmark:
                 f"{time.perf_counter() - start:.0f}s"
             )
         before = [r for r in rows if any(str(c) == r["case"] for c in large)]
-        print("\n" + tables.grid_table(before + kept))
+        print("\n" + speed_tables.grid_table(before + kept))
         self.record["allocator"] = {
             "setting": "mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2**31 - 1)",
             "rows": kept,
@@ -462,7 +462,7 @@ class SpeedBenchmark:
         print(f"load average after: {record['load_after']}")
         path = os.path.join(self.folder, "benchmark_speed.json")
         atomic_write_json(json_safe(record), path)
-        markdown = tables.speed_markdown(record, self.families)
+        markdown = speed_tables.speed_markdown(record, self.families)
         atomic_write_text(markdown, os.path.join(self.folder, "benchmark_speed.md"))
         print(f"\nwrote {path}, benchmark_speed.md and plans/ ({record['seconds']:.0f}s in all)")
         return record

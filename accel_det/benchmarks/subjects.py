@@ -19,7 +19,6 @@ from torch import nn
 from ..data.synthetic.shapes import make_task
 from ..errors import AccelDetError
 from ..models.resnet import resnet
-from ..models.vgg import init_vgg_weights
 from ..nn.network import apply_plan, prepare
 from ..solver.channel import covariance, eigen_descending
 from ..solver.joint import make_network_plan
@@ -27,10 +26,11 @@ from ..solver.mixed import make_layer_plan
 from ..solver.network import conv_specs
 from ..solver.options import SolverOptions
 from ..solver.targets import network_macs
-from .fast_rcnn import silence_classifier
 from .forms import accelerated_features, random_features
 from .macs import features_macs
 from .plans import sampled_eigenvalues, solver_plans
+
+ORIGINAL_NAME = "original"  # every benchmark's name of the unaccelerated model
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ def backbone_subjects(
         plans.update({f"{n}, {label} kept": p for n, p in kept.items() if "ranks x" in n})
     plans.update(extra_plans or {})
     base = features_macs(features, input_hw)
-    subjects = [Subject("original", features, base)]
+    subjects = [Subject(ORIGINAL_NAME, features, base)]
     for name, plan in plans.items():
         unrounded_plan = round_to > 1 and "ranks x" not in name
         if unrounded_plan and not unrounded and name not in (extra_plans or {}):
@@ -131,7 +131,7 @@ def resnet_subjects(
                                       seed=seed)  # fmt: skip
     specs = conv_specs(original, input_hw)
     base = network_macs(original, input_hw)
-    subjects = [Subject("original", original, base)]
+    subjects = [Subject(ORIGINAL_NAME, original, base)]
     for speedup in speedups:
         for method in methods:
             options = SolverOptions(speedup=speedup, method=method, round_ranks_to=round_to)
@@ -183,21 +183,3 @@ def detector_plan(
     return make_network_plan(
         conv_specs(features, input_hw), linears, eigenvalues, options, fixed_macs=fixed
     )
-
-
-def random_detector(config: str, opts: Sequence = (), seed: int = 0):
-    """The eval-mode Detectron2 model of ``config`` with random weights (He-initialised convs),
-    its classifier set so that no box passes the score threshold (random weights would make the
-    NMS work arbitrary and different per model; a few ms in a trained detector)."""
-    from detectron2.modeling import build_model
-
-    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
-
-    from ..detection.config import load_config
-
-    torch.manual_seed(seed)
-    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    model = build_model(cfg).eval()
-    init_vgg_weights(model.backbone.features)
-    silence_classifier(model)
-    return cfg, model
