@@ -136,7 +136,6 @@ LONG_FUNCTIONS = {
     "accel_det/benchmarks/selection.py:latency_comparison",
     "accel_det/solver/pipeline.py:compress",
     "accel_det/solver/ranks.py:select_ranks_by_table",
-    "accel_det/solver/ranks.py:spatial_ranks",
     "accel_det/workflows/demo/report.py:write_demo_report",
     "accel_det/data/synthetic/voc.py:make_synthetic_voc",
     "accel_det/workflows/imagenet/compress.py:compress_model",

@@ -140,15 +140,22 @@ def load_detector(options: DetectorCompressOptions, device):
 
 
 def check_fc_ranks(model, fc_ranks: Optional[Mapping[str, int]]) -> None:
-    """Refuse fixed fc6/fc7 ranks above the layers' full ranks before any work."""
+    """Refuse fixed fc6/fc7 ranks above the layers' full ranks, or above the break-even rank
+    c·d / (c + d) below it, where the two factors cost more than the layer, before any work."""
     head = model.roi_heads.box_head
     for name, rank in (fc_ranks or {}).items():
         layer = getattr(head, name)
-        limit = rank_limits(layer.in_features, layer.out_features)[0]
+        c, d = layer.in_features, layer.out_features
+        limit = rank_limits(c, d)[0]
         if rank > limit:
             raise AccelDetError(
-                f"--fc-ranks: {name} has rank {rank}, larger than its full rank {limit} "
-                f"({layer.in_features}→{layer.out_features})"
+                f"--fc-ranks: {name} has rank {rank}, larger than its full rank {limit} ({c}→{d})"
+            )
+        even = (c * d - 1) // (c + d)  # the largest rank whose two factors cost less than c·d
+        if even < rank < limit:
+            raise AccelDetError(
+                f"--fc-ranks: {name} at rank {rank} costs more than the layer itself ({c}→{d}): "
+                f"give at most {even}, or {limit} to keep it whole"
             )
 
 
@@ -213,16 +220,18 @@ def compress_detector(
     fc_eigenvalues = {}
     if fc_method is not None:
         y6, owners = fc6_responses(model, model.backbone.features, images, progress)
-        heldout = split_rows(owners, options.solver.heldout_fraction, options.solver.seed)
+        heldout = split_rows(
+            owners, options.solver.heldout_fraction, options.solver.seed, warn=False
+        )
         y6, y7 = fc_targets(model, y6)
         fc_eigenvalues = {
             n: eigen_descending(covariance(y[~heldout])[1])[0] for n, y in zip(FC_LAYERS, (y6, y7))
         }
 
-    def planner(specs, eigenvalues):
+    def planner(specs, eigenvalues, spatial_spectra=None):
         return make_network_plan(
             specs, linears, {**eigenvalues, **fc_eigenvalues}, options.solver, fixed_macs=fixed,
-            target=options.target, fc_ranks=options.fc_ranks,
+            target=options.target, fc_ranks=options.fc_ranks, spatial_spectra=spatial_spectra,
         )  # fmt: skip
 
     def on_layer_done(name: str, entry: dict) -> None:

@@ -16,6 +16,7 @@ import torch
 from ... import __version__
 from ...errors import AccelDetError
 from ...plan import Plan
+from ...solver.planning import check_plan_pays
 from ...utils.io import atomic_save_pair, check_writable_folder, refuse_existing, sha256_file
 from ..plots import plan_table, plot_plan
 
@@ -61,7 +62,9 @@ def write_outputs(model, record: Plan, paths: dict, plot: bool, replace: bool = 
     """The checkpoint of the whole accelerated detector and the plan record as a pair (the record
     last, with the weights' sha256; without ``replace``, refused if either exists by then), then
     the plot; the solver's checkpoint is removed only when all are written (else the error says
-    that ``--resume`` writes them)."""
+    that ``--resume`` writes them). A plan with a factorized layer that does not pay is refused
+    first (:func:`~accel_det.solver.planning.check_plan_pays`)."""
+    check_plan_pays(record, paths["plan"])
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     checkpoint = {"model": state, "__author__": "accel-det compress_detector"}
     try:
