@@ -196,7 +196,7 @@ def test_fixed_fc_ranks_that_would_not_pay_are_refused():
     from types import SimpleNamespace
 
     from accel_det.errors import AccelDetError
-    from accel_det.workflows.detector.compress import check_fc_ranks
+    from accel_det.workflows.detector_compression.compress import check_fc_ranks
 
     head = SimpleNamespace(fc6=torch.nn.Linear(3136, 256), fc7=torch.nn.Linear(256, 256))
     model = SimpleNamespace(roi_heads=SimpleNamespace(box_head=head))
