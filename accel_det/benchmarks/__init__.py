@@ -5,7 +5,7 @@ Shared core: ``subjects`` (the random-weight models timed and their plans), ``fo
 forms a model is timed in), ``fast_rcnn`` (random-weight Detectron2 detectors and their inputs),
 ``plans`` (plans from sampled eigenvalues, Table 6, the ``[NAME=]PATH`` plan arguments), ``macs``
 (the solver's multiply-add count, per layer, fvcore's), ``layers`` (per-layer profiles, detector
-stages), ``memory`` (peak RSS).
+stages), ``plots`` (the PNGs), ``memory`` (peak RSS).
 
 On top, one run per benchmark: ``speed_run`` (eager levers and grid: ``speed``,
 ``speed_tables``), ``runtime_run`` (the deployed runtimes: ``runtimes``, ``runtime_axis``,

@@ -1,14 +1,12 @@
-"""The solver benchmark's tables and plot: held-out error and accuracy per method and speedup."""
+"""The solver benchmark's tables: held-out error and accuracy per method and speedup (its PNGs:
+:mod:`accel_det.benchmarks.plots`)."""
 
 from __future__ import annotations
 
-import logging
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence
 
 from ..solver import METHODS
 from ..utils.tables import text_table
-
-logger = logging.getLogger(__name__)
 
 
 def record_label(record: dict) -> str:
@@ -39,51 +37,6 @@ def sweep_table(sweep: dict, speedups: Sequence[float], field: str = "quality") 
             ["original"] + [f"{base['error']:.3f} / {100 * base['accuracy']:.1f}%"] * len(speedups),
         )
     return text_table(header, body)
-
-
-def plot_sweep(sweep: dict, path: str, title: str = "") -> None:
-    """PNG: held-out error and top-1 accuracy vs speedup, one colour per method; solid lines with
-    rank selection, dashed without. Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from ..utils.io import atomic_path
-
-    colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
-    fig, (ax_error, ax_accuracy) = plt.subplots(1, 2, figsize=(13, 4.4))
-    groups: Dict[Tuple[str, bool], List[dict]] = {}
-    for record in sweep["records"]:
-        if "impossible" not in record:
-            groups.setdefault((record["method"], record["rank_selection"]), []).append(record)
-    for (method, selection), records in groups.items():
-        records = sorted(records, key=lambda r: r["speedup"])
-        xs = [r["speedup"] for r in records]
-        style = dict(
-            color=colours.get(method),
-            marker="o",
-            linestyle="-" if selection or not METHODS[method].channel else "--",
-            label=record_label(records[0]),
-        )
-        ax_error.plot(xs, [r["error"] for r in records], **style)
-        ax_accuracy.plot(xs, [100 * r["accuracy"] for r in records], **style)
-    ax_accuracy.axhline(
-        100 * sweep["baseline"]["accuracy"], color="black", linewidth=0.8, label="original"
-    )
-    ax_error.set(
-        xlabel="theoretical speedup (×)", ylabel="held-out relative output error", yscale="log"
-    )
-    ax_accuracy.set(xlabel="theoretical speedup (×)", ylabel="held-out top-1 accuracy (%)")
-    for ax in (ax_error, ax_accuracy):
-        ax.grid(True, alpha=0.3)
-    ax_accuracy.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), handlelength=3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, dpi=110, format="png")
-    plt.close(fig)
 
 
 def rounding_table(rounding: dict, speedups: Sequence[float]) -> str:

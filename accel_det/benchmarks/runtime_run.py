@@ -21,12 +21,12 @@ from ..plan import Plan
 from ..solver.options import SolverOptions
 from ..utils.io import atomic_write_json, atomic_write_text, json_safe
 from ..utils.timing import device_name, machine
-from ..workflows.plots import plot_runtime_speedups
 from . import runtime_tables as tables
 from .fast_rcnn import random_detector
 from .layers import detector_stages, eager_conv_ms, layer_profile, onnxruntime_conv_ms
 from .macs import features_macs
 from .plans import plan_summary
+from .plots import plot_runtime_speedups
 from .runtime_axis import best_against_best, file_stem, time_case
 from .runtimes import forms_for
 from .subjects import (

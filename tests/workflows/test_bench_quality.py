@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from accel_det.benchmarks import memory as bench_memory
+from accel_det.benchmarks import plots, quality_report, selection
 from accel_det.benchmarks import quality as bench
-from accel_det.benchmarks import quality_report, selection
 from accel_det.data.synthetic import shapes
 from accel_det.models.vgg import vgg16_features
 from accel_det.nn.fold import fold_batch_norms
@@ -110,7 +110,7 @@ def test_sweep_runs_every_method_and_reports(tiny, tmp_path):
     assert "asym3d (rank sel.)" in text and "original" in text
     assert "MB" in quality_report.sweep_table(sweep, config.speedups, "cost")
     png = str(tmp_path / "sweep.png")
-    quality_report.plot_sweep(sweep, png, title="test")
+    plots.plot_vgg_sweep(sweep, png, title="test")
     assert open(png, "rb").read(4) == b"\x89PNG"
     json.dumps(json_safe(sweep))
 
