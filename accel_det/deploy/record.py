@@ -7,9 +7,9 @@ the normalization inside the graph, the classes, the plan (path, architecture fi
 theoretical speedups), the precision (``fp32``, ``bf16`` or ``int8``, :mod:`.precision`; for a
 reduced one the quantizer and its settings, the calibration inputs (their sha256) and the
 agreement with the float32 model) and the config keys it was exported with, the weights (path,
-sha256), the check against PyTorch, and the sha256 of every file written, so that a record is never taken for another model's.
-:func:`accel_det.deploy.evaluate.evaluate_exported` checks a detector's record against the
-config it evaluates with.
+sha256), the check against PyTorch, and the sha256 of every file written, so that a record is
+never taken for another model's. :func:`accel_det.deploy.evaluate.evaluate_exported` checks a
+detector's record against the config it evaluates with.
 """
 
 from __future__ import annotations
