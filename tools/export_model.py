@@ -184,6 +184,10 @@ def main(args) -> int:
         from accel_det.detection.config import load_config, resolve_config_file
 
         cfg = load_config(args.config_file, args.opts)
+        if args.precision == "int8":
+            from accel_det.workflows.calibration import check_detector_source
+
+            check_detector_source(cfg)
         graph = detector_graph(cfg)
         graph.provenance["config_file"] = os.path.abspath(resolve_config_file(args.config_file))
         graph.provenance["config_overrides"] = list(args.opts)

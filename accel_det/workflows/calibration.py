@@ -78,13 +78,8 @@ def classifier_calibration(
     return inputs, record
 
 
-def detector_calibration(cfg, num_images: int, *, seed: int = 0) -> Tuple[List[tuple], dict]:
-    """``num_images`` images of ``DATASETS.TRAIN`` drawn with ``seed`` (tools/compress_detector.py's
-    draw), each as the exported graph's ``(image, proposals)``, and their record."""
-    from detectron2.data import DatasetMapper
-
-    from ..detection.loaders import detection_dataset_dicts
-
+def check_detector_source(cfg) -> None:
+    """One line unless ``cfg`` names training images with precomputed proposals."""
     names = list(cfg.DATASETS.TRAIN)
     if not cfg.MODEL.LOAD_PROPOSALS or len(cfg.DATASETS.PROPOSAL_FILES_TRAIN) != len(names):
         raise AccelDetError(
@@ -92,6 +87,17 @@ def detector_calibration(cfg, num_images: int, *, seed: int = 0) -> Tuple[List[t
             "their precomputed proposals: the config needs MODEL.LOAD_PROPOSALS True and "
             "DATASETS.PROPOSAL_FILES_TRAIN (tools/make_proposals.py)"
         )
+
+
+def detector_calibration(cfg, num_images: int, *, seed: int = 0) -> Tuple[List[tuple], dict]:
+    """``num_images`` images of ``DATASETS.TRAIN`` drawn with ``seed`` (tools/compress_detector.py's
+    draw), each as the exported graph's ``(image, proposals)``, and their record."""
+    from detectron2.data import DatasetMapper
+
+    from ..detection.loaders import detection_dataset_dicts
+
+    check_detector_source(cfg)
+    names = list(cfg.DATASETS.TRAIN)
     dicts = detection_dataset_dicts(
         names, filter_empty=False, proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TRAIN)
     )
