@@ -295,3 +295,28 @@ def test_reduced_precision_detector_exports_agree_and_evaluate(
     expected = pytorch_results[f"{PREFIX}_test"]["bbox"]["AP50"]
     # 4 test images: one detection moves AP50 by points
     assert abs(results[f"{PREFIX}_test"]["bbox"]["AP50"] - expected) <= 6.0
+
+
+def test_the_demo_exports_and_evaluates_an_int8_detector(setup, pytorch_results, tmp_path):
+    """The demo's int8 row: export_detector(..., "int8") calibrated on DATASETS.TRAIN, then
+    exported_ap50 in the recorded precision."""
+    from accel_det.deploy.agreement import Bounds
+    from accel_det.workflows.demo.deployed import export_detector, exported_ap50
+
+    root = setup["root"]
+    cfg = load_config(
+        "demo/accel_vgg16_synthetic",
+        small_opts(root, root / "model.pth", PREFIX) + calibration_opts(root),
+    )
+    bounds = Bounds(max_score_difference=0.15)  # a random width-1/16 detector (INT8_BOUNDS)
+    path = export_detector(cfg, setup["model"], str(tmp_path), "int8", calibration_images=2,
+                           bounds=bounds)  # fmt: skip
+    assert path == str(tmp_path / "exported" / "detector.int8.onnx")
+    record = json.loads((tmp_path / "exported" / "detector.int8.onnx.json").read_text())
+    assert (
+        record["precision"] == "int8" and record["reduced_precision"]["calibration"]["images"] == 2
+    )
+    ap50 = exported_ap50(cfg, path, str(tmp_path))
+    saved = json.loads((tmp_path / "exported" / "eval_results.int8.json").read_text())
+    assert saved[f"{PREFIX}_test"]["bbox"]["AP50"] == ap50
+    assert abs(ap50 - pytorch_results[f"{PREFIX}_test"]["bbox"]["AP50"]) <= 6.0
