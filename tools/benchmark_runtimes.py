@@ -2,8 +2,10 @@
 """Speed benchmark, runtime axis: the original and accelerated VGG-16 backbone, torchvision
 ResNet-50 (whole, against the solver's 2x and 3x plans) and Fast R-CNN detector in the forms users
 deploy them in (torch eager contiguous / channels_last, frozen TorchScript, ONNX Runtime,
+OpenVINO; the reduced precisions: eager bf16 autocast, OpenVINO bf16, int8 QDQ in ONNX Runtime and
 OpenVINO; on a GPU torch fp32 / fp16 / bf16 channels_last), at one thread and all threads, best
-form against best form, with a per-layer profile of the layers furthest from their FLOP ratio and
+form against best form (the original's fastest fp32 form the reference; also within each
+precision), with a per-layer profile of the layers furthest from their FLOP ratio and
 the detector's stages. Prints Markdown tables, writes ``benchmark_runtimes.json``, ``.md``,
 ``.png``, the plans and the ONNX files to ``--output``.
 
