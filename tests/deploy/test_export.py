@@ -149,6 +149,29 @@ def test_runtime_errors(tmp_path):
             run(np.zeros(3, np.float32))
         with pytest.raises(AccelDetError, match="takes the inputs x, got z"):
             run(z=np.zeros(2, np.float32))
+    # the precision the record names: bf16 runs in OpenVINO (its default), not in ONNX Runtime
+    assert load_runtime(str(tmp_path / "relu.onnx")).precision == "fp32"  # no record
+    (tmp_path / "relu.onnx.json").write_text(json.dumps({"precision": "bf16"}))
+    run = load_runtime(str(tmp_path / "relu.onnx"))
+    assert (run.name, run.precision) == ("openvino", "bf16")
+    np.testing.assert_array_equal(run(np.array([-1.0, 2.0]))[0], [0.0, 2.0])
+    with pytest.raises(AccelDetError, match="is a bf16 model: ONNX Runtime's CPU provider has no"):
+        load_runtime(str(tmp_path / "relu.onnx"), "onnxruntime")
+    (tmp_path / "relu.onnx.json").write_text(json.dumps({"precision": "fp8"}))
+    with pytest.raises(AccelDetError, match="unknown precision 'fp8': choose fp32, bf16 or int8"):
+        load_runtime(str(tmp_path / "relu.onnx"))
+
+
+def test_slow_precision_notes_read_the_cpu_flags():
+    from accel_det.deploy.precision import slow_precision_note
+
+    assert "no VNNI" in slow_precision_note("int8", frozenset({"avx2", "avx512f"}))
+    assert slow_precision_note("int8", frozenset({"avx2", "avx512_vnni"})) == ""
+    assert slow_precision_note("int8", frozenset({"avx_vnni"})) == ""
+    assert "no bfloat16 arithmetic" in slow_precision_note("bf16", frozenset({"avx512_vnni"}))
+    assert slow_precision_note("bf16", frozenset({"amx_bf16"})) == ""
+    assert slow_precision_note("fp32", frozenset({"avx2"})) == ""
+    assert slow_precision_note("int8", frozenset()) == ""  # flags unknown: nothing said
 
 
 def test_tool_exports_an_accelerated_backbone(weights, tmp_path, capsys):
