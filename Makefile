@@ -1,4 +1,4 @@
-# accel-det: `make test` and `make demo` build .venv on first use (see README.md, "Installation").
+# accel-det: `make test` and `make demo` build .venv on first use (see docs/install.md).
 SHELL := /bin/bash
 
 VENV        ?= .venv

@@ -61,7 +61,7 @@ def image_batches(count=3, size=24, seed=0):
 
 
 def hand_macs(layer, rank=None, spatial_rank=None) -> int:
-    """Multiply-adds of one conv layer, counted here from the README's formulas (stride 1 as in
+    """Multiply-adds of one conv layer, counted from the formulas of docs/solver.md (stride 1 as in
     VGG-16), for checking the code's counts: ``layer`` has ``in_channels`` c, ``out_channels`` d,
     ``kernel_size`` (kh, kw) and ``out_hw``. Original d·kh·kw·c; rank d' (channel) d'(kh·kw·c + d);
     spatial rank d'' (spatial) d''·kh·c + d·kw·d''; both (3d) d''·kh·c + d'·kw·d'' + d·d'; per

@@ -1,7 +1,7 @@
-"""The tools/train_net.py commands of the README and of the tools' --help each write into their
-own folder: an evaluation of another model never goes into the OUTPUT_DIR of a run (where it would
-replace that run's config.yaml and results), and two training commands share an OUTPUT_DIR only
-when they train the same model (alternatives, e.g. one GPU or eight)."""
+"""The tools/train_net.py commands of the README, of docs/ and of the tools' --help each write into
+their own folder: an evaluation of another model never goes into the OUTPUT_DIR of a run (where it
+would replace that run's config.yaml and results), and two training commands share an OUTPUT_DIR
+only when they train the same model (alternatives, e.g. one GPU or eight)."""
 
 import os
 import re
@@ -19,9 +19,11 @@ VALUED_FLAGS = {"--config", "--config-file", "--num-gpus", "--num-machines", "--
 
 
 def documented_commands():
-    """(where, tokens) of every ``tools/train_net.py`` command in the README and the tools'
-    docstrings (lines joined at a trailing backslash, comments dropped)."""
+    """(where, tokens) of every ``tools/train_net.py`` command in the README, docs/ and the
+    tools' docstrings (lines joined at a trailing backslash, comments dropped)."""
     sources = {"README.md": (REPO / "README.md").read_text(encoding="utf-8")}
+    for path in sorted((REPO / "docs").glob("*.md")):
+        sources[f"docs/{path.name}"] = path.read_text(encoding="utf-8")
     for path in sorted((REPO / "tools").glob("*.py")):
         sources[f"tools/{path.name}"] = path.read_text(encoding="utf-8")
     for where, text in sources.items():
@@ -68,7 +70,7 @@ def test_documented_runs_write_into_their_own_folders():
         output = opts.get("OUTPUT_DIR") or load_config(config).OUTPUT_DIR
         model = (config, tuple(sorted((k, v) for k, v in opts.items() if k.startswith("MODEL."))))
         folders[os.path.normpath(output)].append((where, flags, opts, model))
-    assert len(folders) >= 5, folders  # the README's runs were found
+    assert len(folders) >= 5, folders  # the documented runs were found
     for output, runs in folders.items():
         trained = {model for _, flags, _, model in runs if "--eval-only" not in flags}
         assert len(trained) <= 1, f"{output}: two different training runs ({runs})"

@@ -96,7 +96,7 @@ def test_detectron2_faster_rcnn_forward_on_cpu():
 
 
 def test_the_tools_start_from_a_fresh_shell():
-    """``tools/X.py`` as the README writes it, without an activated venv: a python3 shebang (a
+    """``tools/X.py`` as the docs write it, without an activated venv: a python3 shebang (a
     fresh machine may have no ``python``), executable, and tools/bootstrap.py finds .venv."""
     import os
     import stat

@@ -9,17 +9,17 @@ precision), with a per-layer profile of the layers furthest from their FLOP rati
 the detector's stages. Prints Markdown tables, writes ``benchmark_runtimes.json``, ``.md``,
 ``.png``, the plans and the ONNX files to ``--output``.
 
-    python tools/benchmark_runtimes.py                 # ~40 minutes on 2 cores (full width)
+    python tools/benchmark_runtimes.py                 # full width, every case
     python tools/benchmark_runtimes.py --quick         # backbone at 224x224 and the detector
-                                                       # at 600x1000, one thread (~15 minutes)
+                                                       # at 600x1000, one thread
     python tools/benchmark_runtimes.py --device cuda   # on a GPU (tools/benchmark_gpu.sh)
     python tools/benchmark_runtimes.py --plan output/vgg16_4x.json \
         --detector-plan output/accel_vgg16_voc/plan.json   # also time plans made elsewhere
     python tools/benchmark_runtimes.py --backbone-sizes --no-detector --resnet resnet50
-                                                       # ResNet-50 alone (~25 minutes)
+                                                       # ResNet-50 alone
 
 The eager levers of the backbone (memory format, rounding, fused oneDNN, allocator) stay in
-tools/benchmark_speed.py.
+tools/benchmark_speed.py. Run times and measured tables: docs/benchmarks.md.
 """
 
 from __future__ import annotations

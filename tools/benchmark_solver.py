@@ -6,14 +6,16 @@ ResNet (torchvision BasicBlocks, batch norms, residual adds) trained on the same
 bootstrap intervals; the solver's speed figures; and MAC-based vs latency-based rank selection.
 Prints tables, writes ``benchmark_solver.json`` and ``benchmark_solver.png`` to ``--output``.
 
-    # 2x/3x/4x + speed figures: ~5 minutes on 2 cores, ~4 once the net is cached
+    # 2x/3x/4x + speed figures (the trained net is cached in --output)
     python tools/benchmark_solver.py --quick
-    # 2x-5x, speed figures, latency section: ~13 minutes
+    # 2x-5x, speed figures, latency section
     python tools/benchmark_solver.py
     # one section (the trained net is reused from --output)
     python tools/benchmark_solver.py --sections latency
-    # the small ResNet: linear / nonlinear / asym / asym3d at 2x, 3x, 4x (~25 minutes on 1 core)
+    # the small ResNet: linear / nonlinear / asym / asym3d at 2x, 3x, 4x
     python tools/benchmark_solver.py --sections resnet
+
+Run times and measured tables: docs/benchmarks.md.
 """
 
 from __future__ import annotations

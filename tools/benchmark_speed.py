@@ -5,13 +5,14 @@ count, CUDA when present), and the levers that close the gap (memory format, ran
 multiple of 16, threads, fused bias/ReLU). Prints Markdown tables, writes
 ``benchmark_speed.json``, ``benchmark_speed.md`` and the timed plans to ``--output``.
 
-    OMP_NUM_THREADS=2 python tools/benchmark_speed.py --quick   # ~2-3 minutes on 2 cores
-    OMP_NUM_THREADS=2 python tools/benchmark_speed.py           # ~6 minutes: adds batch 8
+    OMP_NUM_THREADS=2 python tools/benchmark_speed.py --quick   # batch 1
+    OMP_NUM_THREADS=2 python tools/benchmark_speed.py           # adds batch 8
     python tools/benchmark_speed.py --plan output/vgg16_4x.json --grid-plans output/vgg16_4x.json
                                                                 # time a plan made elsewhere
 
 Weights are random (speed does not depend on them); the solver's plans take their ranks from the
 eigenvalues of a random-weight VGG-16's responses to generated images (no ImageNet here).
+Run times and measured tables: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="batch 1 only, shorter timings (~2-3 minutes on 2 cores)",
+        help="batch 1 only, shorter timings",
     )
     parser.add_argument(
         "--output",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Compress an ImageNet VGG-16 or torchvision ResNet with the paper's method (paper-method §6: 3,000
-images, the first conv kept, asymmetric (3d), rank selection).
+"""Compress an ImageNet VGG-16 or torchvision ResNet with the paper's method (its ImageNet protocol:
+3,000 images, the first conv kept, asymmetric (3d), rank selection).
 
     python tools/compress_backbone.py --weights vgg16-397923af.pth --images /data/imagenet/train \\
         --num-images 3000 --samples-per-image 10 --speedup 4 --method asym3d \\

@@ -2,13 +2,15 @@
 """The main job (``make demo``): Fast R-CNN AP50 against speedup, on synthetic data, on the CPU.
 
 Generates the synthetic VOC-format set (not PASCAL VOC), makes selective-search proposals, trains
-a baseline Fast R-CNN with a narrow VGG-16 (configs/demo/vgg16_synthetic.yaml), compresses its
-backbone at 2x, 3x, 4x with asym. (3d) on the training images, fine-tunes each briefly
-(configs/demo/accel_vgg16_synthetic.yaml), evaluates AP50, measures latency, and writes
+a baseline Fast R-CNN with a narrow VGG-16 (configs/demo/vgg16_synthetic.yaml), compresses it on
+the training images (the conv layers at 2x, 3x, 4x with asym. (3d); conv layers and fc6/fc7 under
+one budget for the whole detector; fc6/fc7 alone by truncated SVD and by the asymmetric solver),
+fine-tunes each briefly (configs/demo/accel_vgg16_synthetic.yaml), evaluates AP50, measures
+latency, exports to ONNX and evaluates the exported files, and writes
 ``output/demo/report.md``, ``output/demo/mAP_vs_speedup.png`` and ``output/demo/results.json``.
 Finished stages are reused on a second run (``--force`` redoes them).
 
-    .venv/bin/python tools/demo.py                      # 10-15 minutes on 2 CPU cores
+    .venv/bin/python tools/demo.py                      # run time: docs/benchmarks.md
     .venv/bin/python tools/demo.py --speedups 3 4 SOLVER.MAX_ITER 500
 """
 

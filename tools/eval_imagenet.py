@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Top-1 and top-5 1-view error (shorter side 256, centre crop 224; paper-method §6.5) of a plain
+"""Top-1 and top-5 1-view error (shorter side 256, centre crop 224) of a plain
 or accelerated VGG-16 or torchvision ResNet, and with ``--baseline`` the increase of error, as in
 the paper's tables.
 

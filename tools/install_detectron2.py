@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Install detectron2 into the environment of the interpreter that runs this script.
 
+It runs before the package and detectron2 are installed (``make venv``), so it is self-contained
+and imports nothing from ``accel_det``; that is why it is the one tool exempt from the thin-tools
+budget of ``tests/test_layout.py``.
+
 Usage (from the repository root, with the project's virtual env)::
 
     .venv/bin/python tools/install_detectron2.py [--source auto|official|wheel] [--force]

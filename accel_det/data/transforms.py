@@ -61,14 +61,15 @@ def normalize(
 def eval_transform(
     resize: int = RESIZE_SIZE, crop: int = CROP_SIZE
 ) -> Callable[[Image.Image], torch.Tensor]:
-    """The 1-view test preprocessing of §6.5 (resize 256, centre crop 224), normalised."""
+    """The 1-view test preprocessing of the paper's Tables 6–8 (resize 256, centre crop 224),
+    normalised."""
     return T.Compose([crop_transform(resize, crop), normalize])
 
 
 def train_transform(
     augment: str = "crop-flip", resize: int = RESIZE_SIZE, crop: int = CROP_SIZE
 ) -> Callable:
-    """Training preprocessing for fine-tuning (the paper does not say which; see README):
+    """Training preprocessing for fine-tuning (the paper does not say which; see docs/imagenet.md):
 
     * ``crop-flip``: shorter side to ``resize``, random ``crop``×``crop`` crop, horizontal flip
       (Caffe's usual ImageNet data layer, light enough for lr 1e-5 fine-tuning);

@@ -5,7 +5,7 @@ Children are named after their role, which makes state-dict keys readable:
 
 * ``channel``          ``reduce`` (k×k, c→d') → ``expand`` (1×1, d'→d)            (paper Fig. 1)
 * ``spatial``          ``vertical`` (k×1, c→d'') → ``horizontal`` (1×k, d''→d)    (Jaderberg et al.)
-* ``spatial_channel``  ``vertical`` → ``horizontal`` (1×k, d''→d') → ``expand``   ("3d", §5)
+* ``spatial_channel``  ``vertical`` → ``horizontal`` (1×k, d''→d') → ``expand``   ("3d", §3.5)
 
 The ``vertical`` layer has no bias: the ``horizontal`` layer zero-pads its input, and a bias in
 ``vertical`` would make border columns differ from the k×k layer it replaces.
@@ -78,7 +78,7 @@ class FactorizedConv2d(nn.Sequential):
 def rank_limits(in_channels: int, out_channels: int, kernel_size=1) -> Tuple[int, int]:
     """The largest d' and d'' a plan may give a layer (conv or fc) of this shape: d' ≤ d (at
     d' = d the 1×1 layer is the layer itself), d'' ≤ min(kh·c, kw·d) (the rank of the
-    (kh·c)×(kw·d) kernel matrix the spatial decomposition factors, §5)."""
+    (kh·c)×(kw·d) kernel matrix the spatial decomposition factors, §3.5)."""
     kh, kw = _pair(kernel_size)
     return out_channels, min(kh * in_channels, kw * out_channels)
 

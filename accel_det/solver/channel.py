@@ -75,7 +75,7 @@ def reduced_rank_regression(
     """Eq. (8): min_M ‖Z − M Y‖_F s.t. rank M ≤ d', from ``cross`` = Z Yᵀ and ``scatter`` = Y Yᵀ.
 
     With M̂ = Z Yᵀ (Y Yᵀ)⁻¹ the solution is M = U_d' U_d'ᵀ M̂, U_d' the top eigenvectors of
-    M̂ Y Yᵀ M̂ᵀ: the paper's GSVD solution U_d' S_d' V_d'ᵀ in another form (paper-method §2.3).
+    M̂ Y Yᵀ M̂ᵀ: the paper's GSVD solution U_d' S_d' V_d'ᵀ in another form (§3.2, eq. 8).
     Returns ``(U_d', U_d'ᵀ M̂)`` so that M is their product. ``chol``, if given, is
     :func:`scatter_cholesky` of ``scatter`` (the solver's iterations share one Y).
     """
@@ -125,7 +125,7 @@ def balanced_factors(
     basis: torch.Tensor, coefficients: torch.Tensor, bias: torch.Tensor
 ) -> LowRankResponse:
     """Factor M = basis · coefficients as P Qᵀ with P = U S^½, Q = V S^½ from the SVD of M
-    (§1.5)."""
+    (§3.1)."""
     u, s, vh = torch.linalg.svd(coefficients, full_matrices=False)
     root = s.sqrt()
     return LowRankResponse(P=(basis @ u) * root, Q=vh.T * root, b=bias)

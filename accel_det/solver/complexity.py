@@ -1,9 +1,9 @@
-"""Multiply-add counts of a conv layer and of its factorized structures (paper-method §1.4, §4.4,
-§5.2).
+"""Multiply-add counts of a conv layer and of its factorized structures (§3.1, §3.4,
+§3.5).
 
 Every count is per image: multiply-adds per output position times the output map size H'W'.
 The 1×1 layer of a channel decomposition is always counted, which is what reproduces the
-whole-model speedups of the paper's tables (§4.4).
+whole-model speedups of the paper's Tables 2 and 6.
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ class LinearSpec:
 
 
 def conv_macs(spec: ConvSpec) -> int:
-    """Multiply-adds of the original layer: d·k²c·H'W' (§1.4)."""
+    """Multiply-adds of the original layer: d·k²c·H'W' (§3.1)."""
     return spec.out_channels * spec.fan_in * spec.positions
 
 
 def channel_macs(spec: ConvSpec, rank: int) -> int:
-    """k×k (d' filters) then 1×1 (d filters): d'·(k²c + d)·H'W' (§1.4, counted as in the tables)."""
+    """k×k (d' filters) then 1×1 (d filters): d'·(k²c + d)·H'W' (§3.1, counted as in the tables)."""
     return rank * (spec.fan_in + spec.out_channels) * spec.positions
 
 
@@ -113,7 +113,7 @@ def spatial_macs(spec: ConvSpec, spatial_rank: int, out_channels: Optional[int] 
 
 
 def spatial_channel_macs(spec: ConvSpec, rank: int, spatial_rank: int) -> int:
-    """k×1 (d'') → 1×k (d') → 1×1 (d): [d''·k·c + d'·k·d'' + d·d']·H'W' (§5.2)."""
+    """k×1 (d'') → 1×k (d') → 1×1 (d): [d''·k·c + d'·k·d'' + d·d']·H'W' (§3.5)."""
     return (
         spatial_macs(spec, spatial_rank, out_channels=rank)
         + rank * spec.out_channels * spec.positions

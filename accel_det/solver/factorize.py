@@ -1,4 +1,4 @@
-"""Weights of the factorized layers from a solution (eq. 3, Fig. 1; §5 for the spatial part)."""
+"""Weights of the factorized layers from a solution (eq. 3, Fig. 1; §3.5 for the spatial part)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 for rank selection under a latency budget instead of a multiply-add budget (beyond the paper).
 
 The paper selects ranks by multiply-adds (eq. 14) and reports the "actual speedup" separately
-(§6.6, Fig. 7): on real hardware a k×k conv with d' filters followed by a 1×1 conv does not cost
+(Table 8, Fig. 7): on real hardware a k×k conv with d' filters followed by a 1×1 conv does not cost
 d'(k²c + d)H'W' in time, and the shortfall differs per layer (map size, channel counts, kernel
 efficiency). Here each layer's original conv and its ``channel`` structure (k×k, c→d' then 1×1,
 d'→d) are timed on the target device at a grid of ranks d' (warm-up, then the median of repeats,

@@ -128,7 +128,7 @@ class SolverOptions:
 
 
 def paper_schedule(iterations: int = 25) -> Tuple[Tuple[float, int], ...]:
-    """The paper's λ schedule (§2.5) with ``iterations`` per step: λ = 0.01, then λ = 1."""
+    """The paper's λ schedule (§3.2) with ``iterations`` per step: λ = 0.01, then λ = 1."""
     return tuple((lam, int(iterations)) for lam, _ in DEFAULT_SCHEDULE)
 
 

@@ -1,4 +1,4 @@
-"""``compress()``: the whole method, layer by layer from shallow to deep (paper-method §8), on any
+"""``compress()``: the whole method, layer by layer from shallow to deep (§3.3–3.5), on any
 CNN whose conv layers :func:`~.targets.find_targets` finds (a VGG ``features`` chain, a ResNet)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Sampling layer responses at random positions of any iterable of image batches (§2.5, §6.1).
+"""Sampling layer responses at random positions of any iterable of image batches: the samples
+eqs. (5) and (12) are solved from.
 
 Positions depend only on (seed, layer, image index), so the original network and the network
 approximated so far are sampled at the same places in every pass, and memory grows with the number

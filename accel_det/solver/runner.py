@@ -1,5 +1,5 @@
 """Running a network part of the way: the outputs of its target layers, or the input of one layer in
-the network approximated so far (paper-method §3.3: the x̂ of eq. 12).
+the network approximated so far (§3.3: the x̂ of eq. 12).
 
 :class:`GraphRunner` runs the module's ``torch.fx`` graph node by node, so a pass can stop at a
 layer and the values alive there can be kept for the next layer's pass to start from (in a chain,

@@ -1,5 +1,5 @@
 """Jaderberg et al.'s scheme 2 spatial decomposition with "filter reconstruction", in closed form
-(§5)."""
+(§3.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The two table layouts accel-det prints: Markdown (reports, README) and fixed-width text
+"""The two table layouts accel-det prints: Markdown (reports, docs) and fixed-width text
 (terminal output). Cells are strings; ``align`` is one of "l" or "r" per column."""
 
 from __future__ import annotations

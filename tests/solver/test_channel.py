@@ -26,7 +26,7 @@ def _centered(rows):
 
 
 def _gsvd_solution(z, y, rank):
-    """The paper's literal GSVD recipe (paper-method §2.3): M̂ = Z Yᵀ(YYᵀ)⁻¹ = U S Vᵀ with
+    """The paper's literal GSVD recipe (§3.2, eq. 8): M̂ = Z Yᵀ(YYᵀ)⁻¹ = U S Vᵀ with
     Vᵀ YYᵀ V = I, through a Cholesky factor L of YYᵀ; samples are columns here."""
     Z, Y = z.T.double(), y.T.double()
     m_hat = Z @ Y.T @ torch.linalg.inv(Y @ Y.T)

@@ -47,7 +47,7 @@ def test_uniform_ranks_are_table6_rows_without_rank_selection(vgg_specs, speedup
 def test_table6_ranks_give_whole_model_speedup(vgg_specs, speedup, table):
     ranks = (TABLE6_NO if table == "no" else TABLE6_YES)[speedup]
     layers = {s.name: {"structure": "channel", "rank": r} for s, r in zip(vgg_specs[1:], ranks)}
-    # conv1_1 is absent from ``layers``, so it counts at full cost; paper-method §4.4's figures.
+    # conv1_1 is absent from ``layers``, so it counts at full cost; Table 6's figures.
     expected = {
         ("no", 2): 2.002,
         ("no", 3): 2.993,

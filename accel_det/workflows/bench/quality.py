@@ -71,7 +71,7 @@ class SweepConfig:
 
 
 def quick_config() -> SweepConfig:
-    """About two minutes on 2 cores: 2×/3×/4×, every method, both rank selections."""
+    """The ``--quick`` sweep: 2×/3×/4×, every method, both rank selections."""
     return SweepConfig(
         train_images=4000,
         test_images=1000,
@@ -82,7 +82,7 @@ def quick_config() -> SweepConfig:
 
 
 def full_config() -> SweepConfig:
-    """About ten minutes on 2 cores: 2×–5×."""
+    """The full sweep: 2×–5× (run times: docs/benchmarks.md)."""
     return SweepConfig(calibration_images=300, train_steps=1200)
 
 

@@ -1,5 +1,4 @@
-"""The runtime-axis benchmark's Markdown tables and its targets (issue targets, printed, never
-asserted)."""
+"""The runtime-axis benchmark's Markdown tables and its speed targets (printed, never asserted)."""
 
 from __future__ import annotations
 

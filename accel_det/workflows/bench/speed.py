@@ -1,5 +1,5 @@
 """Theoretical vs measured speed of the original and accelerated VGG-16 backbone and Fast R-CNN
-detector (paper §6.6, Table 8, Fig. 7), and the levers that close the gap on a given machine.
+detector (the paper's Table 8 and Fig. 7), and the levers that close the gap on a given machine.
 
 * **Multiply-adds.** Ours: :mod:`accel_det.solver.complexity` (the count every theoretical
   speedup of accel-det comes from) for the conv layers, plus RoIs × in × out for the box head's

@@ -1,6 +1,6 @@
 """A stand-in for ImageNet pre-training, for the demo: a VGG-16 classifier trained on object crops.
 
-The paper's detector starts from an ImageNet VGG-16 (§6.8). There is no ImageNet here, and a
+The paper's detector starts from an ImageNet VGG-16 (Table 9). There is no ImageNet here, and a
 VGG-16 trained as a detector from random weights learns very slowly, so the demo first trains a
 (narrow) VGG-16 *classifier* on crops of the training set's objects and of background, then hands
 its conv weights to Fast R-CNN exactly as ImageNet weights are handed over

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CompressOptions:
     """Everything ``tools/compress_backbone.py`` accepts: the solver's options (defaults: the
-    paper's §6 protocol) and where the weights, images and outputs are; ``arch``: vgg16 or a
+    paper's ImageNet protocol) and where the weights, images and outputs are; ``arch``: vgg16 or a
     torchvision ResNet (None: read off the weights)."""
 
     weights: str

@@ -1,4 +1,4 @@
-"""Top-1 / top-5 1-view error of a classifier (paper-method §6.5), plain or accelerated, one or
+"""Top-1 / top-5 1-view error of a classifier (the paper's Tables 6–8), plain or accelerated, one or
 many processes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fine-tuning ("FT", paper-method §6.4): end-to-end SGD on ImageNet, lr 1e-5, batch 128, 5 epochs.
+"""Fine-tuning ("FT", Tables 7–8): end-to-end SGD on ImageNet, lr 1e-5, batch 128, 5 epochs.
 
 One process or many (``torchrun``, DDP). The run is reproducible: the epoch's image order comes
 from (seed, epoch), each image's augmentation from (seed, epoch, image) and dropout from
