@@ -148,8 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from accel_det.deploy.export import OPSET, check_output, export_graph
-    from accel_det.deploy.runtime import DISPLAY_NAMES
+    from accel_det.deploy.export import check_output, export_graph
     from accel_det.errors import AccelDetError
 
     if bool(args.weights) == bool(args.config_file):
@@ -166,31 +165,7 @@ def main(args) -> int:
         raise AccelDetError(f"KEY VALUE overrides go with --config-file, got {args.opts[0]!r}")
     check_precision_options(args)
     check_output(args.output, args.format, args.overwrite)
-    cfg = None
-    if args.weights:
-        from accel_det.deploy.classifier import classifier_graph
-
-        graph = classifier_graph(
-            args.weights,
-            args.plan,
-            arch=args.arch,
-            backbone=args.backbone,
-            input_size=args.input_size or (224, 224),
-            dynamic=args.dynamic,
-        )
-    else:
-        import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
-        from accel_det.deploy.detector import detector_graph
-        from accel_det.detection.config import load_config, resolve_config_file
-
-        cfg = load_config(args.config_file, args.opts)
-        if args.precision == "int8":
-            from accel_det.workflows.calibration import check_detector_source
-
-            check_detector_source(cfg)
-        graph = detector_graph(cfg)
-        graph.provenance["config_file"] = os.path.abspath(resolve_config_file(args.config_file))
-        graph.provenance["config_overrides"] = list(args.opts)
+    graph, cfg = build_graph(args)
     calibration, drawn = calibration_inputs(args, cfg) if args.precision == "int8" else (None, None)
     result = export_graph(
         graph,
@@ -210,6 +185,46 @@ def main(args) -> int:
             min_top1=args.min_top1,
         ),
     )
+    print_result(args, graph, result)
+    return 0
+
+
+def build_graph(args):
+    """The export graph of the classifier (--weights) or detector (--config-file), and the
+    detector's config (None for a classifier)."""
+    if args.weights:
+        from accel_det.deploy.classifier import classifier_graph
+
+        graph = classifier_graph(
+            args.weights,
+            args.plan,
+            arch=args.arch,
+            backbone=args.backbone,
+            input_size=args.input_size or (224, 224),
+            dynamic=args.dynamic,
+        )
+        return graph, None
+    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
+    from accel_det.deploy.detector import detector_graph
+    from accel_det.detection.config import load_config, resolve_config_file
+
+    cfg = load_config(args.config_file, args.opts)
+    if args.precision == "int8":
+        from accel_det.workflows.calibration import check_detector_source
+
+        check_detector_source(cfg)
+    graph = detector_graph(cfg)
+    graph.provenance["config_file"] = os.path.abspath(resolve_config_file(args.config_file))
+    graph.provenance["config_overrides"] = list(args.opts)
+    return graph, cfg
+
+
+def print_result(args, graph, result) -> None:
+    """What was written, the check against PyTorch and, for int8 / bf16, the agreement."""
+    from accel_det.deploy.agreement import summary
+    from accel_det.deploy.export import OPSET
+    from accel_det.deploy.runtime import DISPLAY_NAMES
+
     inputs = ", ".join(
         f"{name} {list(tensor.shape)}" for name, tensor in zip(graph.input_names, graph.samples[0])
     )
@@ -226,13 +241,10 @@ def main(args) -> int:
         f"(tolerance {args.tolerance:g})"
     )
     if args.precision != "fp32":
-        from accel_det.deploy.agreement import summary
-
         print(
             f"{args.precision} against float32 in {DISPLAY_NAMES[result.agreement_runtime]} on "
             f"the sample inputs: {summary(result.agreement)}"
         )
-    return 0
 
 
 def check_precision_options(args) -> None:
