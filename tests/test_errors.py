@@ -506,6 +506,16 @@ CASES = [
         allowed_new=D2_SETUP,
     ),
     Case(
+        "d2-plan-other-backbone",
+        "MODEL.ACCEL.PLAN made for another backbone (a VGG-16 plan on the ResNet-FPN)",
+        "train_net",
+        lambda p: d2(p, "faster_rcnn_accel_R_50_FPN", "MODEL.ACCEL.PLAN", f"{p['reference']}.json"),
+        "was not made for this backbone: it names layer conv1_1",
+        d2_prev,
+        process=True,
+        allowed_new=D2_SETUP,
+    ),
+    Case(
         "d2-bad-key",
         "unknown config key",
         "train_net",

@@ -16,7 +16,7 @@ LAYERS = [
     {"nn"},
     {"plan"},
     {"solver"},
-    {"models", "data"},
+    {"models", "data", "evaluation"},
     {"detection"},
     {"deploy"},
     {"workflows"},
@@ -121,33 +121,20 @@ TOOL_LINES, TOOL_MAIN_LINES = 250, 60
 TOOLS_EXEMPT = {"install_detectron2.py"}
 # tools still over the budget; the list may only shrink (an entry that fits fails the test)
 TOOLS_TO_THIN = {
-    "benchmark_speed.py",
-    "benchmark_solver.py",
-    "eval_imagenet.py",
     "export_model.py",
-    "finetune_imagenet.py",
-    "make_proposals.py",
     "report.py",
 }
 # functions over FUNCTION_LINES, outside the tests; the list may only shrink
 FUNCTION_LINES = 80
 LONG_FUNCTIONS = {
-    "tools/benchmark_speed.py:main",
-    "tools/benchmark_speed.py:build_parser",
-    "tools/benchmark_solver.py:main",
-    "tools/finetune_imagenet.py:build_parser",
-    "tools/finetune_imagenet.py:main",
-    "tools/eval_imagenet.py:main",
     "tools/demo.py:build_parser",
     "tools/compress_backbone.py:build_parser",
     "tools/benchmark_runtimes.py:build_parser",
     "tools/install_detectron2.py:repack_wheel",
     "tools/install_detectron2.py:main",
-    "accel_det/workflows/imagenet/finetune.py:finetune",
     "accel_det/workflows/bench/selection.py:latency_comparison",
     "accel_det/solver/pipeline.py:compress",
     "accel_det/solver/ranks.py:select_ranks_by_table",
-    "accel_det/solver/ranks.py:spatial_ranks",
     "accel_det/workflows/demo/report.py:write_demo_report",
     "accel_det/data/synthetic/voc.py:make_synthetic_voc",
     "accel_det/workflows/imagenet/compress.py:compress_model",

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Compress a trained Fast R-CNN (VGG-16) detector as a whole: its conv layers and fc6/fc7 by the
-paper's data-driven solver, under one multiply-add budget for the whole detector.
+paper's data-driven solver, under one multiply-add budget for the whole detector; or the backbone
+of any other Detectron2 GeneralizedRCNN (ResNet C4, ResNet-FPN: every conv of the ResNet and the
+FPN, batch norms folded) under one budget for the backbone's conv layers.
 
     tools/compress_detector.py --config-file vgg16_voc.yaml --speedup 4 --output output/frcnn_4x \\
         MODEL.WEIGHTS output/vgg16_voc/model_final.pth
@@ -21,6 +23,16 @@ layer is checkpointed to DIR/compression.checkpoint.pth: --resume continues (or,
 outputs failed, finishes) an interrupted run; a checkpoint is never thrown away without
 --overwrite, and existing outputs are replaced only with --overwrite.
 Under torchrun (or --num-gpus N) each process reads a shard of the images.
+
+A ResNet(-FPN) detector (configs/faster_rcnn_R_50_FPN.yaml, R101: MODEL.RESNETS.DEPTH 101; C4:
+Detectron2's configs) has its backbone compressed, from DATASETS.TRAIN's images (no proposals);
+evaluate with the same config and the overrides the plan records (config_overrides, also logged):
+
+    tools/train_net.py --config faster_rcnn_R_50_FPN.yaml --eval-only \\
+        MODEL.BACKBONE.NAME build_accel_backbone \\
+        MODEL.ACCEL.BACKBONE_NAME build_resnet_fpn_backbone \\
+        MODEL.ACCEL.PLAN output/r50_2x/plan.json MODEL.WEIGHTS output/r50_2x/model_final.pth \\
+        OUTPUT_DIR output/r50_2x/eval
 """
 
 from __future__ import annotations
@@ -60,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speedup-of",
         choices=("detector", "conv"),
-        default="detector",
-        help="what --speedup is of: the whole detector (default) or its conv layers (the paper)",
+        help="what --speedup is of: the whole detector (the VGG-16 Fast R-CNN's default) or its "
+        "conv layers (the paper; for any other detector, its backbone's, the default)",
     )
     parser.add_argument(
         "--fc-method",
@@ -135,7 +147,7 @@ def options_from(args) -> DetectorCompressOptions:
         solver=solver_options(args),
         fc_method=args.fc_method,
         fc_ranks=dict(zip(("fc6", "fc7"), args.fc_ranks)) if args.fc_ranks else None,
-        target="conv" if args.speedup_of == "conv" else "network",
+        target={None: None, "conv": "conv", "detector": "network"}[args.speedup_of],
         num_images=args.num_images,
         rois_per_image=args.rois_per_image,
         fc_samples_per_image=args.fc_samples_per_image,

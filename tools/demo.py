@@ -5,13 +5,16 @@ Generates the synthetic VOC-format set (not PASCAL VOC), makes selective-search 
 a baseline Fast R-CNN with a narrow VGG-16 (configs/demo/vgg16_synthetic.yaml), compresses it on
 the training images (the conv layers at 2x, 3x, 4x with asym. (3d); conv layers and fc6/fc7 under
 one budget for the whole detector; fc6/fc7 alone by truncated SVD and by the asymmetric solver),
-fine-tunes each briefly (configs/demo/accel_vgg16_synthetic.yaml), evaluates AP50, measures
-latency, exports to ONNX and evaluates the exported files, and writes
-``output/demo/report.md``, ``output/demo/mAP_vs_speedup.png`` and ``output/demo/results.json``.
-Finished stages are reused on a second run (``--force`` redoes them).
+fine-tunes each briefly (configs/demo/accel_vgg16_synthetic.yaml), evaluates AP50 with its 95 %
+bootstrap interval over the test images, measures latency, exports to ONNX and evaluates the
+exported files, and writes ``output/demo/report.md`` (with each comparison's paired ΔAP50 and
+interval), ``output/demo/mAP_vs_speedup.png`` and ``output/demo/results.json``. Finished stages
+are reused on a second run (``--force`` redoes them).
 
     .venv/bin/python tools/demo.py                      # run time: docs/benchmarks.md
     .venv/bin/python tools/demo.py --speedups 3 4 SOLVER.MAX_ITER 500
+    .venv/bin/python tools/demo.py --finetune-seed 1    # fine-tuned again: <stage>_ftseed1/
+    .venv/bin/python tools/demo.py --seed-spread 1 2 --train-seed-spread 1   # seeds.md
 """
 
 import argparse
@@ -119,7 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.workers,
         help="processes for data generation and selective search",
     )
-    parser.add_argument("--seed", type=SEED, default=d.seed)
+    parser.add_argument(
+        "--seed",
+        type=SEED,
+        default=d.seed,
+        help="seed of the data, pre-training and compression, and of training where not set below",
+    )
+    parser.add_argument(
+        "--train-seed", type=SEED, help="seed of the baseline's training (default: --seed)"
+    )
+    parser.add_argument(
+        "--finetune-seed",
+        type=SEED,
+        help="seed of the accelerated models' fine-tuning (default: --seed); the models go to "
+        "<stage>_ftseed<n> folders",
+    )
+    parser.add_argument(
+        "--seed-spread",
+        type=SEED,
+        nargs="+",
+        metavar="SEED",
+        help="instead of the demo: fine-tune every accelerated model again with each of these "
+        "seeds (all else reused from --output) and write seeds.md / seeds.json: AP50 and paired "
+        "ΔAP50 per seed",
+    )
+    parser.add_argument(
+        "--train-seed-spread",
+        type=SEED,
+        nargs="*",
+        default=[],
+        metavar="SEED",
+        help="with --seed-spread: also train the baseline again with each of these seeds",
+    )
     parser.add_argument("--force", action="store_true", help="redo every stage")
     parser.add_argument(
         "--finetune-opts",
@@ -170,15 +204,26 @@ def main(args) -> int:
         full_width_repeats=args.full_width_repeats,
         workers=args.workers,
         seed=args.seed,
+        train_seed=args.train_seed,
+        finetune_seed=args.finetune_seed,
         opts=opts,
         finetune_opts=finetune,
         force=args.force,
     )
+    if args.seed_spread:
+        from accel_det.workflows.demo.seeds import seed_spread, seeds_markdown
+
+        print(seeds_markdown(seed_spread(options, args.seed_spread, args.train_seed_spread)))
+        print("Written to", os.path.join(args.output, "seeds.md"))
+        return 0
     summary = run_demo(options)
-    from accel_det.workflows.report import markdown_table
+    from accel_det.workflows.report import comparison_text, markdown_table
 
     print()
     print(markdown_table(summary["rows"]))
+    print()
+    for comparison in summary["comparisons"]:
+        print(comparison_text(comparison))
     print()
     print("SYNTHETIC data (not PASCAL VOC). Report:", summary["report"])
     print("Plot:", summary["plot"], f"| total {summary['timings']['total'] / 60:.1f} min")

@@ -16,18 +16,14 @@ architecture is read off the weights (``--arch`` for torchvision's download of a
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from accel_det.data import eval_transform, labeled_images, preprocessing_record, read_class_list
-from accel_det.errors import AccelDetError
-from accel_det.models.classifier import ARCHS, classes_of, load_classifier, weights_file
+from accel_det.models.classifier import ARCHS
 from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.utils.cli import (
     IMAGE_SIDE,
@@ -36,16 +32,7 @@ from accel_det.utils.cli import (
     add_common_arguments,
     run_tool,
 )
-from accel_det.utils.dist import pick_device
-from accel_det.utils.io import (
-    atomic_write_json,
-    check_writable_folder,
-    refuse_existing,
-    sha256_file,
-)
-from accel_det.workflows.imagenet.evaluate import eval_loader, evaluate, format_results
-
-logger = logging.getLogger("accel_det.eval_imagenet")
+from accel_det.workflows.imagenet.eval_run import EvalOptions, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,125 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common_arguments(parser)
 
 
-def _source_record(weights: str, plan, arch) -> dict:
-    path = weights_file(weights, arch)
-    return {
-        "weights": os.path.abspath(path) if path else weights,
-        "sha256": sha256_file(path) if path else None,
-        "plan": os.path.abspath(plan) if plan else None,
-        "theoretical_speedup": None,
-        "arch": arch,
-    }
-
-
 def main(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise AccelDetError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.output:
-        check_writable_folder(os.path.dirname(os.path.abspath(args.output)), create=False)
-        refuse_existing([args.output], args.overwrite)
-    models = {}
-    records = {}
-    for role, weights, plan in (
-        ("model", args.weights, args.plan),
-        ("baseline", args.baseline, args.baseline_plan),
-    ):
-        if weights is None:
-            if plan is not None:
-                raise AccelDetError("--baseline-plan needs --baseline")
-            continue
-        model, plan_dict, plan_path, arch = load_classifier(weights, plan, args.arch)
-        name = os.path.basename(weights)
-        if name in models:
-            name += f" ({role})"
-        models[name] = model
-        records[name] = _source_record(weights, plan_path, arch)
-        records[name]["role"] = role
-        if plan_dict is not None:
-            records[name]["theoretical_speedup"] = plan_dict.get("theoretical_speedup")
-            records[name]["method"] = plan_dict.get("method")
-    outputs = {classes_of(m) for m in models.values()}
-    if len(outputs) != 1:
-        raise AccelDetError(
-            f"the model and the baseline have different numbers of classes: {sorted(outputs)}"
-        )
-    num_classes = outputs.pop()
-
-    classes = read_class_list(args.classes) if args.classes else None
-    dataset = labeled_images(args.val, eval_transform(args.resize, args.crop), args.labels, classes)
-    top = max(label for _, label in dataset.samples)
-    if top >= num_classes:
-        raise AccelDetError(
-            f"the validation labels go up to class index "
-            f"{top}, but the model has {num_classes} classes"
-        )
-    if (
-        args.labels is None and classes is None and len(dataset.classes) != num_classes
-    ):  # labels None: class folders
-        logger.warning(
-            "%s has %d class folders but the model has %d classes: class i is the i-th folder in "
-            "sorted order; pass --classes to map them",
-            args.val,
-            len(dataset.classes),
-            num_classes,
-        )
-    if args.limit is not None:
-        if args.limit < 1:
-            raise AccelDetError(f"--limit must be at least 1, got {args.limit}")
-        chosen = np.sort(np.random.default_rng(0).permutation(len(dataset.samples))[: args.limit])
-        dataset.samples = [dataset.samples[i] for i in chosen]
-    logger.info("%d validation images from %s, %d classes", len(dataset), args.val, num_classes)
-
-    device = pick_device(args.device)
-    loader = eval_loader(
-        dataset, args.batch_size, max(0, args.workers), pin_memory=device.type == "cuda"
+    options = EvalOptions(
+        weights=args.weights,
+        val=args.val,
+        arch=args.arch,
+        plan=args.plan,
+        labels=args.labels,
+        classes=args.classes,
+        baseline=args.baseline,
+        baseline_plan=args.baseline_plan,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        resize=args.resize,
+        crop=args.crop,
+        limit=args.limit,
+        output=args.output,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
     )
-    results = {}
-    for name, model in models.items():
-        model.to(device)
-        results[name] = evaluate(model, loader, device, progress=not args.no_progress, desc=name)
-        model.cpu()
-        logger.info(
-            "%s: top-1 error %.2f%%, top-5 error %.2f%% on %d images (%.1fs)",
-            name,
-            results[name]["top1_error"],
-            results[name]["top5_error"],
-            results[name]["images"],
-            results[name]["seconds"],
-        )
-    skipped = max(r["skipped_unreadable"] for r in results.values())
-    if skipped:
-        logger.warning(
-            "skipped %d unreadable validation image(s); the errors are over the %d others",
-            skipped,
-            next(iter(results.values()))["images"],
-        )
-    baseline = next((n for n, r in records.items() if r["role"] == "baseline"), None)
-    print(format_results(results, baseline), flush=True)
-
-    if args.output:
-        record = {
-            "val": os.path.abspath(args.val),
-            "labels": args.labels,
-            "classes": args.classes,
-            "limit": args.limit,
-            "num_classes": num_classes,
-            "preprocessing": preprocessing_record(args.resize, args.crop),
-            "models": {name: {**records[name], **results[name]} for name in results},
-        }
-        if baseline:
-            base = results[baseline]
-            record["increase_of_error"] = {
-                name: {
-                    "top1": r["top1_error"] - base["top1_error"],
-                    "top5": r["top5_error"] - base["top5_error"],
-                }
-                for name, r in results.items()
-                if name != baseline
-            }
-        check_writable_folder(os.path.dirname(os.path.abspath(args.output)))
-        atomic_write_json(record, args.output, replace=args.overwrite)
-        logger.info("wrote %s", args.output)
+    run(options)
     return 0
 
 

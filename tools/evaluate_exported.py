@@ -17,7 +17,10 @@ record (``X.onnx.json``, written by tools/export_model.py) is checked against th
 model exported for another test size, pixel format or classes is refused. Results are printed
 and written to ``X.onnx.<runtime>.eval_results.json`` next to the model (one file per model and
 runtime; or to --output, which replaces an existing file only with --overwrite, and never the
-model, its record, the config or a proposal file).
+model, its record, the config or a proposal file), the per-image detections next to them
+(``X.detections.npz``). AP50 is printed with its 95 % bootstrap interval over test images;
+``--baseline B.detections.npz`` (another evaluation of the same test set, e.g. the PyTorch
+model's ``eval_results.detections.npz``) adds the paired ΔAP50 against it.
 """
 
 import argparse
@@ -49,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="results JSON to write (default: X.onnx.<runtime>.eval_results.json next to --model)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument(
+        "--baseline",
+        metavar="NPZ",
+        help="per-image detections of another evaluation on the same test set (the "
+        "X.detections.npz next to its eval_results.json): print ΔAP50 against it, paired on the "
+        "same resampled test images",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     add_common_arguments(parser)
     return parser
@@ -65,15 +75,20 @@ def main(args) -> int:
     from accel_det.deploy.runtime import check_runtime, recorded_precision
     from accel_det.detection.config import load_config, resolve_config_file
     from accel_det.detection.trainer import save_results
+    from accel_det.evaluation import paired_delta, read_records, results_interval
+    from accel_det.evaluation.ap import records_path
     from accel_det.utils.io import check_writable_folder
 
     runtime = check_runtime(args.model, args.runtime)
+    baseline = read_records(args.baseline) if args.baseline else None
     output = args.output or results_path(args.model, runtime)
     cfg = load_config(args.config_file, args.opts)
     check_results_output(output, args.model, cfg, resolve_config_file(args.config_file))
     if not os.path.isfile(args.model):
         raise not_found("exported model file", args.model)
     check_export_record(cfg, args.model)
+    if baseline is not None:
+        check_baseline_images(baseline, cfg, args.baseline)
     refuse_existing([output], args.overwrite)
     check_writable_folder(os.path.dirname(os.path.abspath(output)), create=False)
     results = evaluate_exported(cfg, args.model, runtime, args.threads, check_record=False)
@@ -95,13 +110,35 @@ def main(args) -> int:
     )
     for name, result in results.items():
         ap = result.get("bbox", {})
+        bounds = results_interval(result)
+        ap50 = str(bounds) if bounds else f"{ap.get('AP50', float('nan')):.2f}"
         print(
-            f"{name}: AP {ap.get('AP', float('nan')):.2f}, AP50 {ap.get('AP50', float('nan')):.2f}"
-            f", AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime}, "
+            f"{name}: AP {ap.get('AP', float('nan')):.2f}, AP50 {ap50} (95 % bootstrap interval "
+            f"over test images), AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime}, "
             f"{recorded_precision(args.model)})"
         )
-    print(f"results written to {output}")
+        records = getattr(result, "records", None)
+        if baseline is not None and records is not None:
+            delta = paired_delta(records, baseline)
+            print(f"{name}: against {args.baseline}: {delta.delta_text()} (paired)")
+    print(f"results written to {output} (per-image detections: {records_path(output)})")
     return 0
+
+
+def check_baseline_images(baseline, cfg, path: str) -> None:
+    """Refuse a --baseline evaluated on other images than this config's one test set."""
+    from accel_det.detection.datasets import dataset_image_ids
+    from accel_det.errors import AccelDetError
+
+    if len(cfg.DATASETS.TEST) != 1:
+        raise AccelDetError("--baseline needs a config with one test set (DATASETS.TEST)")
+    ids = dataset_image_ids(cfg.DATASETS.TEST[0])
+    if list(baseline.image_ids) != list(ids):
+        raise AccelDetError(
+            f"--baseline {path} was evaluated on {baseline.num_images} other images than "
+            f"{cfg.DATASETS.TEST[0]} ({len(ids)} images): a paired comparison needs the same "
+            "test set"
+        )
 
 
 if __name__ == "__main__":

@@ -16,24 +16,13 @@ small GPUs.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from accel_det.data import (
-    eval_transform,
-    labeled_images,
-    preprocessing_record,
-    read_class_list,
-    train_transform,
-)
 from accel_det.data.transforms import TRAIN_AUGMENTATIONS
-from accel_det.errors import AccelDetError
-from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE, load_vgg16, weights_file
+from accel_det.models.vgg import CROP_SIZE, RESIZE_SIZE
 from accel_det.utils.cli import (
     FRACTION,
     IMAGE_SIDE,
@@ -44,19 +33,12 @@ from accel_det.utils.cli import (
     add_common_arguments,
     run_tool,
 )
-from accel_det.utils.dist import init_distributed, shutdown
-from accel_det.utils.io import sha256_file
-from accel_det.workflows.imagenet.finetune import FinetuneConfig, finetune
-from accel_det.workflows.imagenet.training import check_output
-
-logger = logging.getLogger("accel_det.finetune_imagenet")
+from accel_det.workflows.imagenet.finetune import FinetuneConfig
+from accel_det.workflows.imagenet.finetune_run import FinetuneOptions, run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = FinetuneConfig()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, the images and the output folder."""
     parser.add_argument(
         "--weights",
         required=True,
@@ -81,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", help="class names in index order, one per line (e.g. synset_words.txt)"
     )
     parser.add_argument("--output", required=True, help="output folder")
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser, defaults: FinetuneConfig) -> None:
+    """The SGD recipe (the paper's FT by default) and the periods of logs and checkpoints."""
     parser.add_argument(
         "--epochs",
         type=POSITIVE_INT,
@@ -147,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=SEED, default=defaults.seed, help="image order, augmentation and dropout"
     )
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """Preprocessing, data loading and the device."""
     parser.add_argument(
         "--resize",
         type=POSITIVE_INT,
@@ -166,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="auto (each process's GPU if there are GPUs), cpu, cuda"
     )
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on GPUs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = FinetuneConfig()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_data_arguments(parser)
+    add_schedule_arguments(parser, defaults)
+    add_input_arguments(parser)
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/last_checkpoint.pth"
     )
@@ -181,102 +181,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    dist_info = init_distributed(args.device)
-    try:
-        if not dist_info.is_main:
-            logging.getLogger().setLevel(logging.WARNING)
-        config = FinetuneConfig(
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            accumulation=args.accumulation,
-            max_iters=args.max_iters,
-            checkpoint_period=args.checkpoint_period,
-            log_period=args.log_period,
-            eval_period=max(0, args.eval_period),
-            seed=args.seed,
-            augment=args.augment,
-            resize=args.resize,
-            crop=args.crop,
-            workers=max(0, args.workers),
-            amp=args.amp,
-        )
-        config.check(dist_info.world_size)
-        check_output(os.path.expanduser(args.output), args.resume, args.overwrite, create=False)
-        model, plan, plan_path = load_vgg16(args.weights, args.plan)
-        num_classes = model.classifier[-1].out_features
-        classes = read_class_list(args.classes) if args.classes else None
-        train_set = labeled_images(
-            args.train,
-            train_transform(args.augment, args.resize, args.crop),
-            args.train_labels,
-            classes,
-        )
-        val_set = None
-        if args.val:
-            val_set = labeled_images(
-                args.val, eval_transform(args.resize, args.crop), args.val_labels, classes
-            )
-        for name, dataset in (("training", train_set), ("validation", val_set)):
-            if dataset is None:
-                continue
-            top = max(label for _, label in dataset.samples)
-            if top >= num_classes:
-                raise AccelDetError(
-                    f"the {name} labels go up to class index "
-                    f"{top}, but the model has {num_classes} classes"
-                )
-        if len(train_set.classes) != num_classes and classes is None:
-            logger.warning(
-                "the training set has %d classes, the model "
-                "%d: class i is the i-th class in sorted order",
-                len(train_set.classes),
-                num_classes,
-            )
-        source = weights_file(args.weights)
-        # the plan (for an accelerated model, with how it was compressed) stays at the top level,
-        # so model_final.pth + model_final.json load like the compressor's OUT.pth + OUT.json
-        record = (
-            {k: v for k, v in plan.items() if k not in ("outputs", "command")}
-            if plan is not None
-            else {}
-        )
-        info = {
-            "source_weights": {
-                "path": os.path.abspath(source) if source else args.weights,
-                "sha256": sha256_file(source) if source and dist_info.is_main else None,
-                "plan": os.path.abspath(plan_path) if plan_path else None,
-            },
-            "data": {
-                "train": os.path.abspath(args.train),
-                "val": os.path.abspath(args.val) if args.val else None,
-                "train_labels": args.train_labels,
-                "val_labels": args.val_labels,
-                "classes": args.classes,
-                "preprocessing": preprocessing_record(args.resize, args.crop),
-                "augment": args.augment,
-            },
-            "command": sys.argv[1:],
-        }
-        with logging_redirect_tqdm():
-            finetune(
-                model,
-                train_set,
-                os.path.expanduser(args.output),
-                config,
-                dist_info,
-                val_set=val_set,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-                record=record,
-                info=info,
-                stop_after=args.stop_after,
-            )
-    finally:
-        shutdown()
+    config = FinetuneConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        accumulation=args.accumulation,
+        max_iters=args.max_iters,
+        checkpoint_period=args.checkpoint_period,
+        log_period=args.log_period,
+        eval_period=max(0, args.eval_period),
+        seed=args.seed,
+        augment=args.augment,
+        resize=args.resize,
+        crop=args.crop,
+        workers=max(0, args.workers),
+        amp=args.amp,
+    )
+    options = FinetuneOptions(
+        weights=args.weights,
+        train=args.train,
+        output=args.output,
+        config=config,
+        plan=args.plan,
+        train_labels=args.train_labels,
+        val=args.val,
+        val_labels=args.val_labels,
+        classes=args.classes,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+        command=sys.argv[1:],
+    )
+    run(options)
     return 0
 
 

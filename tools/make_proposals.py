@@ -26,7 +26,6 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.errors import AccelDetError  # noqa: E402
 from accel_det.utils.cli import NON_NEGATIVE_INT, POSITIVE_INT, add_common_arguments, run_tool  # noqa: E402
 
 
@@ -78,74 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    from detectron2.data import DatasetCatalog
-
     import accel_det.detection  # noqa: F401  (registers the data sets)
-    from accel_det.detection.datasets import (
-        check_dataset_layout,
-        dataset_images,
-    )
-    from accel_det.detection.proposals import (
-        check_proposal_file,
-        convert_mat,
-        dataset_record,
-        existing_proposals,
-        image_list_digest,
-        make_proposals,
-        write_summary,
-    )
-    from accel_det.utils.files import not_found
-    from accel_det.utils.io import sha256_file, sweep_temporaries
+    from accel_det.workflows.detector.proposals import ProposalOptions, run
 
-    for folder in (os.path.dirname(os.path.abspath(args.output)), args.output + ".parts"):
-        sweep_temporaries(folder)  # what a killed run left
-
-    images = None
-    if args.from_mat:
-        ids = record = None
-        if args.dataset:
-            check_dataset_layout(args.dataset)
-            images = dataset_images(args.dataset)
-            ids = [i for i, _ in images]
-            record = dataset_record(args.dataset, images)
-        if not os.path.isfile(args.from_mat):
-            raise not_found("selective search .mat file", args.from_mat)
-        settings = {
-            "source": os.path.abspath(args.from_mat),
-            "source_sha256": sha256_file(args.from_mat),
-            "dataset": args.dataset,
-            "images_sha256": image_list_digest(images) if images else None,
-        }
-        summary = existing_proposals(args.output, settings, args.overwrite)
-        if summary is None:
-            summary = convert_mat(
-                args.from_mat,
-                args.output,
-                image_ids=ids,
-                dataset_name=args.dataset or "",
-                dataset=record,
-            )
-            summary = write_summary(args.output, {**settings, **summary})
-    else:
-        if not args.dataset:
-            raise AccelDetError("give --dataset (a registered data set) or --from-mat")
-        check_dataset_layout(args.dataset)
-        catalog = [(str(d["image_id"]), d["file_name"]) for d in DatasetCatalog.get(args.dataset)]
-        summary = make_proposals(
-            catalog,
-            args.output,
-            mode=args.mode,
-            min_size=args.min_size,
-            max_boxes=args.max_boxes,
-            workers=args.workers,
-            resume=not args.no_resume,
-            dataset_name=args.dataset,
-            overwrite=args.overwrite,
-        )
-    if args.dataset:
-        images = images or dataset_images(args.dataset)
-        check_proposal_file(args.output, [i for i, _ in images], args.dataset, images)
-    print(json.dumps(summary))
+    options = ProposalOptions(
+        output=args.output,
+        dataset=args.dataset,
+        from_mat=args.from_mat,
+        mode=args.mode,
+        min_size=args.min_size,
+        max_boxes=args.max_boxes,
+        workers=args.workers,
+        resume=not args.no_resume,
+        overwrite=args.overwrite,
+    )
+    print(json.dumps(run(options)))
     return 0
 
 

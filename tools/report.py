@@ -112,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
                 f"weights with each run's architecture (speed does not depend on the weights); "
                 f"actual speedup = baseline median / model median."
             )
+    comparisons = add_intervals(records, notes)
     rows = report.report_rows(records)
     folder = check_writable_folder(args.output)
     png = os.path.join(folder, "mAP_vs_speedup.png")
@@ -136,8 +137,29 @@ def main(args: argparse.Namespace) -> int:
     )
     atomic_write_json({"records": records, "rows": rows}, os.path.join(folder, "records.json"))
     print(report.markdown_table(rows))
+    for comparison in comparisons:
+        print(report.comparison_text(comparison))
     print(f"\nwrote {path}, {png} and records.json")
     return 0
+
+
+def add_intervals(records, notes) -> list:
+    """AP50 intervals and paired ΔAP50 against the baseline of the runs with per-image detections
+    (:func:`report.add_intervals`), with a note saying how; returns the comparisons."""
+    report.add_intervals(records)
+    base = next(r["name"] for r in report.report_rows(records) if r["baseline"])
+    comparisons = [
+        dict(r["delta_ap50_interval"], model=r["name"], against=base)
+        for r in records
+        if r.get("delta_ap50_interval")
+    ]
+    if comparisons:
+        notes.append(
+            "AP50 [95 % interval]: bootstrap over test images (1000 resamples, seed 0) from each "
+            "run's per-image detections (`eval_results.detections.npz`); ΔAP50 against the "
+            "baseline is paired, both runs on the same resampled images."
+        )
+    return comparisons
 
 
 if __name__ == "__main__":

@@ -129,12 +129,11 @@ class VGG16Backbone(Backbone):
         }
 
 
-def load_plan(path: str) -> Plan:
-    """A solver plan JSON (``MODEL.ACCEL.PLAN``), checked for its format and layer entries."""
+def load_plan(path: str, builder: str = "build_accel_vgg16_backbone") -> Plan:
+    """A solver plan JSON (``MODEL.ACCEL.PLAN``), checked for its format and layer entries;
+    ``builder`` names what needs it when ``path`` is empty."""
     if not path:
-        raise AccelDetError(
-            "MODEL.ACCEL.PLAN is empty: build_accel_vgg16_backbone needs the solver's plan JSON"
-        )
+        raise AccelDetError(f"MODEL.ACCEL.PLAN is empty: {builder} needs the solver's plan JSON")
     return Plan.read(os.path.expanduser(path), "plan (MODEL.ACCEL.PLAN)")
 
 

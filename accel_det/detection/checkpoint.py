@@ -159,6 +159,7 @@ def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> No
             f"'backbone.'); is it a Detectron2 checkpoint of this model?"
         )
 
+    check_norms_folded(backbone, expected, shapes, path)
     mismatch = first_mismatch(expected, shapes, keys=backbone_keys)
     if mismatch is not None:
         key = mismatch.key
@@ -179,7 +180,8 @@ def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> No
         raise AccelDetError(
             f"weights {path} do not fit the model at backbone layer {layer or key}{structure}: the "
             f"model expects {what}, the file has {found_text}. Use the weights made with the same "
-            f"plan (MODEL.ACCEL.PLAN) and MODEL.VGG.WIDTH"
+            f"plan (MODEL.ACCEL.PLAN)"
+            + (" and MODEL.VGG.WIDTH" if hasattr(backbone, "layer_of_key") else "")
         )
     check_box_head_fit(model, shapes, path, complete)
     if complete:
@@ -191,6 +193,29 @@ def check_weights_fit(model: nn.Module, path: str, complete: bool = False) -> No
                 f"expects {list(mismatch.expected)}; evaluated or exported, that layer would keep "
                 "its random initial weights"
             )
+
+
+def check_norms_folded(backbone, expected: Mapping, shapes: Mapping, path: str) -> None:
+    """Raise :class:`AccelDetError` when the model's backbone was built from a plan (its batch
+    norms folded into the convs) but the file holds a conv's batch norm (``….norm.running_var``):
+    a plain checkpoint, which would load the unfolded weights and leave the folded biases
+    random."""
+    if getattr(backbone, "plan", None) is None:
+        return
+    unfolded = next(
+        (
+            k
+            for k in shapes
+            if k.startswith("backbone.") and k.endswith(".norm.running_var") and k not in expected
+        ),
+        None,
+    )
+    if unfolded is not None:
+        raise AccelDetError(
+            f"weights {path} hold the batch norm {unfolded[: -len('.running_var')]}, which the "
+            "accelerated backbone folds into its conv: they are a plain checkpoint; convert them "
+            "for the plan first (accel_det.detection.accelerated_weights)"
+        )
 
 
 def check_box_head_fit(model: nn.Module, shapes: Mapping, path: str, complete: bool) -> None:

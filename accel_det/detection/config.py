@@ -56,13 +56,16 @@ def add_accel_config(cfg: CN) -> CN:
     _C.MODEL.VGG.NORM = ""
 
     # ---------------------------------------------------------------------------- #
-    # Accelerated backbone (build_accel_vgg16_backbone)
+    # Accelerated backbones (build_accel_vgg16_backbone, build_accel_backbone)
     # ---------------------------------------------------------------------------- #
     _C.MODEL.ACCEL = CN()
     # The solver's plan JSON (written by tools/compress_backbone.py or tools/demo.py): the structure
     # and ranks d', d'' of every conv layer. The weights that go with it come from MODEL.WEIGHTS
-    # (tools/convert_vgg16.py --plan ...).
+    # (tools/convert_vgg16.py --plan ...; for build_accel_backbone, accelerated_weights).
     _C.MODEL.ACCEL.PLAN = ""
+    # The backbone builder build_accel_backbone builds and then accelerates by the plan, as
+    # MODEL.BACKBONE.NAME names one: build_resnet_backbone, build_resnet_fpn_backbone, ...
+    _C.MODEL.ACCEL.BACKBONE_NAME = ""
 
     # ---------------------------------------------------------------------------- #
     # VGG16BoxHead (fc6, fc7)

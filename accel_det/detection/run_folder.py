@@ -27,6 +27,7 @@ from .checkpoint import LAST_CHECKPOINT, REMOTE_PREFIXES, weights_file
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.json"  # in OUTPUT_DIR: what tools/report.py reads
+DETECTIONS_FILE = "eval_results.detections.npz"  # its per-image detections (VOC evaluations)
 FINAL_WEIGHTS = "model_final.pth"
 CONFIG_FILE = "config.yaml"  # written by Detectron2's default_setup
 PREVIOUS = "previous_runs"
@@ -90,7 +91,8 @@ def check_run_folder(cfg, *, eval_only: bool, resume: bool, overwrite: bool) -> 
 def start_run(folder: str, action: str, in_use: Sequence[str] = ()) -> str:
     """What the main process does when a run starts in ``folder`` (after every check): remove the
     temporaries of killed runs and move aside, to ``folder/previous_runs/<time>/``, the earlier
-    results (:data:`CONTINUE`: ``eval_results.json`` and the ``config.yaml`` that describes it)
+    results (:data:`CONTINUE`: ``eval_results.json``, its per-image detections and the
+    ``config.yaml`` that describes them)
     or the whole earlier run (:data:`OVERWRITE`); files ``in_use`` (the run's own config file,
     which Detectron2 reads again) are copied instead. Returns what was moved where, in words
     ("" for nothing)."""
@@ -101,7 +103,11 @@ def start_run(folder: str, action: str, in_use: Sequence[str] = ()) -> str:
     if action == OVERWRITE:
         names = sorted(n for n in os.listdir(folder) if n != PREVIOUS)
     elif action == CONTINUE and os.path.isfile(os.path.join(folder, RESULTS_FILE)):
-        names = [n for n in (RESULTS_FILE, CONFIG_FILE) if os.path.exists(os.path.join(folder, n))]
+        names = [
+            n
+            for n in (RESULTS_FILE, DETECTIONS_FILE, CONFIG_FILE)
+            if os.path.exists(os.path.join(folder, n))
+        ]
     if not names:
         return ""
     target = _new_previous(folder)

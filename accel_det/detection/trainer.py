@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 
 from ..errors import AccelDetError
@@ -29,6 +29,7 @@ from .checkpoint import (
 )
 from .checks import check_dataset_files
 from .datasets import check_dataset_layout, dataset_images
+from .evaluator import VOCDetectionEvaluator, save_records
 from .loaders import build_test_loader, build_train_loader
 from .proposals import check_proposal_file
 
@@ -36,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with a VOC/COCO evaluator by data set type, the weights it loads
-    (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked against the model
+    """``DefaultTrainer`` with a VOC/COCO evaluator by data set type (VOC: one that keeps the
+    per-image detections and gives AP50's bootstrap interval, :class:`VOCDetectionEvaluator`),
+    the weights it loads (``MODEL.WEIGHTS``, or on ``--resume`` the last checkpoint) checked
+    against the model
     (:func:`check_weights_fit`) first and read as data, checkpoints written atomically
     (:class:`AtomicCheckpointer`), and data loaders that read proposal files as data
     (:mod:`.loaders`)."""
@@ -63,7 +66,7 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "")
         if evaluator_type == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
+            return VOCDetectionEvaluator(dataset_name)
         if evaluator_type == "coco":
             return COCOEvaluator(
                 dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -94,8 +97,8 @@ def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
     (``MODEL.WEIGHTS``, or with ``resume`` the last checkpoint of ``OUTPUT_DIR``) fit the model:
     completely when it is only evaluated (not ``train``)."""
     plan = None
-    if cfg.MODEL.BACKBONE.NAME == "build_accel_vgg16_backbone" or cfg.MODEL.ACCEL.PLAN:
-        plan = load_plan(cfg.MODEL.ACCEL.PLAN)
+    if cfg.MODEL.BACKBONE.NAME.startswith("build_accel_") or cfg.MODEL.ACCEL.PLAN:
+        plan = load_plan(cfg.MODEL.ACCEL.PLAN, cfg.MODEL.BACKBONE.NAME)
     if plan is not None and linear_entries(plan) and cfg.MODEL.ROI_BOX_HEAD.NAME != "VGG16BoxHead":
         raise AccelDetError(
             f"the plan {cfg.MODEL.ACCEL.PLAN} has fc entries ({', '.join(linear_entries(plan))}) "
@@ -155,6 +158,8 @@ def by_dataset(cfg, results: Mapping) -> Mapping:
 
 
 def save_results(results: Mapping, path: str, replace: bool = True) -> None:
-    """Write Detectron2's evaluation results as JSON (numbers made plain floats); without
-    ``replace``, refused if ``path`` exists by then (another run wrote it meanwhile)."""
+    """Write Detectron2's evaluation results as JSON (numbers made plain floats), and the per-image
+    detections of a VOC evaluation next to it (:func:`save_records`); without ``replace``, refused
+    if ``path`` exists by then (another run wrote it meanwhile)."""
     atomic_write_json(json_safe(results), path, replace)
+    save_records(results, path)

@@ -4,11 +4,12 @@ A conv layer is named by its qualified module name (``layer3.4.conv2``). What it
 read from the module's ``torch.fx`` graph where the module traces (any conv, batch norm and
 factorized layer kept whole), else from a small table of known blocks (:data:`KNOWN_BLOCKS`:
 torchvision's ``BasicBlock`` / ``Bottleneck``, Detectron2's ``BasicStem`` / ``BottleneckBlock`` /
-``BasicBlock``), else from its children the same way; a conv whose surroundings neither tell is
-refused by name. A batch norm right after a conv (eval ``BatchNorm2d``, ``FrozenBatchNorm2d``, or
-the ``norm`` inside Detectron2's ``Conv2d``) is folded into it; then a ReLU after it makes the layer
-a nonlinear target (eq. 5), a residual add, pooling, a concatenation or the network's output a
-linear one (eq. 12 without r).
+``BasicBlock`` / ``LastLevelP6P7``; :data:`KNOWN_CONV_CHILDREN`: the lateral and output convs of
+Detectron2's ``FPN``), else from its children the same way; a conv whose surroundings neither
+tell is refused by name. A batch norm right after a conv (eval ``BatchNorm2d``,
+``FrozenBatchNorm2d``, or the ``norm`` inside Detectron2's ``Conv2d``) is folded into it; then a
+ReLU after it makes the layer a nonlinear target (eq. 5), a residual add, pooling, a
+concatenation or the network's output a linear one (eq. 12 without r).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ SHAPE_METHODS = ("size", "dim")
 # Known blocks, for the modules that do not trace: (module, class) -> conv -> (its batch norm,
 # what follows it). A conv the block does not have (``downsample`` is often None) is passed over.
 TORCHVISION, DETECTRON2 = "torchvision.models.resnet", "detectron2.modeling.backbone.resnet"
+DETECTRON2_FPN = "detectron2.modeling.backbone.fpn"
 KNOWN_BLOCKS: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
     (TORCHVISION, "BasicBlock"): {
         "conv1": ("bn1", RELU),
@@ -87,6 +89,19 @@ KNOWN_BLOCKS: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
         "conv1": (INTERNAL_NORM, RELU),
         "conv2": (INTERNAL_NORM, ADD),
         "shortcut": (INTERNAL_NORM, ADD),
+    },
+    # RetinaNet's P6/P7: P6 is an output of the network and, through a ReLU, P7's input
+    (DETECTRON2_FPN, "LastLevelP6P7"): {"p6": (None, OUTPUT), "p7": (None, OUTPUT)},
+}
+# Known modules that do not trace and hold convs of their own beside other parts: (module, class)
+# -> the start of a conv child's name -> (its batch norm, what follows it). Detectron2's FPN: each
+# lateral 1×1 conv is added to the upsampled coarser map (the coarsest one feeds the output conv
+# and the upsampling as it is), each 3×3 output conv gives an output of the network (and the
+# max-pooled P6).
+KNOWN_CONV_CHILDREN: Dict[Tuple[str, str], Dict[str, Tuple[Optional[str], str]]] = {
+    (DETECTRON2_FPN, "FPN"): {
+        "fpn_lateral": (INTERNAL_NORM, ADD),
+        "fpn_output": (INTERNAL_NORM, OUTPUT),
     },
 }
 
@@ -162,10 +177,18 @@ def analyse(model: nn.Module, use_fx: bool = True) -> LayerGraph:
 
 def parts_convs(module: nn.Module, prefix: str, why: str, use_fx: bool, result: LayerGraph):
     """The convs of the children of ``module``, which does not trace (``why``)."""
+    known = KNOWN_CONV_CHILDREN.get((type(module).__module__, type(module).__name__), {})
     for name, child in module.named_children():
         path = f"{prefix}.{name}" if prefix else name
         if isinstance(child, nn.Conv2d) and left_alone(child) is not None:
             continue  # kept as it is (grouped, dilated, ...): nothing to follow
+        role = next((r for start, r in known.items() if name.startswith(start)), None)
+        if isinstance(child, nn.Conv2d) and role is not None:
+            norm = role[0]
+            if norm == INTERNAL_NORM and not is_batch_norm(getattr(child, "norm", None)):
+                norm = None
+            result.convs[path] = checked_node(child, path, role[1], norm)
+            continue
         if isinstance(child, (nn.Conv2d, FactorizedConv2d)):
             what = type(module).__name__
             raise AccelDetError(
@@ -177,8 +200,13 @@ def parts_convs(module: nn.Module, prefix: str, why: str, use_fx: bool, result: 
         graph, child_why = trace(child) if use_fx else (None, why)
         block = KNOWN_BLOCKS.get((type(child).__module__, type(child).__name__))
         if graph is not None:
-            result.convs.update(graph_convs(child, graph, path, root=False))
-        elif block is not None:
+            try:
+                result.convs.update(graph_convs(child, graph, path, root=False))
+                continue
+            except AccelDetError:  # an output used where this cannot see: the table may know
+                if block is None:
+                    raise
+        if block is not None:
             result.convs.update(block_convs(child, block, path))
         else:
             parts_convs(child, path, child_why, use_fx, result)
@@ -340,9 +368,18 @@ def get_module(root: nn.Module, path: str) -> Optional[nn.Module]:
 
 
 def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the submodule ``path`` of ``root`` (an ``nn.Sequential`` index too)."""
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent), name, module)
+    """Replace the submodule ``path`` of ``root`` (an ``nn.Sequential`` index too). A plain list
+    or tuple attribute of its parent that holds the old module holds the new one after it (the
+    forward of Detectron2's ``FPN`` calls its convs from the lists ``lateral_convs`` and
+    ``output_convs``, not by name)."""
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path)
+    old = getattr(parent, name)
+    setattr(parent, name, module)
+    for attribute, value in list(vars(parent).items()):
+        if isinstance(value, (list, tuple)) and any(item is old for item in value):
+            replaced = [module if item is old else item for item in value]
+            object.__setattr__(parent, attribute, type(value)(replaced))
 
 
 def left_alone(conv: nn.Conv2d) -> Optional[str]:

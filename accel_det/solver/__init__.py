@@ -21,8 +21,9 @@ from .network import conv_specs
 from .options import SolverOptions, paper_schedule
 from .pipeline import CompressionResult, compress
 from .planning import make_plan, plan_from_structures
-from .ranks import select_ranks, spatial_ranks, uniform_ranks
+from .ranks import select_ranks, uniform_ranks
 from .spatial import filter_reconstruction
+from .splits import spatial_ranks
 from .targets import Targets, find_targets
 
 __all__ = [

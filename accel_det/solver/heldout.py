@@ -1,4 +1,4 @@
-"""Held-out error: a seeded fraction of the images is kept out of every layer's solve, and the
+"""Held-out error: a seeded share of the images is kept out of every layer's solve, and the
 error of the approximated responses on them tells whether the solve overfits its samples (too
 few samples per filter), which the in-sample error alone cannot."""
 
@@ -21,36 +21,54 @@ OVERFIT = 1.5
 MARGIN = 0.02
 
 
-def heldout_images(indices: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """Which of the images ``indices`` are held out: a fixed choice for each (seed, image), the
-    same in every pass, process and batch size."""
+def heldout_set(
+    images: torch.Tensor, fraction: float, seed: int, warn: bool = True
+) -> torch.Tensor:
+    """The held-out images among the image indices ``images`` (repeats allowed): exactly
+    max(1, round(``fraction``·N)) of the N distinct ones, at most N − 1, taken by a permutation
+    seeded by ``seed`` alone, so that every pass, batch size and process holds out the same images
+    (under torch.distributed, pass the indices of all processes' images). None with ``fraction`` 0,
+    or when N < 2 (then, with ``warn``, a warning line says so)."""
+    unique = torch.unique(torch.as_tensor(images).cpu())
     if fraction <= 0:
-        return torch.zeros(len(indices), dtype=torch.bool)
-    draws = [np.random.default_rng([seed, int(i), 7]).random() for i in indices.tolist()]
-    return torch.tensor([d < fraction for d in draws], dtype=torch.bool)
+        return unique[:0]
+    if len(unique) < 2:
+        if warn:
+            logger.warning(
+                "held-out error: %d image, none can be held out of the solve (heldout_fraction "
+                "%g needs at least 2 images); the overfit check is off",
+                len(unique),
+                fraction,
+            )
+        return unique[:0]
+    count = min(len(unique) - 1, max(1, round(fraction * len(unique))))
+    order = np.random.default_rng([seed, 7]).permutation(len(unique))
+    return unique[torch.from_numpy(np.sort(order[:count]))]
 
 
-def split_rows(images: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """The held-out mask of sample rows, from the image of every row."""
-    unique, inverse = torch.unique(images, return_inverse=True)
-    return heldout_images(unique, fraction, seed)[inverse]
+def split_rows(images: torch.Tensor, fraction: float, seed: int, warn: bool = True) -> torch.Tensor:
+    """The held-out mask of sample rows, from the image of every row (:func:`heldout_set` of
+    those images)."""
+    images = torch.as_tensor(images)
+    held = heldout_set(images, fraction, seed, warn)
+    return torch.isin(images.cpu(), held).to(images.device)
 
 
 def output_error(
     original: nn.Module,
     approximated: nn.Module,
     batches: Iterable,
-    fraction: float,
-    seed: int,
+    heldout: torch.Tensor,
     device=None,
 ) -> Tuple[Optional[float], int]:
-    """‖F̂(x) − F(x)‖ / ‖F(x)‖ of the network's output over the held-out images, and their
-    number (under torch.distributed, over all processes)."""
+    """‖F̂(x) − F(x)‖ / ‖F(x)‖ of the network's output over the images whose indices are in
+    ``heldout`` (:func:`heldout_set`), and their number (under torch.distributed, over all
+    processes)."""
     squared = torch.zeros(2, dtype=torch.float64)
     count = 0
     with torch.inference_mode():
         for images, indices in iterate_batches(batches, device):
-            keep = heldout_images(indices, fraction, seed)
+            keep = torch.isin(indices, heldout)
             if not keep.any():
                 continue
             x = images[keep.to(images.device)]

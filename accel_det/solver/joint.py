@@ -35,7 +35,9 @@ from .complexity import (
 )
 from .options import SolverOptions, skipped_layers
 from .planning import (
+    check_plan_pays,
     check_reachable,
+    layer_structures,
     make_plan,
     plan_from_structures,
     record_selection,
@@ -47,8 +49,8 @@ from .ranks import (
     layer_multiples,
     round_down_ranks,
     select_ranks,
-    spatial_ranks,
 )
+from .splits import spatial_ranks
 
 TARGETS = ("network", "conv", "fc")
 
@@ -98,12 +100,15 @@ def make_network_plan(
     fixed_macs: int = 0,
     target: str = "network",
     fc_ranks: Optional[Mapping[str, int]] = None,
+    spatial_spectra: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Plan:
     """The plan of a network of conv layers then fc layers for ``options.speedup`` (see the
     module's docstring). ``fixed_macs``: multiply-adds per image of the layers that stay as they
     are besides these (a detector's box predictor); ``fc_ranks``: fixed ranks of fc layers (e.g.
     Girshick's) instead of selecting them; fc layers named in neither ``fc_ranks`` nor
-    ``eigenvalues`` are left as they are."""
+    ``eigenvalues`` are left as they are; ``spatial_spectra``: the kernel energies that choose
+    d'' per layer (:func:`~.ranks.spatial_ranks`). Every factorized layer costs less than the
+    layer it replaces (:func:`~.planning.check_plan_pays`)."""
     if target not in TARGETS:
         raise AccelDetError(
             f"unknown speedup target {target!r}; expected one of {', '.join(TARGETS)}"
@@ -118,11 +123,11 @@ def make_network_plan(
             entry.update(pca_energy=1.0, error=None, seconds=None)
         ranks = {s.name: fc_ranks.get(s.name) for s in linears}
     elif target == "conv" or not selected:
-        plan = make_plan(convs, eigenvalues, options)
+        plan = make_plan(convs, eigenvalues, options, spatial_spectra=spatial_spectra)
         ranks = {s.name: fc_ranks.get(s.name) for s in linears}
     else:
         plan, ranks = joint_plan(
-            convs, linears, selected, eigenvalues, options, fixed_macs, fc_ranks
+            convs, linears, selected, eigenvalues, options, fixed_macs, fc_ranks, spatial_spectra
         )
     for spec in linears:
         plan["layers"][spec.name] = linear_entry(
@@ -137,6 +142,7 @@ def make_network_plan(
         approximated_macs_network=int(approximated),
         theoretical_speedup_network=speedup_ratio(original, approximated),
     )
+    check_plan_pays(plan)
     return plan
 
 
@@ -203,8 +209,11 @@ def _budget_tables(convs, linears, selected, options, fixed_macs, fc_ranks):
     return budget, tables, solved, splittable
 
 
-def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ranks):
-    """Conv and fc ranks from one greedy over both, then d'' (with a spatial step)."""
+def joint_plan(
+    convs, linears, selected, eigenvalues, options, fixed_macs, fc_ranks, spatial_spectra=None
+):
+    """Conv and fc ranks from one greedy over both, then d'' (with a spatial step): layers whose
+    split the budget does not need stay whole."""
     budget, tables, solved, splittable = _budget_tables(
         convs, linears, selected, options, fixed_macs, fc_ranks
     )
@@ -223,15 +232,10 @@ def joint_plan(convs, linears, selected, eigenvalues, options, fixed_macs, fc_ra
             for s in solved + selected
             if s not in splittable
         )
-        spatial = spatial_ranks(splittable, budget - rest, low_rank, round_to=multiples)
-    structures = {}
-    for spec in convs:
-        rank, spatial_rank = ranks.get(spec.name), spatial.get(spec.name)
-        structures[spec.name] = {
-            "structure": structure_of(rank, spatial_rank, spec.out_channels),
-            "rank": rank,
-            "spatial_rank": spatial_rank,
-        }
+        spatial = spatial_ranks(
+            splittable, budget - rest, low_rank, round_to=multiples, spectra=spatial_spectra
+        )
+    structures = layer_structures(convs, ranks, spatial)
     plan = plan_from_structures(
         convs,
         structures,

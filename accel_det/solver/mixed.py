@@ -12,7 +12,7 @@ convs), and d'' is then found so that the whole network meets r
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -20,11 +20,15 @@ from ..plan import Plan
 from .complexity import ConvSpec
 from .joint import joint_plan
 from .options import SolverOptions, skipped_layers
-from .planning import make_plan, spatial_layers
+from .planning import check_plan_pays, make_plan, spatial_layers
 
 
 def make_layer_plan(
-    specs: Sequence[ConvSpec], eigenvalues: Mapping[str, torch.Tensor], options: SolverOptions
+    specs: Sequence[ConvSpec],
+    eigenvalues: Mapping[str, torch.Tensor],
+    options: SolverOptions,
+    *,
+    spatial_spectra: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Plan:
     """:func:`~.planning.make_plan`, or for a 3d method on layers that cannot all be split
     spatially, one greedy over all of them (see the module's docstring)."""
@@ -32,7 +36,8 @@ def make_layer_plan(
     skip = set(skipped_layers(options, [s.name for s in specs]))
     solved = [s for s in specs if s.name not in skip]
     if not (method.spatial and method.channel) or len(spatial_layers(solved)) == len(solved):
-        return make_plan(specs, eigenvalues, options)
-    plan, _ = joint_plan(specs, [], [], eigenvalues, options, 0, {})
+        return make_plan(specs, eigenvalues, options, spatial_spectra=spatial_spectra)
+    plan, _ = joint_plan(specs, [], [], eigenvalues, options, 0, {}, spatial_spectra)
     plan["planner"] = "one greedy over k×k (3d structure) and 1×1 (channel) layers"
+    check_plan_pays(plan)
     return plan

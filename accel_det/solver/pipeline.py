@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -24,12 +25,13 @@ from .channel import covariance, eigen_descending, relative_error
 from .checkpoint import load_checkpoint, save_checkpoint, tensors_digest
 from .complexity import ConvSpec
 from .factorize import set_folded_weights, set_low_rank_weights, set_weights, unpadded_conv
-from .heldout import output_error, overfit_warning, split_rows
+from .heldout import heldout_set, output_error, overfit_warning
 from .methods import ChannelProblem
 from .mixed import make_layer_plan
 from .options import SolverOptions, check_names, options_or, skipped_layers
+from .planning import spatial_layers
 from .responses import LayerInputs, ResponseSampler
-from .spatial import filter_reconstruction
+from .spatial import filter_reconstruction, kernel_energies
 from .targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def compress(
     checkpoint: Optional[str] = None,
     resume: bool = False,
     on_layer_done: Optional[Callable[[str, dict], None]] = None,
-    planner: Optional[Callable[[Sequence[ConvSpec], Mapping[str, torch.Tensor]], Plan]] = None,
+    planner: Optional[Callable[..., Plan]] = None,
     **settings,
 ) -> CompressionResult:
     """Accelerate every conv of ``model`` by ``speedup`` in theoretical multiply-adds of its conv
@@ -70,8 +72,10 @@ def compress(
     map sizes the multiply-adds are counted at (default: the first batch's). ``checkpoint`` is a
     file rewritten after each layer; with ``resume`` the run continues after the last layer it
     holds and ends identical to an uninterrupted run. ``model`` itself is left untouched.
-    ``planner(specs, eigenvalues)`` replaces the default plan (e.g. one budget with
-    fc layers, :func:`~.joint.make_network_plan`; by default :func:`~.mixed.make_layer_plan`);
+    ``planner(specs, eigenvalues)`` replaces the default plan (e.g. one budget with fc layers,
+    :func:`~.joint.make_network_plan`; by default :func:`~.mixed.make_layer_plan`); if it takes a
+    keyword ``spatial_spectra``, it gets the kernel energies of the k×k layers there
+    (:func:`~.spatial.kernel_energies`, None without a spatial step), which choose d'' per layer;
     entries of layers it adds are kept as they are.
 
     Under torch.distributed each process passes its own shard of the images, as
@@ -100,13 +104,22 @@ def compress(
         runner=targets.runner(),
     )
     truth = sampler.original(original, names)
-    heldout = {
-        n: split_rows(sampler.row_images[n], options.heldout_fraction, options.seed) for n in truth
-    }
+    held_images = heldout_set(
+        torch.cat(list(sampler.row_images.values())), options.heldout_fraction, options.seed
+    )
+    heldout = {n: torch.isin(sampler.row_images[n], held_images) for n in truth}
     eigenvalues = {
         s.name: eigen_descending(covariance(truth[s.name][~heldout[s.name]])[1])[0] for s in specs
     }
-    plan = (planner or functools.partial(make_layer_plan, options=options))(specs, eigenvalues)
+    spectra = None
+    if options.solver.spatial:
+        spectra = {
+            s.name: kernel_energies(original.get_submodule(names[s.name]).weight)
+            for s in spatial_layers(specs)
+        }
+    planner = planner or functools.partial(make_layer_plan, options=options)
+    extra = {"spatial_spectra": spectra} if takes_keyword(planner, "spatial_spectra") else {}
+    plan = planner(specs, eigenvalues, **extra)
     plan.update(
         samples_per_image=options.samples_per_image,
         seed=options.seed,
@@ -173,8 +186,7 @@ def compress(
         if on_layer_done is not None:
             on_layer_done(spec.name, entry)
     if options.heldout_fraction > 0:
-        error, count = output_error(original, approximated, batches, options.heldout_fraction,
-                                    options.seed, device)  # fmt: skip
+        error, count = output_error(original, approximated, batches, held_images, device)
         plan["heldout"] = {
             "fraction": options.heldout_fraction,
             "images": count,
@@ -264,6 +276,12 @@ def log_layer(name: str, entry: Mapping) -> None:
         text(entry.get("heldout_error")),
         entry["seconds"],
     )
+
+
+def takes_keyword(function: Callable, name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name``."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def module_device(module: nn.Module) -> torch.device:

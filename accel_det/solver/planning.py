@@ -11,7 +11,7 @@ from ..errors import AccelDetError
 from ..nn.factorized import CHANNEL, ORIGINAL, SPATIAL, SPATIAL_CHANNEL
 from ..plan import PLAN_FORMAT, Plan
 from .channel import pca_energy
-from .complexity import ConvSpec, conv_macs, speedup_ratio, structure_macs
+from .complexity import ConvSpec, LinearSpec, conv_macs, speedup_ratio, structure_macs
 from .options import SolverOptions, skipped_layers
 from .ranks import (
     budget_macs,
@@ -20,9 +20,9 @@ from .ranks import (
     layer_multiples,
     round_down_ranks,
     select_ranks,
-    spatial_ranks,
     uniform_ranks,
 )
+from .splits import spatial_break_even, spatial_ranks
 
 
 def structure_of(rank: Optional[int], spatial_rank: Optional[int], out_channels: int) -> str:
@@ -37,6 +37,24 @@ def structure_of(rank: Optional[int], spatial_rank: Optional[int], out_channels:
     if spatial_rank:
         return SPATIAL
     return ORIGINAL
+
+
+def layer_structures(
+    specs: Sequence[ConvSpec], ranks: Mapping[str, int], spatial: Mapping[str, int]
+) -> Dict[str, dict]:
+    """The plan entries (``structure``, ``rank``, ``spatial_rank``) of layers with d' (``ranks``)
+    and d'' (``spatial``). A layer at full rank d' = d that is not split stays as it is (no rank,
+    its own weights) until a layer before it is factorized: only then does solving it at full
+    rank (eq. 12, M folded into it) have an approximated input to make up for."""
+    structures, changed = {}, False
+    for spec in specs:
+        rank, spatial_rank = ranks.get(spec.name), spatial.get(spec.name)
+        structure = structure_of(rank, spatial_rank, spec.out_channels)
+        if structure == ORIGINAL and not changed:
+            rank = None
+        changed = changed or structure != ORIGINAL
+        structures[spec.name] = {"structure": structure, "rank": rank, "spatial_rank": spatial_rank}
+    return structures
 
 
 def spatial_layers(specs: Sequence[ConvSpec]) -> list:
@@ -64,11 +82,17 @@ def check_reachable(specs: Sequence[ConvSpec], options: SolverOptions) -> None:
 
 
 def make_plan(
-    specs: Sequence[ConvSpec], eigenvalues: Mapping[str, torch.Tensor], options: SolverOptions
+    specs: Sequence[ConvSpec],
+    eigenvalues: Mapping[str, torch.Tensor],
+    options: SolverOptions,
+    *,
+    spatial_spectra: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Plan:
     """Structure and ranks of every layer for the whole-model theoretical ``options.speedup``:
     d' by rank selection (eqs. 13-14) or uniform ratios, then d'' of the spatial step so that the
-    whole model, 1×1 layers and skipped layers included, meets the speedup."""
+    whole model, 1×1 layers and skipped layers included, meets the speedup
+    (:func:`~.ranks.spatial_ranks`, per layer by its ``spatial_spectra`` where given). Every
+    factorized layer costs less than the layer it replaces (:func:`check_plan_pays`)."""
     method = options.solver
     skip = set(skipped_layers(options, [s.name for s in specs]))
     solved = [s for s in specs if s.name not in skip]
@@ -82,7 +106,10 @@ def make_plan(
     if not method.channel:
         fixed = skip | {s.name for s in solved if s not in splittable}
         spatial = spatial_ranks(
-            splittable, budget_macs(specs, options.speedup, fixed), round_to=round_to
+            splittable,
+            budget_macs(specs, options.speedup, fixed),
+            round_to=round_to,
+            spectra=spatial_spectra,
         )
     else:
         ranks = channel_ranks(specs, solved, eigenvalues, options)
@@ -96,13 +123,11 @@ def make_plan(
             # Full-rank layers lose their 1×1 layer (folded), so the spatial step sees them as d
             # wide.
             low_rank = {s.name: ranks[s.name] for s in splittable if ranks[s.name] < s.out_channels}
-            spatial = spatial_ranks(splittable, budget, low_rank, round_to=round_to)
+            spatial = spatial_ranks(
+                splittable, budget, low_rank, round_to=round_to, spectra=spatial_spectra
+            )
 
-    structures = {}
-    for spec in specs:
-        rank, spatial_rank = ranks.get(spec.name), spatial.get(spec.name)
-        structure = structure_of(rank, spatial_rank, spec.out_channels)
-        structures[spec.name] = {"structure": structure, "rank": rank, "spatial_rank": spatial_rank}
+    structures = layer_structures(specs, ranks, spatial)
     plan = plan_from_structures(
         specs,
         structures,
@@ -115,7 +140,38 @@ def make_plan(
     record_selection(plan, specs, ranks, eigenvalues, options)
     if options.rank_selection and options.rank_cost == "latency":
         plan["latency"] = latency_record(specs, ranks, options)
+    check_plan_pays(plan)
     return plan
+
+
+def check_plan_pays(plan: Mapping, source: str = "the plan") -> None:
+    """Refuse a plan with a factorized layer that does not cost strictly fewer multiply-adds than
+    the original layer (counted from the shape its entry records), or a 3d layer whose spatial
+    split does not cost fewer than its k×k layer of d' filters would: such a layer only adds
+    error. Plans are checked with it before they are written. (With ``rank_cost="latency"`` d' is
+    priced by measured latency, where rank selection only takes ranks faster than the layer.)"""
+    latency = plan.get("rank_cost") == "latency"  # d' priced by measured latency: pays there
+    for name, entry in plan["layers"].items():
+        structure = entry.get("structure", ORIGINAL)
+        if structure == ORIGINAL or (latency and structure == CHANNEL):
+            continue
+        if "in_features" in entry:
+            spec = LinearSpec(name, entry["in_features"], entry["out_features"], entry["rois"])
+        else:
+            spec = ConvSpec.from_dict({**entry, "name": name})
+        rank, spatial_rank = entry.get("rank"), entry.get("spatial_rank")
+        cost, original = structure_macs(spec, structure, rank, spatial_rank), conv_macs(spec)
+        if cost >= original:
+            raise AccelDetError(
+                f"{source}: {name} is {structure} (d'={rank}, d''={spatial_rank}) at {cost} "
+                f"multiply-adds, not fewer than the {original} of the original layer: a factorized "
+                "layer that does not pay only adds error"
+            )
+        if structure == SPATIAL_CHANNEL and spatial_rank > spatial_break_even(spec, rank):
+            raise AccelDetError(
+                f"{source}: {name} has d''={spatial_rank}, above {spatial_break_even(spec, rank)}, "
+                f"where its k×1 + 1×k split stops costing less than its k×k layer of {rank} filters"
+            )
 
 
 def channel_ranks(

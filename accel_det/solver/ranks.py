@@ -1,5 +1,5 @@
-"""Ranks for a whole-model speedup: the greedy rank selection of eqs. (13)–(14), uniform ranks, and
-the spatial ranks d'' of the 3d combination and of the Jaderberg baseline.
+"""Ranks for a whole-model speedup: the greedy rank selection of eqs. (13)–(14) and uniform ranks
+(the spatial ranks d'' of the 3d combination and of the Jaderberg baseline: :mod:`.splits`).
 
 Budgets are in multiply-adds: the approximated layers may cost ``Σ C_l / r − Σ (skipped C_l)``,
 so that the whole model, untouched layers included, is r times cheaper.
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import AccelDetError
-from .complexity import ConvSpec, channel_macs, conv_macs, spatial_macs, uniform_rank
+from .complexity import ConvSpec, channel_macs, conv_macs, uniform_rank
 
 RANK_COSTS = ("with_1x1", "paper", "latency")
 
@@ -104,7 +104,7 @@ def select_ranks(
             if ranks[name] < len(values[name]) and spent + costs[name] <= budget
         ]
         if not fitting:
-            return ranks
+            return exchange_fill(eigenvalues, costs, ranks, budget, min_rank=min_rank)
         _, _, name = max(fitting)
         ranks[name] += 1
         spent += costs[name]
@@ -227,7 +227,9 @@ def select_ranks_by_table(
                     )
                 )
         if not fitting:
-            return ranks
+            return exchange_fill(
+                eigenvalues, tables, ranks, budget, min_rank=min_rank, round_to=round_to
+            )
         _, _, name, up, extra = max(fitting)
         ranks[name] = up
         spent += extra
@@ -337,95 +339,77 @@ def uniform_ranks(specs: Sequence[ConvSpec], speedup: float) -> Dict[str, int]:
     return {s.name: uniform_rank(s, speedup) for s in specs}
 
 
-def spatial_ranks(
-    specs: Sequence[ConvSpec],
+def exchange_fill(
+    eigenvalues: Mapping[str, torch.Tensor],
+    tables: Mapping[str, Sequence[float]],
+    ranks: Mapping[str, int],
     budget: float,
-    ranks: Optional[Mapping[str, int]] = None,
+    min_rank: int = 1,
     *,
     round_to: Multiple = 1,
 ) -> Dict[str, int]:
-    """d'' per layer so that the layers fit ``budget`` multiply-adds, each with the same spatial
-    ratio.
-
-    The k×k part of every layer (d' filters when ``ranks`` are given, else d) is made s times
-    cheaper, d'' = floor(d̃·k²c / (s·(kh·c + kw·d̃))); the 1×1 layers of ``ranks`` cost
-    d·d'·H'W' as they are. The smallest s that meets the budget is found by bisection, which is how
-    the paper's "√r each" becomes an exact whole-model r once the 1×1 cost is counted.
-
-    ``round_to`` > 1 (beyond the paper) keeps every d'' a multiple of it, or the full spatial rank
-    min(kh·c, kw·d̃): each d'' above is rounded down (to ``round_to`` at least) before the budget
-    is checked, so the bisection still meets it; then, since all layers step at once, single
-    layers are stepped back up by ``round_to`` while the budget allows, the most-cut layer
-    (largest k×k / (k×1 + 1×k) ratio) first. Thin convs run in steps of channel tiles (oneDNN on
-    CPU: 16 fp32 channels per AVX-512 vector; tensor cores: 8 fp16), so rounded ranks waste less.
-    """
+    """Exchanges after the greedy of :func:`select_ranks_by_table` (beyond the paper), whose last
+    steps up move one layer at a time and so may leave up to one (rounded) step of the budget
+    unspent: one layer one allowed rank up and another down to the highest allowed rank that
+    makes the pair fit the budget, when the pair spends more of the budget and keeps more energy
+    (eq. 13's product E grows), the exchange that keeps the most first. An exchange that spent
+    more for less energy would only be slower and worse, so a plan of coarse ranks may stay up to
+    a step's worth under its budget. Same arguments as :func:`select_ranks_by_table`, and
+    ``ranks`` to start from (within the budget)."""
     check_multiple(round_to)
-    ranks = dict(ranks or {})
+    order = list(eigenvalues)
+    ranks = dict(ranks)
+    kept, cost, allowed = {}, {}, {}
+    for name in order:
+        values = eigenvalues[name].double().clamp_min(0).numpy()
+        energy = np.concatenate([[0.0], np.cumsum(values)])
+        with np.errstate(divide="ignore"):
+            kept[name] = np.log(np.maximum(energy / max(energy[-1], 1e-300), 1e-300))
+        cost[name] = np.array([0.0] + monotone_costs(_as_table(tables[name], len(values), name)))
+        step = multiple_of(round_to, name)
+        allowed[name] = np.array(
+            sorted({r for r in range(step, len(values) + 1, step) if r >= min_rank} | {len(values)})
+        )
+    spent = sum(float(cost[name][ranks[name]]) for name in order)
 
-    def full_rank(spec: ConvSpec) -> int:
-        kh, kw = spec.kernel_size
-        return min(spec.in_channels * kh, ranks.get(spec.name, spec.out_channels) * kw)
+    def step_up(name: str):
+        """(rank, Δcost, Δlog-energy) of the next allowed rank up, or None."""
+        here = ranks[name]
+        prices = cost[name][allowed[name]]
+        higher = prices[prices > cost[name][here]]
+        if not len(higher):
+            return None
+        up = int(allowed[name][prices == higher[0]][-1])  # the most energy at that cost
+        return up, cost[name][up] - cost[name][here], kept[name][up] - kept[name][here]
 
-    def rounded(spec: ConvSpec, value: int) -> int:
-        full, step = full_rank(spec), multiple_of(round_to, spec.name)
-        if step == 1 or value >= full:
-            return max(1, min(full, value))
-        return min(full, max(step, value - value % step))
+    def step_down(name: str, room: float):
+        """(rank, Δcost, Δlog-energy) of the highest allowed rank down that frees at least
+        ``room``, or None."""
+        here = ranks[name]
+        lower = allowed[name][cost[name][allowed[name]] <= cost[name][here] - room]
+        lower = lower[cost[name][lower] < cost[name][here]]
+        if not len(lower):
+            return None
+        down = int(lower[-1])
+        return down, cost[name][down] - cost[name][here], kept[name][down] - kept[name][here]
 
-    def layer_ranks(ratio: float) -> Dict[str, int]:
-        result = {}
-        for spec in specs:
-            width = ranks.get(spec.name, spec.out_channels)
-            dense = width * spec.fan_in * spec.positions
-            result[spec.name] = rounded(
-                spec, math.floor(dense / (ratio * spatial_macs(spec, 1, width)) + 1e-9)
-            )
-        return result
-
-    def cost_of(chosen: Mapping[str, int]) -> float:
-        total = 0.0
-        for spec in specs:
-            width = ranks.get(spec.name, spec.out_channels)
-            total += spatial_macs(spec, chosen[spec.name], width)
-            if spec.name in ranks:
-                total += width * spec.out_channels * spec.positions
-        return total
-
-    def cost(ratio: float) -> float:
-        return cost_of(layer_ranks(ratio))
-
-    low, high = 1e-3, 1e9
-    if cost(high) > budget:
-        raise AccelDetError("the speedup is impossible even with spatial rank 1 in every layer")
-    for _ in range(200):
-        middle = math.sqrt(low * high)
-        if cost(middle) <= budget:
-            high = middle
-        else:
-            low = middle
-        if high / low < 1 + 1e-12:
+    for _ in range(100 * len(order)):
+        moves = []
+        for a in order:
+            up = step_up(a)
+            if up is None:
+                continue
+            for b in order:
+                down = None if b == a else step_down(b, spent + up[1] - budget)
+                if down is None:
+                    continue
+                after = spent + up[1] + down[1]
+                if spent < after <= budget:
+                    moves.append((up[2] + down[2], after, a, up[0], b, down[0]))
+        if not moves:
             break
-    result = layer_ranks(high)
-    if multiple_of(round_to, None) > 1:
-        by_name = {spec.name: spec for spec in specs}
-
-        def ratio_of(name: str) -> float:  # how many times cheaper the k×k part of the layer is
-            spec, width = by_name[name], ranks.get(name, by_name[name].out_channels)
-            return width * spec.fan_in * spec.positions / spatial_macs(spec, result[name], width)
-
-        spent = cost_of(result)
-        while True:
-            steps = []
-            for name, value in result.items():
-                step = multiple_of(round_to, name)
-                up = min(full_rank(by_name[name]), value + step - value % step)
-                if up > value:
-                    extra = cost_of({**result, name: up}) - spent
-                    if spent + extra <= budget:
-                        steps.append((ratio_of(name), name, up, extra))
-            if not steps:
-                break
-            _, name, up, extra = max(steps)
-            result[name] = up
-            spent += extra
-    return result
+        gain, after, a, up, b, down = max(moves)
+        if gain <= 1e-12:
+            break
+        ranks[a], ranks[b], spent = up, down, float(after)
+    return ranks

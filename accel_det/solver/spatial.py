@@ -19,11 +19,24 @@ def filter_reconstruction(
     SVD of A is the optimum (Eckart–Young); Jaderberg et al. reached it by conjugate gradients.
     """
     d, c, kh, kw = weight.shape
-    matrix = weight.double().permute(1, 2, 0, 3).reshape(c * kh, d * kw)
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, vh = torch.linalg.svd(kernel_matrix(weight), full_matrices=False)
     root = s[:spatial_rank].sqrt()
     vertical = (u[:, :spatial_rank] * root).T.reshape(spatial_rank, c, kh, 1)
     horizontal = (
         (vh[:spatial_rank].T * root).reshape(d, kw, spatial_rank).permute(0, 2, 1).unsqueeze(2)
     )
     return vertical.to(weight.dtype).contiguous(), horizontal.to(weight.dtype).contiguous()
+
+
+def kernel_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A ``d × c × kh × kw`` kernel as the (c·kh) × (d·kw) matrix A[(i, y), (o, x)] whose rank-d''
+    approximation is the k×1 + 1×k split (float64)."""
+    d, c, kh, kw = weight.shape
+    return weight.detach().double().permute(1, 2, 0, 3).reshape(c * kh, d * kw)
+
+
+def kernel_energies(weight: torch.Tensor) -> torch.Tensor:
+    """The squared singular values of :func:`kernel_matrix`, largest first: the filter energy a
+    split keeps at each d'' (‖W − W̃‖²_F is the sum of those past d''), which prices d'' in rank
+    selection as the eigenvalues of the responses price d' (eqs. 13–14)."""
+    return torch.linalg.svdvals(kernel_matrix(weight).cpu()).square()

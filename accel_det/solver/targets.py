@@ -121,7 +121,7 @@ def trace_calls(
     paths = conv_paths(model) if paths is None else list(paths)
     if not paths:
         raise AccelDetError("the network has no Conv2d layer")
-    channels = in_channels or first_conv_channels(model, paths)
+    channels = in_channels or input_channels(model, paths, input_hw)
     calls: "OrderedDict[str, List[Call]]" = OrderedDict()
 
     def hook_for(path: str):
@@ -163,9 +163,18 @@ def meta_forward(model: nn.Module, x: torch.Tensor):
         return torch.func.functional_call(model, state, (x,), strict=False)
 
 
-def first_conv_channels(model: nn.Module, paths: Sequence[str]) -> int:
-    """The input channels of the network: those of its first conv."""
-    return model.get_submodule(paths[0]).in_channels
+def input_channels(model: nn.Module, paths: Sequence[str], input_hw: Tuple[int, int]) -> int:
+    """The input channels of the network: those of the first of its convs ``paths`` whose input
+    channels make it run on the meta device. The first conv in module order need not be the first
+    to run (Detectron2's FPN registers its own convs before the ResNet it runs first)."""
+    candidates = list(dict.fromkeys(model.get_submodule(p).in_channels for p in paths))
+    for channels in candidates if len(candidates) > 1 else ():
+        try:
+            meta_forward(model, torch.empty(1, channels, *input_hw, device="meta"))
+            return channels
+        except Exception:  # another count of channels, or a forward that reads values
+            continue
+    return candidates[0]
 
 
 def network_macs(model: nn.Module, input_hw: Tuple[int, int]) -> int:

@@ -23,9 +23,13 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import AccelDetError
+from ..evaluation import Interval, ap50, bootstrap_ap50, interval_from_samples, read_records
+from ..evaluation.ap import records_path
+from ..evaluation.bootstrap import RESAMPLES, SEED, check_paired
 from ..plan import Plan, linear_entries, plan_fingerprint
-from ..utils.io import atomic_path, atomic_write_text, load_json, load_json_object
+from ..utils.io import atomic_write_text, load_json, load_json_object
 from ..utils.tables import markdown_table as table
+from .map_plot import family, plot_map_vs_speedup  # noqa: F401  (the report's plot)
 
 # latency entries a record may have (eager PyTorch, and ONNX Runtime when exported)
 PARTS = (
@@ -153,6 +157,8 @@ def record_from_run(folder: str, *, name: Optional[str] = None) -> dict:
         before = os.path.join(folder, "eval_before_ft.json")
         if os.path.isfile(before):
             record["ap50_before_ft"] = _file_ap50(before)
+        if os.path.isfile(records_path(results)):
+            record["detections"] = records_path(results)
     speed = os.path.join(folder, "speed.json")
     if os.path.isfile(speed) and not record.get("latency"):
         record["latency"] = dict(load_json_object(speed, "speed record").get("latency") or {})
@@ -280,6 +286,65 @@ def _median(record: Mapping, part: str) -> Optional[float]:
     return value.get("median_ms")
 
 
+def add_intervals(
+    records: Sequence[dict],
+    pairs: Sequence[Tuple[str, str]] = (),
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> List[dict]:
+    """Set ``ap50_interval`` (95 %, bootstrap over test images) and ``delta_ap50_interval``
+    (against the baseline, paired: the same resampled images) of every record whose per-image
+    detections (``"detections"``: an ``.npz`` next to its ``eval_results.json``) are readable;
+    returns the paired comparison of each ``(model, against)`` name pair of ``pairs``, as
+    ``{"model", "against", "value", "low", "high", ...}``."""
+    loaded = {}
+    for record in records:
+        path = record.get("detections")
+        if path and os.path.isfile(path):
+            detections = read_records(path)
+            samples = bootstrap_ap50(detections, resamples, seed)
+            loaded[record.get("name")] = (detections, float(ap50(detections)), samples)
+
+    def compare(a: str, b: str) -> Optional[dict]:
+        if a not in loaded or b not in loaded:
+            return None
+        (da, va, sa), (db, vb, sb) = loaded[a], loaded[b]
+        check_paired(da, db)
+        interval = interval_from_samples(va - vb, sa - sb)
+        return dict(interval.as_dict(), images=da.num_images)
+
+    for record in records:
+        if record.get("name") in loaded:
+            detections, value, samples = loaded[record["name"]]
+            interval = interval_from_samples(value, samples)
+            record["ap50_interval"] = dict(interval.as_dict(), images=detections.num_images)
+    base = _baseline(records)
+    for record in records:
+        if record is not base:
+            record["delta_ap50_interval"] = compare(record.get("name"), base.get("name"))
+    found = [(a, b, compare(a, b)) for a, b in pairs]
+    return [dict(c, model=a, against=b) for a, b, c in found if c is not None]
+
+
+def interval(value: Optional[Mapping]) -> Optional[Interval]:
+    """An :class:`Interval` from its dict (``as_dict``) in a record or row; None for none."""
+    return Interval.from_dict(value)
+
+
+def comparison_text(comparison: Mapping) -> str:
+    """``detector_4x against asym3d_4x: Δ +1.9 [+0.4, +3.3] (higher)``, or ``(no measurable
+    difference)`` where the interval holds 0."""
+    delta = interval(comparison)
+    verdict = (
+        "no measurable difference"
+        if delta.holds_zero
+        else ("higher" if delta.value > 0 else "lower")
+    )
+    return (
+        f"{comparison['model']} against {comparison['against']}: {delta.delta_text()} ({verdict})"
+    )
+
+
 def report_rows(records: Sequence[Mapping]) -> List[dict]:
     """Rows sorted by theoretical speedup: name, theoretical speedup, actual speedups of the
     backbone and of the whole detector, their median latencies, AP50 (before/after FT), ΔAP50."""
@@ -294,6 +359,8 @@ def report_rows(records: Sequence[Mapping]) -> List[dict]:
             "ap50": r.get("ap50"),
             "ap50_before_ft": r.get("ap50_before_ft"),
             "ap50_onnxruntime": r.get("ap50_onnxruntime"),
+            "ap50_interval": r.get("ap50_interval"),
+            "delta_ap50_interval": r.get("delta_ap50_interval"),
             "delta_ap50": None
             if r.get("ap50") is None or base.get("ap50") is None
             else r["ap50"] - base["ap50"],
@@ -329,7 +396,10 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
         f"{PART_LABELS[p]} ms" for p in parts
     ]
     header += ["AP50 before FT"] if show_before else []
-    header += ["AP50", "ΔAP50"]
+    if any(r.get("ap50_interval") for r in rows):
+        header += ["AP50 [95 % interval]", "ΔAP50 [95 %, paired]"]
+    else:
+        header += ["AP50", "ΔAP50"]
     show_exported = any(r.get("ap50_onnxruntime") is not None for r in rows)
     header += ["AP50 (ONNX Runtime)"] if show_exported else []
     body = []
@@ -341,58 +411,22 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
             _f(r[f"{p}_ms"], "{:.1f}") for p in parts
         ]
         cells += [_f(r.get("ap50_before_ft"), "{:.1f}")] if show_before else []
-        cells += [_f(r["ap50"], "{:.1f}"), "–" if r["baseline"] else _f(r["delta_ap50"], "{:+.1f}")]
+        cells += [_ap50_cell(r), "–" if r["baseline"] else _delta_cell(r)]
         cells += [_f(r.get("ap50_onnxruntime"), "{:.1f}")] if show_exported else []
         body.append(cells)
     return table(header, body)
 
 
-def family(row: Mapping) -> str:
-    """The group a model belongs to in the plot: its name up to the last ``_`` (``detector_4x``
-    → ``detector``), the baseline its own."""
-    return "baseline" if row["baseline"] else row["name"].rsplit("_", 1)[0]
+def _ap50_cell(row: Mapping) -> str:
+    bounds = interval(row.get("ap50_interval"))
+    return str(bounds) if bounds is not None else _f(row["ap50"], "{:.1f}")
 
 
-def plot_map_vs_speedup(rows: Sequence[Mapping], path: str, title: str = "AP50 vs speedup") -> None:
-    """PNG: AP50 against the whole detector's speedup, actual (filled) and theoretical (hollow),
-    one marker and line per family of models (and the backbone's actual speedup, dotted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r.get("ap50") is not None]
-    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=120)
-    base = next((r for r in rows if r["baseline"]), None)
-    markers = iter("osd^vP*X")
-    for name in dict.fromkeys(family(r) for r in rows if not r["baseline"]):
-        members = sorted((r for r in rows if family(r) == name), key=sort_key)
-        marker, color = next(markers), None
-        for key, filled in (("detector_speedup", True), ("theoretical_speedup_detector", False)):
-            points = [(r[key], r["ap50"]) for r in members if r.get(key)]
-            if base is not None:
-                points = [(1.0, base["ap50"])] + points
-            if len(points) < 2:
-                continue
-            label = f"{name}: {'actual' if filled else 'theoretical'}"
-            line = ax.plot([p[0] for p in points], [p[1] for p in points], "-" if filled else ":",
-                           marker=marker, color=color, label=label,
-                           markerfacecolor=None if filled else "none")  # fmt: skip
-            color = line[0].get_color()
-    for r in rows:
-        x = 1.0 if r["baseline"] else r.get("detector_speedup") or r["theoretical_speedup"]
-        ax.annotate(
-            r["name"], (x, r["ap50"]), textcoords="offset points", xytext=(4, 4), fontsize=7
-        )
-    ax.set_xlabel("speedup of the whole detector over the baseline (×)")
-    ax.set_ylabel("AP50 (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, format="png")
-    plt.close(fig)
+def _delta_cell(row: Mapping) -> str:
+    bounds = interval(row.get("delta_ap50_interval"))
+    if bounds is None:
+        return _f(row["delta_ap50"], "{:+.1f}")
+    return bounds.delta_text()[len("Δ ") :]
 
 
 def write_report(

@@ -228,6 +228,12 @@ def test_tools_export_then_evaluate(setup, pytorch_results, tmp_path, capsys):
     assert abs(results[f"{PREFIX}_test"]["bbox"]["AP50"] - expected) <= 0.1
     assert results["evaluated"]["runtime"] == "onnxruntime"
     assert f"{PREFIX}_test: AP " in out and f"results written to {tmp_path}" in out
+    # AP50 with its interval; paired against another evaluation of the same images
+    npz = tmp_path / "detector.onnx.onnxruntime.eval_results.detections.npz"
+    assert npz.is_file() and "] (95 % bootstrap interval over test images)" in out, out
+    paired = ["--output", tmp_path / "paired.json", "--baseline", npz]
+    out = tool("evaluate_exported", *config, "--model", model, *paired, *opts)
+    assert "Δ +0.0 [+0.0, +0.0] (paired)" in out, out
     (tmp_path / "detector.onnx").write_bytes(model.read_bytes() + b" ")  # not the recorded one
     again = ["--output", tmp_path / "again.json"]
     err = tool("evaluate_exported", *config, "--model", model, *again, *opts, code=2)

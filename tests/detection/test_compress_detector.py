@@ -189,3 +189,22 @@ def test_outputs_another_run_wrote_meanwhile_are_kept(tmp_path):
         write_outputs(torch.nn.Linear(2, 2), Plan(layers={}), paths, plot=False, replace=False)
     assert os.listdir(tmp_path) == ["plan.json"]
     assert (tmp_path / "plan.json").read_text() == "the first run's"
+
+
+def test_fixed_fc_ranks_that_would_not_pay_are_refused():
+    """fc6 of the demo (3136→256): its two factors cost less than the layer up to rank 236."""
+    from types import SimpleNamespace
+
+    from accel_det.errors import AccelDetError
+    from accel_det.workflows.detector.compress import check_fc_ranks
+
+    head = SimpleNamespace(fc6=torch.nn.Linear(3136, 256), fc7=torch.nn.Linear(256, 256))
+    model = SimpleNamespace(roi_heads=SimpleNamespace(box_head=head))
+    check_fc_ranks(model, {"fc6": 236, "fc7": 127})
+    check_fc_ranks(model, {"fc6": 256, "fc7": 256})  # kept whole (solved at full rank)
+    with pytest.raises(AccelDetError, match="fc6 at rank 237 costs more .* at most 236, or 256"):
+        check_fc_ranks(model, {"fc6": 237})
+    with pytest.raises(AccelDetError, match="fc7 at rank 128 costs more"):
+        check_fc_ranks(model, {"fc7": 128})
+    with pytest.raises(AccelDetError, match="larger than its full rank 256"):
+        check_fc_ranks(model, {"fc6": 257})

@@ -216,7 +216,12 @@ def all_configs():
     )
 
 
-@pytest.mark.parametrize("config", all_configs())
+def vgg16_configs():
+    """The VGG-16 detectors' configs (the ResNet-FPN ones: test_accel_backbone.py)."""
+    return [c for c in all_configs() if "vgg16" in c.lower()]
+
+
+@pytest.mark.parametrize("config", vgg16_configs())
 def test_configs_load_and_build(tmp_path, config):
     opts = []
     if "accel" in config:

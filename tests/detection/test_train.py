@@ -276,9 +276,32 @@ def test_demo_pipeline_end_to_end_on_tiny_data(tmp_path):
         saved["synthetic_data"] is True
         and saved["records"][1]["latency"]["backbone"]["threads"] == 1
     )
+    # every AP50 with its interval, every comparison paired on the same test images
+    for row in summary["rows"]:
+        bounds = row["ap50_interval"]
+        assert bounds["low"] <= row["ap50"] <= bounds["high"] and bounds["images"] == 5
+    assert (out / "baseline" / "eval_results.detections.npz").is_file()
+    found = {(c["model"], c["against"]) for c in summary["comparisons"]}
+    assert {("detector_2x", "asym3d_2x"), ("asym3d_2x", "baseline")} <= found
+    assert "### Comparisons (paired on the same test images)" in report
+    assert "ΔAP50 [95 %, paired]" in report
     # a second run reuses every finished stage
     again = run_demo(options)
     assert [r["ap50"] for r in again["rows"]] == [r["ap50"] for r in summary["rows"]]
+    # another fine-tuning seed: new fine-tuned models, the baseline and compression reused
+    from accel_det.workflows.demo.seeds import seed_spread
+
+    spread = seed_spread(options, [1])
+    assert spread["finetune_seeds"] == [0, 1] and set(spread["models"]["asym3d_2x"]) == {0, 1}
+    assert (out / "asym3d_2x_ftseed1" / "eval_results.detections.npz").is_file()
+    from accel_det.utils.io import load_torch_file
+
+    weights = [
+        load_torch_file(str(out / f / "model_final.pth"))["model"]
+        for f in ("asym3d_2x", "asym3d_2x_ftseed1")
+    ]
+    assert any((weights[0][k] != weights[1][k]).any() for k in weights[0])
+    assert "AP50, seed 1" in (out / "seeds.md").read_text()
 
 
 def short_training(root, out, *extra, iterations=1, resume=False):
@@ -369,12 +392,18 @@ def test_an_output_dir_with_another_run_is_refused_or_moved_aside_whole(tmp_path
     assert check(run, "trained_from.pth", eval_only=True) == CONTINUE  # what config.yaml names
     assert check(run, other, overwrite=True) == OVERWRITE
 
+    (run / "eval_results.detections.npz").write_bytes(b"per-image detections")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     config = run / "config.yaml"
     moved = start_run(str(run), CONTINUE, in_use=[str(config)])
     (aside,) = (run / "previous_runs").iterdir()
-    assert "eval_results.json, config.yaml" in moved and str(aside) in moved
-    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "eval_results.json"]
+    assert "eval_results.json, eval_results.detections.npz, config.yaml" in moved
+    assert str(aside) in moved
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "config.yaml",
+        "eval_results.detections.npz",
+        "eval_results.json",
+    ]
     assert config.exists() and not (run / "eval_results.json").exists()  # copied / moved
     assert start_run(str(run), CONTINUE) == ""  # no results: nothing to move
     start_run(str(run), OVERWRITE)

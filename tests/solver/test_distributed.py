@@ -41,10 +41,15 @@ def test_two_processes_equal_one(tmp_path):
         plan = json.loads((tmp_path / f"plan{rank}.json").read_text())
         weights = torch.load(tmp_path / f"weights{rank}.pth", weights_only=True)
         assert plan["num_images"] == single.plan["num_images"]
+        # the same single image of the 12 (round(0.1 * 12)) held out in both processes
+        assert plan["heldout"]["images"] == single.plan["heldout"]["images"] == 1
+        assert abs(plan["heldout"]["output_error"] - single.plan["heldout"]["output_error"]) < 1e-3
         for name, entry in single.plan["layers"].items():
             assert plan["layers"][name]["rank"] == entry["rank"], name
             assert plan["layers"][name]["spatial_rank"] == entry["spatial_rank"], name
             assert abs(plan["layers"][name]["error"] - entry["error"]) < 1e-3, name
+            held = plan["layers"][name]["heldout_error"], entry["heldout_error"]
+            assert held[1] is not None and abs(held[0] - held[1]) < 1e-3, name
         # Float sums in another order (batches of 1 vs 4, pooled samples) move the 50 alternating
         # steps by float32 noise; compare what the networks compute, against an approximation
         # error that is itself around 10 %.

@@ -9,7 +9,7 @@ from torch import nn
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import vgg16_features
 from accel_det.nn import FactorizedConv2d
-from accel_det.solver import METHODS, apply_plan, compress
+from accel_det.solver import METHODS, apply_plan, compress, plan_from_structures
 from accel_det.solver.responses import sample_positions
 from tests.helpers import SHORT, image_batches, small_net
 
@@ -23,7 +23,10 @@ def test_every_method_meets_the_speedup_and_keeps_the_interface(method):
     )
     plan = json.loads(json.dumps(result.plan))  # JSON-serialisable
     assert plan["method"] == method
-    assert plan["theoretical_speedup"] == pytest.approx(2.5, rel=0.02)
+    # d'' in steps of 16 in this tiny net: one step is 8 % of the budget, so a 3d or Jaderberg plan
+    # may stay up to a step under it rather than spend more for more error
+    tolerance = 0.03 if METHODS[method].spatial else 0.02
+    assert 2.5 <= plan["theoretical_speedup"] <= 2.5 * (1 + tolerance)
     assert plan["layers"]["conv1_1"]["structure"] == "original"
     expected = {
         "linear": "channel",
@@ -40,9 +43,10 @@ def test_every_method_meets_the_speedup_and_keeps_the_interface(method):
     for name, entry in plan["layers"].items():
         if name != "conv1_1":
             full = entry["rank"] == entry["out_channels"]
-            assert entry["structure"] == (folded[expected[method]] if full else expected[method]), (
-                name
-            )
+            allowed = {folded[expected[method]] if full else expected[method]}
+            if method == "asym3d":  # a split only where it is worth its error (filter energy)
+                allowed.add("original" if full else "channel")
+            assert entry["structure"] in allowed, name
     for entry in plan["layers"].values():
         assert entry["error"] is None or 0 <= entry["error"] < 1.5
     x = torch.rand(2, 3, 24, 24)
@@ -324,51 +328,51 @@ def test_carrying_activations_between_layers_changes_nothing():
 
 
 def test_full_rank_layers_fold_the_1x1_layer_away():
+    """A layer at full rank d' = d after a factorized one is solved with M folded into it (eq. 12
+    makes up for its approximated input); before any factorized layer it keeps its own weights."""
     net = small_net()
-    for method, folded in (("asym", "original"), ("asym3d", "spatial")):
+    index = {"conv3_3": 14, "conv3_2": 12, "conv3_1": 10, "conv2_2": 7, "conv2_1": 5, "conv1_2": 2}
+    seen = set()
+
+    def linear_planner(specs, eigenvalues):  # conv2_1 at half rank, then conv2_2 at full rank
+        given = {"conv2_1": {"structure": "channel", "rank": 16}, "conv2_2": {"rank": 32}}
+        plan = plan_from_structures(specs, given, method="linear", speedup=1.1)
+        for entry in plan["layers"].values():
+            entry.update(pca_energy=1.0, error=None, seconds=None)
+        return plan
+
+    for method, speedup in (("asym3d", 1.1), ("asym3d", 1.15), ("linear", 1.1)):
         result = compress(
-            net, image_batches(), speedup=1.15, method=method, schedule=SHORT, progress=False
-        )
-        full = [n for n, e in result.plan["layers"].items() if e["rank"] == e["out_channels"]]
-        assert full, "expected layers kept at full rank at this mild speedup"
-        index = {
-            "conv3_3": 14,
-            "conv3_2": 12,
-            "conv3_1": 10,
-            "conv2_2": 7,
-            "conv2_1": 5,
-            "conv1_2": 2,
-        }
+            net, image_batches(), speedup=speedup, method=method, schedule=SHORT, progress=False,
+            planner=linear_planner if method == "linear" else None,
+        )  # fmt: skip
+        layers = result.plan["layers"]
+        full = [n for n, e in layers.items() if e["rank"] == e["out_channels"]]
+        first = min(index[n] for n, e in layers.items() if e["structure"] != "original")
+        for name, entry in layers.items():
+            if name in index and index[name] < first:  # untouched: no rank, its own weights
+                assert entry["rank"] is None and entry["error"] == 0.0
+                assert torch.equal(result.model[index[name]].weight, net[index[name]].weight)
         for name in full:
-            entry = result.plan["layers"][name]
-            assert entry["structure"] == folded and entry["error"] is not None
+            entry = layers[name]
+            assert index[name] > first or entry["structure"] == "spatial"
+            assert entry["error"] is not None
+            assert entry["structure"] in ("original", "spatial")
+            seen.add((method, entry["structure"]))
             layer = result.model[index[name]]
             assert not isinstance(layer, FactorizedConv2d) or "expand" not in dict(
                 layer.named_children()
             )
-        assert result.plan["theoretical_speedup"] >= 1.15
+        assert result.plan["theoretical_speedup"] >= speedup or method == "linear"  # given plan
         rebuilt = apply_plan(small_net(seed=2), result.plan)
         rebuilt.load_state_dict(result.model.state_dict())
-    # Folding is exact: a full-rank linear solution on the layer's own responses reproduces it.
-    linear = compress(net, image_batches(), speedup=1.15, method="linear", progress=False)
-    first_full = min(
-        (n for n, e in linear.plan["layers"].items() if e["rank"] == e["out_channels"]),
-        key=lambda n: n,
-    )
-    assert first_full
-    with torch.no_grad():
-        layer = linear.model[
-            {"conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}[
-                first_full
-            ]
-        ]
-        conv = net[
-            {"conv1_2": 2, "conv2_1": 5, "conv2_2": 7, "conv3_1": 10, "conv3_2": 12, "conv3_3": 14}[
-                first_full
-            ]
-        ]
-        inputs = torch.rand(2, conv.in_channels, 8, 8)
-        assert torch.allclose(layer(inputs), conv(inputs), atol=1e-4)
+        if method == "linear":  # folding is exact: full-rank PCA of a layer's own responses
+            for name in full:
+                with torch.no_grad():
+                    inputs = torch.rand(2, net[index[name]].in_channels, 8, 8)
+                    expected = net[index[name]](inputs)
+                    assert torch.allclose(result.model[index[name]](inputs), expected, atol=1e-4)
+    assert seen == {("asym3d", "original"), ("asym3d", "spatial"), ("linear", "original")}
 
 
 def test_held_out_error_shows_overfitting_and_is_recorded(caplog):

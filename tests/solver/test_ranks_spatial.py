@@ -16,7 +16,6 @@ from accel_det.solver import (
     conv_specs,
     filter_reconstruction,
     select_ranks,
-    spatial_ranks,
     structure_macs,
 )
 from accel_det.solver.factorize import set_weights
@@ -26,6 +25,7 @@ from accel_det.solver.ranks import (
     product_energy,
     select_ranks_by_table,
 )
+from accel_det.solver.splits import spatial_ranks
 
 
 def _spectrum(generator, size):

@@ -1,7 +1,8 @@
-"""VGG-16 chains through the general solver: the plans and weights ``compress`` made before it took
-module graphs (``fixtures/vgg_compress.json``, written by ``tests/solver/vgg_fixture.py`` from the
-code of that time): the same structures and ranks, the same errors, weight norms and outputs within
-float32 noise (bit for bit on the machine that wrote the fixture; see ``vgg_fixture``)."""
+"""VGG-16 chains through the general solver: the plans and weights ``compress`` made
+(``fixtures/vgg_compress.json``, written by ``tests/solver/vgg_fixture.py``; first by the code
+before it took module graphs, rewritten when the plans changed on purpose): the same structures
+and ranks, the same errors, weight norms and outputs within float32 noise (bit for bit on the
+machine that wrote the fixture; see ``vgg_fixture``); and plans of format 1 still build."""
 
 import json
 import os
@@ -38,9 +39,9 @@ def test_vgg_plans_and_weights_are_unchanged(stored, name):
     scale = max(map(abs, old["output"]))
     assert new["output"] == approx(old["output"], rel=1e-3, abs=1e-4 * scale)
     plan = new["plan"]
-    assert plan["format"] == "accel-det-plan/2" and old["plan"]["format"] == "accel-det-plan/1"
+    assert plan["format"] == old["plan"]["format"] == "accel-det-plan/2"
     for key, value in old["plan"].items():
-        if key not in ("format", "layers"):
+        if key != "layers":
             assert plan[key] == close(value), key
     assert list(plan["layers"]) == list(old["plan"]["layers"])  # conv1_1 ... in order
     for layer, entry in old["plan"]["layers"].items():
@@ -53,8 +54,13 @@ def test_vgg_plans_and_weights_are_unchanged(stored, name):
 
 
 def test_a_plan_of_the_old_format_still_builds_its_network(stored):
-    old = Plan.from_dict(stored["vgg16_w0.125_asym3d"]["plan"])
-    assert "module" not in old.layers["conv2_1"]
+    """Format 1 named every conv by its VGG name and had no ``module`` nor ``after``."""
+    plan = stored["vgg16_w0.125_asym3d"]["plan"]
+    layers = {
+        name: {k: v for k, v in entry.items() if k not in ("module", "after")}
+        for name, entry in plan["layers"].items()
+    }
+    old = Plan.from_dict({**plan, "format": "accel-det-plan/1", "layers": layers})
     rebuilt = apply_plan(network("vgg16:0.125"), old)
     new = apply_plan(network("vgg16:0.125"), run_case("vgg16_w0.125_asym3d")["plan"])
     assert [type(m) for m in rebuilt] == [type(m) for m in new]

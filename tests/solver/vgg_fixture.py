@@ -1,6 +1,7 @@
-"""The VGG-16 fixture: plans and weights that ``compress`` made on VGG-style chains before the
-solver took any module graph, stored in ``fixtures/vgg_compress.json`` so that a test can tell
-that the chain is still one case of the general path with the same results.
+"""The VGG-16 fixture: plans and weights that ``compress`` made on VGG-style chains (first before
+the solver took any module graph; rewritten when plans changed on purpose: one held-out image in
+every case, d'' chosen per layer), stored in ``fixtures/vgg_compress.json`` so that a test can
+tell that the chain is still one case of the general path with the same results.
 
     python -m tests.solver.vgg_fixture     # writes the fixture (only when the results must change)
 

@@ -18,7 +18,8 @@ from accel_det.nn import CHANNEL, SPATIAL, SPATIAL_CHANNEL
 from accel_det.solver import plan_from_structures
 from accel_det.solver.complexity import conv_macs, structure_macs
 from accel_det.solver.network import conv_specs
-from accel_det.solver.ranks import budget_macs, spatial_ranks
+from accel_det.solver.ranks import budget_macs
+from accel_det.solver.splits import spatial_ranks
 from accel_det.utils import timing as bench_latency
 from accel_det.utils.timing import measure_for
 from accel_det.workflows.bench import detector as bench_detector

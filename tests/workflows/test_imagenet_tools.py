@@ -100,12 +100,17 @@ def test_compress_writes_weights_plan_plot_and_table(work):
     # the solver's plan itself, extended with how it was obtained
     assert record["method"] == "asym3d" and 2.8 < record["theoretical_speedup"] < 3.2
     assert record["layers"]["conv1_1"]["structure"] == "original"
-    # asym3d layers are k×1 → 1×k → 1×1; at full rank d' = d the 1×1 layer is folded away
-    assert all(
-        e["structure"] == ("spatial" if e["rank"] == e["out_channels"] else "spatial_channel")
+    # asym3d layers are k×1 → 1×k → 1×1 where the split is worth its error, else k×k → 1×1; at
+    # full rank d' = d the 1×1 layer is folded away
+    structures = {
+        n: (e["structure"], e["rank"] in (None, e["out_channels"]))
         for n, e in record["layers"].items()
         if n != "conv1_1"
-    )
+    }
+    assert set(structures.values()) <= {
+        ("spatial", True), ("original", True), ("spatial_channel", False), ("channel", False)
+    }  # fmt: skip
+    assert sum(s in ("spatial", "spatial_channel") for s, _ in structures.values()) >= 3
     assert record["num_images"] == 20 and record["num_samples"]["conv3_1"] == 100
     assert record["options"]["num_images"] == 20 and record["preprocessing"]["center_crop"] == 56
     assert len(record["source_weights"]["sha256"]) == 64 and record["images"]["used"] == 20

@@ -86,3 +86,32 @@ def test_latency_is_measured_interleaved_at_the_given_thread_count():
     assert single["min_ms"] <= single["median_ms"] <= single["p90_ms"]
     with num_threads(1):
         assert torch.get_num_threads() == 1
+
+
+def test_rows_carry_intervals_paired_against_the_baseline(tmp_path):
+    from accel_det.evaluation import paired_delta, write_records
+    from accel_det.workflows.report import add_intervals, comparison_text
+    from tests.evaluation.test_ap import synthetic_records
+
+    records = [dict(r) for r in RECORDS] + [dict(RECORDS[0], name="asym3d_4x_copy")]
+    detections = {
+        "asym3d_4x": synthetic_records(300, seed=1, skill=0.5),
+        "baseline": synthetic_records(300, seed=1, skill=0.7),
+        "asym3d_4x_copy": synthetic_records(300, seed=1, skill=0.5),
+    }
+    for record in records:
+        path = tmp_path / f"{record['name']}.detections.npz"
+        write_records(detections[record["name"]], str(path))
+        record["detections"] = str(path)
+    found = add_intervals(records, [("asym3d_4x", "asym3d_4x_copy")])
+    assert found[0]["value"] == 0 and found[0]["low"] == found[0]["high"] == 0
+    assert comparison_text(found[0]).endswith("(no measurable difference)")
+    rows = {r["name"]: r for r in report_rows(records)}
+    expected = paired_delta(detections["asym3d_4x"], detections["baseline"])
+    assert rows["asym3d_4x"]["delta_ap50_interval"]["low"] == pytest.approx(expected.low)
+    table = markdown_table(list(rows.values()))
+    assert "ΔAP50 [95 %, paired]" in table and expected.delta_text()[2:] in table
+    assert expected.high < 0 and "\u2212" in expected.delta_text()
+    png = tmp_path / "plot.png"
+    plot_map_vs_speedup(list(rows.values()), str(png))
+    assert png.stat().st_size > 10_000

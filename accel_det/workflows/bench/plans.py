@@ -3,16 +3,20 @@ eigenvalues (as solved and with ranks rounded), and what a reader needs of a pla
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Sequence, Tuple
+import os
+import re
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ...errors import AccelDetError
 from ...nn.factorized import CHANNEL
-from ...plan import plan_fingerprint
+from ...nn.network import apply_plan
+from ...plan import Plan, plan_fingerprint
 from ...solver import SolverOptions, make_plan, plan_from_structures
 from ...solver.channel import covariance, eigen_descending
+from ...solver.complexity import whole_model_speedup
 from ...solver.network import conv_specs
 from ...solver.responses import ResponseSampler
 from ...solver.targets import find_targets
@@ -114,3 +118,68 @@ def plan_summary(plan: Mapping) -> dict:
         **({"source": plan["source"]} if isinstance(plan.get("source"), str) else {}),
         **({"file": plan["file"]} if plan.get("file") else {}),
     }
+
+
+def read_plan_files(
+    items: Sequence[str], features: nn.Sequential, input_hw: Tuple[int, int], width: float
+) -> Tuple[Dict[str, dict], Dict[str, str]]:
+    """The plans of ``[NAME=]PATH`` items (the name defaulting to the file's stem), each checked
+    to fit ``features`` (a theoretical speedup filled in where the file has none), and their
+    absolute paths by name."""
+    plans, files = {}, {}
+    for item in items:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        plan = Plan.read(path)
+        try:
+            apply_plan(features, plan)
+            if not isinstance(plan.get("theoretical_speedup"), (int, float)):
+                plan["theoretical_speedup"] = theoretical_speedup(features, plan, input_hw)
+        except (
+            AccelDetError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+        ) as error:  # malformed layer entries too
+            detail = (
+                error
+                if isinstance(error, AccelDetError)
+                else f"a malformed layer entry ({error!r})"
+            )
+            raise AccelDetError(
+                f"plan {path} does not fit VGG-16 at width {width}: {detail}"
+            ) from None
+        plan["file"] = os.path.abspath(path)
+        name = name or os.path.splitext(os.path.basename(path))[0]
+        if name in files:
+            raise AccelDetError(f"two --plan files are named {name!r}: name them, --plan NAME=PATH")
+        plans[name] = plan
+        files[name] = os.path.abspath(path)
+    return plans, files
+
+
+def theoretical_speedup(features: nn.Sequential, plan: Mapping, input_hw: Tuple[int, int]) -> float:
+    """The whole-model theoretical speedup of ``plan`` on ``features`` at ``input_hw``."""
+    layers = {
+        name: {"structure": "original", **entry} for name, entry in plan["layers"].items()
+    }  # as apply_plan reads them
+    return whole_model_speedup(conv_specs(features, input_hw), layers)
+
+
+def grid_plan_names(grid_plans, plans, files, round_ranks: int) -> List[str]:
+    """The plans the grid times: ``grid_plans`` (names, or the paths given to --plan), else the
+    rounded solver plans and every plan file."""
+    if grid_plans:
+        by_path = {os.path.abspath(p): n for n, p in files.items()}
+        names = [by_path.get(os.path.abspath(n), n) for n in grid_plans]
+        unknown = [n for n in names if n not in plans]
+        if unknown:
+            raise AccelDetError(f"--grid-plans: unknown plan(s) {unknown}; known: {sorted(plans)}")
+        return names
+    rounded = [n for n in plans if n.endswith(f", ranks x{round_ranks}")]
+    return rounded + [n for n in files if n not in rounded]
+
+
+def slug(name: str) -> str:
+    """A plan's name as a file name."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()

@@ -42,6 +42,32 @@ ORIGINAL_NAME = "original"
 
 MIN_SIZE = {"backbone": 32, "detector": 16}  # smallest input side each part runs at
 
+QUICK_CASES = ("backbone:224:1", "backbone:600x1000:1", "detector:224:1", "detector:600x1000:1")
+FULL_CASES = (
+    "backbone:224:1",
+    "backbone:224:8",
+    "backbone:600x1000:1",
+    "detector:224:1",
+    "detector:224:8",
+    "detector:600x1000:1",
+)
+# batch 8 at 600x1000 takes 33 s per call of the original on one CPU thread (4-5 minutes a case):
+# GPU only by default
+GPU_CASES = FULL_CASES + ("backbone:600x1000:8", "detector:600x1000:8")
+
+NOTES = [
+    "Random He-initialised weights: speed does not depend on the values.",
+    "The solver's plans: rank selection (eqs. 13-14, multiply-add budget) on eigenvalues of "
+    "responses of the random-weight VGG-16 to generated images (no ImageNet weights here); ranks "
+    "rounded: d' by the solver's round_ranks_to, asym3d's d'' by spatial_ranks(round_to=...), both "
+    "at the same multiply-add budget.",
+    "Latency: torch.inference_mode, warm-up, then interleaved rounds (one call of each model per "
+    "round), median; actual speedup = original median / model median at the same thread count.",
+    "Detector: Detectron2 Fast R-CNN (configs/vgg16_voc.yaml, accel_vgg16_voc.yaml with the plan), "
+    "random precomputed proposals, box head shared between models, classifier set so that no box "
+    "passes the score threshold (NMS left out).",
+]
+
 
 @dataclasses.dataclass
 class Case:

@@ -96,3 +96,46 @@ def largest_error(matrix: Mapping) -> float:
     """The largest relative output difference of any timed form against its contiguous model."""
     values = [v for modes in matrix.get("output_check", {}).values() for v in modes.values()]
     return max(values) if values else 0.0
+
+
+def speed_markdown(record: Mapping, families: Sequence[str]) -> str:
+    """``benchmark_speed.md``: the command, the notes, the levers, the grid and the allocator
+    lever of a speed benchmark's record."""
+    parts = [
+        f"# Speed: theoretical vs measured ({record['device']})",
+        "",
+        f"`{record['command']}`; grid at {record['threads']} torch thread(s), "
+        f"OMP_NUM_THREADS={record['omp_num_threads']}; {record['seconds']:.0f} s.",
+        "",
+    ]
+    parts += [f"- {n}" for n in record["notes"]] + [""]
+    if "levers" in record:
+        parts += [
+            "## Levers (backbone, batch 1)",
+            "",
+            lever_table(record["levers"], families),
+            "",
+            matrix_table(record["lever_matrix"]),
+            "",
+        ]
+        if "eager_ceiling" in record:
+            parts += [
+                f"ReLU and max-pool (not factorized) bound the eager form at "
+                f"{record['eager_ceiling']['speedup']:.2f}x (actual / theoretical "
+                f"{record['eager_ceiling']['ratio']:.2f}).",
+                "",
+            ]
+    parts += ["## Grid", "", grid_table(record["grid"]), ""]
+    if "allocator" in record:
+        cases = {r["case"] for r in record["allocator"]["rows"]}
+        parts += [
+            "## Allocator lever",
+            "",
+            f"`{record['allocator']['setting']}` (glibc), then the same cases again:",
+            "",
+            grid_table(
+                [r for r in record["grid"] if r["case"] in cases] + record["allocator"]["rows"]
+            ),
+            "",
+        ]
+    return "\n".join(parts)

@@ -33,13 +33,14 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from ...data.synthetic.voc import make_synthetic_voc
+from ...data.synthetic.voc import STAMP_FILE, make_synthetic_voc
 from ...detection.config import load_config
 from ...detection.convert import vgg16_to_detectron2
 from ...detection.datasets import datasets_root, register_synthetic_voc
 from ...detection.proposals import check_proposal_file, make_proposals, proposal_stats
 from ...detection.trainer import Trainer, by_dataset, check_inputs, save_results
 from ...errors import AccelDetError
+from ...evaluation.ap import records_path
 from ...solver import SolverOptions
 from ...utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_safe
 from ..detector import DetectorCompressOptions, compress_detector
@@ -95,6 +96,15 @@ class DemoRun:
         self.timings: Dict[str, float] = {}
         self.rois = 0  # RoIs per test image the detector budget counts (set with the proposals)
         self.accel_cfg = None  # the fine-tuning config, before the keys of one speedup
+        self.test_set = None  # the data's stamp digest: evaluations are redone when it changes
+
+    def suffix(self, which: str) -> str:
+        """``""``, or ``_trainseed<n>`` / ``_ftseed<n>`` for a baseline training / fine-tuning
+        seed other than ``seed``: the folder of a model trained with another seed."""
+        seed = self.options.seeds()[which]
+        if seed == self.options.seed:
+            return ""
+        return f"_{'trainseed' if which == 'train' else 'ftseed'}{seed}"
 
     def timed(self, name: str):
         """A context that adds the block's wall time to ``timings[name]``."""
@@ -127,6 +137,7 @@ class DemoRun:
             progress=o.progress,
         )
         register_synthetic_voc(self.data_dir, replace=True)
+        self.test_set = file_digest(os.path.join(self.data_dir, STAMP_FILE))
         files = {}
         for split in ("trainval", "test"):
             path = os.path.join(self.data_dir, "proposals", f"selective_search_{split}.pkl")
@@ -235,9 +246,11 @@ class DemoRun:
             + self.data_opts
             + [
                 "OUTPUT_DIR",
-                os.path.join(self.out, "baseline"),
+                os.path.join(self.out, "baseline" + self.suffix("train")),
                 "MODEL.WEIGHTS",
                 pretrained["weights"],
+                "SEED",
+                str(self.options.seeds()["train"]),
             ]
         )
         cfg = load_config(self.options.config, opts)
@@ -256,7 +269,9 @@ class DemoRun:
         out = cfg.OUTPUT_DIR
         os.makedirs(out, exist_ok=True)
         weights = os.path.join(out, "model_final.pth")
-        key = stage_key(cfg.dump(), extra.get("plan"), file_digest(cfg.MODEL.WEIGHTS))
+        key = stage_key(
+            cfg.dump(), extra.get("plan"), file_digest(cfg.MODEL.WEIGHTS), self.test_set
+        )
         record_path = os.path.join(out, "result.json")
         record = cached_record(record_path, key, self.options.force)
         if record is not None and os.path.isfile(weights):
@@ -265,7 +280,7 @@ class DemoRun:
         cfg.freeze()
         check_inputs(cfg, train=True)
         atomic_write_text(cfg.dump(), os.path.join(out, "config.yaml"))
-        seed_all_rng(self.options.seed)
+        seed_all_rng(cfg.SEED)
         start = time.perf_counter()
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)
@@ -276,6 +291,8 @@ class DemoRun:
             "name": name,
             **extra,
             "ap50": eval_ap50(results),
+            "detections": records_path(os.path.join(out, "eval_results.json")),
+            "seed": cfg.SEED,
             "eval": json_safe(results),
             "weights": weights,
             "config": os.path.join(out, "config.yaml"),
@@ -316,6 +333,7 @@ class DemoRun:
         save_results(by_dataset(plain, results), os.path.join(out, "eval_results_folded.json"))
         folded = dict(
             record,
+            detections=records_path(os.path.join(out, "eval_results_folded.json")),
             weights=weights,
             config=config,
             ap50=eval_ap50(results),
@@ -355,7 +373,8 @@ class DemoRun:
         """The baseline compressed as ``stage`` says (reused when done) with
         :func:`~accel_det.workflows.detector.compress_detector`, evaluated, then fine-tuned."""
         o = self.options
-        stage_dir = os.path.join(self.out, stage.name)
+        stage_dir = os.path.join(self.out, stage.name + self.suffix("train"))
+        finetune_dir = stage_dir + self.suffix("finetune")
         compressed_dir = os.path.join(stage_dir, "compressed")
         os.makedirs(compressed_dir, exist_ok=True)
         plan_path = os.path.join(compressed_dir, "plan.json")
@@ -363,12 +382,12 @@ class DemoRun:
         if self.accel_cfg is None:
             self.accel_cfg = load_config(o.accel_config, list(o.opts) + self.data_opts)
         accel_cfg = self.accel_cfg.clone()
-        accel_cfg.merge_from_list(
-            ["MODEL.ACCEL.PLAN", plan_path, "MODEL.WEIGHTS", weights_path, "OUTPUT_DIR", stage_dir]
-        )
+        accel_cfg.merge_from_list(["MODEL.ACCEL.PLAN", plan_path, "MODEL.WEIGHTS", weights_path,
+                                   "OUTPUT_DIR", finetune_dir])  # fmt: skip
         cfg = self.configs[baseline["name"]]
         key = stage_key(cfg.dump(), file_digest(baseline["weights"]), stage, o.compress_images,
-                        o.samples_per_image, o.fc_samples_per_image, self.rois, o.seed)  # fmt: skip
+                        o.samples_per_image, o.fc_samples_per_image, self.rois, o.seed,
+                        self.test_set)  # fmt: skip
         compressed = cached_record(os.path.join(stage_dir, "compressed.json"), key, o.force)
         if compressed is None:
             start = time.perf_counter()
@@ -399,6 +418,7 @@ class DemoRun:
                 "theoretical_speedup_detector": plan["theoretical_speedup_detector"],
             }
             atomic_write_json(compressed, os.path.join(stage_dir, "compressed.json"))
+        accel_cfg.merge_from_list(["SEED", str(o.seeds()["finetune"])])
         if o.finetune_opts:
             accel_cfg.merge_from_list(list(o.finetune_opts))
         record = self.train_stage(

@@ -15,10 +15,8 @@ and ``DIR/plan.png``, for ``MODEL.WEIGHTS`` and ``MODEL.ACCEL.PLAN`` of the acce
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field, fields
 from typing import Mapping, Optional, Sequence, Tuple
@@ -26,7 +24,6 @@ from typing import Mapping, Optional, Sequence, Tuple
 import torch
 from detectron2.modeling import build_model
 
-from ... import __version__
 from ...detection.checkpoint import load_detector_weights
 from ...detection.config import load_config
 from ...errors import AccelDetError
@@ -42,9 +39,10 @@ from ...solver.linear import compress_linear_chain
 from ...solver.options import skipped_layers
 from ...solver.pipeline import log_layer
 from ...utils.dist import agreed_errors, barrier, broadcast_parameters, init_distributed
-from ...utils.io import atomic_save_pair, check_writable_folder, refuse_existing, sha256_file
-from ..plots import plan_table, plot_plan
+from ...utils.io import check_writable_folder
+from .backbone import compress_backbone, prepare_backbone_run
 from .images import sample_detector_images
+from .outputs import check_outputs, output_paths, run_record, write_outputs
 from .responses import fc6_responses, fc_targets
 
 logger = logging.getLogger(__name__)
@@ -63,7 +61,9 @@ class DetectorCompressOptions:
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(speedup=4.0))
     fc_method: str = "asym"
     fc_ranks: Optional[Mapping[str, int]] = None  # fixed fc6/fc7 ranks instead of selected ones
-    target: str = "network"  # "network": the whole detector; "conv": its conv layers (the paper)
+    # "network": the whole detector; "conv": its conv layers (the paper); None: "network" for the
+    # VGG-16 Fast R-CNN, "conv" (the backbone's) for any other detector
+    target: Optional[str] = None
     num_images: int = 500
     rois_per_image: Optional[int] = None  # R of the budget; default the config's test top-k
     fc_samples_per_image: int = 64  # RoIs per image whose fc responses are sampled
@@ -107,54 +107,29 @@ class DetectorCompressOptions:
                 )
 
 
-def output_paths(output: str) -> dict:
-    folder = os.path.abspath(os.path.expanduser(output))
-    return {
-        "folder": folder,
-        "weights": os.path.join(folder, "model_final.pth"),
-        "plan": os.path.join(folder, "plan.json"),
-        "plot": os.path.join(folder, "plan.png"),
-        "checkpoint": os.path.join(folder, "compression.checkpoint.pth"),
-    }
-
-
-def check_outputs(paths: dict, options: DetectorCompressOptions) -> bool:
-    """Refuse before any work, as ``tools/compress_backbone.py`` does: an unwritable folder,
-    existing outputs (without --overwrite, or --resume with a checkpoint to finish), a checkpoint
-    that would be thrown away (without --resume or --overwrite). Returns whether the outputs may
-    replace existing files when they are written."""
-    check_writable_folder(paths["folder"], create=False)
-    finals = [paths[k] for k in ("weights", "plan", "plot") if k != "plot" or options.plot]
-    checkpoint = os.path.exists(paths["checkpoint"])
-    if checkpoint and not options.resume and not options.overwrite:
-        written = [path for path in finals if os.path.exists(path)]
-        raise AccelDetError(
-            (f"output {written[0]} already exists, but " if written else "")
-            + f"{paths['checkpoint']} holds an interrupted run: pass --resume to "
-            f"{'finish' if written else 'continue'} it or --overwrite to start over"
-        )
-    replace = options.overwrite or options.resume and checkpoint
-    refuse_existing(finals, replace)
-    if options.resume and not checkpoint:
-        logger.warning(
-            "--resume: no checkpoint %s yet, starting from the first layer", paths["checkpoint"]
-        )
-    return replace
+def is_vgg_fast_rcnn(cfg) -> bool:
+    """Whether ``cfg`` is the VGG-16 Fast R-CNN, compressed as a whole (conv and fc layers);
+    any other detector has its backbone compressed (:mod:`.backbone`)."""
+    return (
+        cfg.MODEL.BACKBONE.NAME == "build_vgg16_backbone"
+        and cfg.MODEL.ROI_BOX_HEAD.NAME == "VGG16BoxHead"
+    )
 
 
 def load_detector(options: DetectorCompressOptions, device):
     """The config and the trained plain detector it names (``MODEL.WEIGHTS``, checked)."""
     cfg = load_config(options.config_file, list(options.opts) + ["MODEL.DEVICE", str(device)])
-    if (
-        cfg.MODEL.BACKBONE.NAME != "build_vgg16_backbone"
-        or cfg.MODEL.ROI_BOX_HEAD.NAME != "VGG16BoxHead"
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or cfg.MODEL.BACKBONE.NAME.startswith(
+        "build_accel_"
     ):
         raise AccelDetError(
-            "compress_detector takes a plain VGG-16 Fast R-CNN (MODEL.BACKBONE.NAME "
-            "build_vgg16_backbone, ROI_BOX_HEAD.NAME VGG16BoxHead); this config has "
-            f"{cfg.MODEL.BACKBONE.NAME}, {cfg.MODEL.ROI_BOX_HEAD.NAME}"
+            "compress_detector takes a plain GeneralizedRCNN: the VGG-16 Fast R-CNN "
+            "(MODEL.BACKBONE.NAME build_vgg16_backbone, ROI_BOX_HEAD.NAME VGG16BoxHead) as a "
+            "whole, or the backbone of any other (build_resnet_backbone, "
+            f"build_resnet_fpn_backbone, ...); this config has {cfg.MODEL.META_ARCHITECTURE}, "
+            f"{cfg.MODEL.BACKBONE.NAME}"
         )
-    if cfg.MODEL.VGG.NORM:
+    if cfg.MODEL.BACKBONE.NAME == "build_vgg16_backbone" and cfg.MODEL.VGG.NORM:
         raise AccelDetError("MODEL.VGG.NORM is set: fold the batch norms into the convs first")
     if not cfg.MODEL.WEIGHTS:
         raise AccelDetError("MODEL.WEIGHTS is empty: compress a trained detector")
@@ -165,15 +140,22 @@ def load_detector(options: DetectorCompressOptions, device):
 
 
 def check_fc_ranks(model, fc_ranks: Optional[Mapping[str, int]]) -> None:
-    """Refuse fixed fc6/fc7 ranks above the layers' full ranks before any work."""
+    """Refuse fixed fc6/fc7 ranks above the layers' full ranks, or above the break-even rank
+    c·d / (c + d) below it, where the two factors cost more than the layer, before any work."""
     head = model.roi_heads.box_head
     for name, rank in (fc_ranks or {}).items():
         layer = getattr(head, name)
-        limit = rank_limits(layer.in_features, layer.out_features)[0]
+        c, d = layer.in_features, layer.out_features
+        limit = rank_limits(c, d)[0]
         if rank > limit:
             raise AccelDetError(
-                f"--fc-ranks: {name} has rank {rank}, larger than its full rank {limit} "
-                f"({layer.in_features}→{layer.out_features})"
+                f"--fc-ranks: {name} has rank {rank}, larger than its full rank {limit} ({c}→{d})"
+            )
+        even = (c * d - 1) // (c + d)  # the largest rank whose two factors cost less than c·d
+        if even < rank < limit:
+            raise AccelDetError(
+                f"--fc-ranks: {name} at rank {rank} costs more than the layer itself ({c}→{d}): "
+                f"give at most {even}, or {limit} to keep it whole"
             )
 
 
@@ -205,6 +187,12 @@ def compress_detector(
         paths = output_paths(options.output)
         replace = check_outputs(paths, options)
         cfg, model = load_detector(options, group.device)
+        if not is_vgg_fast_rcnn(cfg):
+            run = prepare_backbone_run(cfg, model, options, group)
+    if not is_vgg_fast_rcnn(cfg):
+        return compress_backbone(run, paths, replace, argv, started)
+    options = dataclasses.replace(options, target=options.target or "network")
+    with agreed_errors():
         check_fc_ranks(model, options.fc_ranks)
         names = list(conv_names(model.backbone.features))
         solver = options.solver.replace(skip=skipped_layers(options.solver, names))
@@ -232,16 +220,18 @@ def compress_detector(
     fc_eigenvalues = {}
     if fc_method is not None:
         y6, owners = fc6_responses(model, model.backbone.features, images, progress)
-        heldout = split_rows(owners, options.solver.heldout_fraction, options.solver.seed)
+        heldout = split_rows(
+            owners, options.solver.heldout_fraction, options.solver.seed, warn=False
+        )
         y6, y7 = fc_targets(model, y6)
         fc_eigenvalues = {
             n: eigen_descending(covariance(y[~heldout])[1])[0] for n, y in zip(FC_LAYERS, (y6, y7))
         }
 
-    def planner(specs, eigenvalues):
+    def planner(specs, eigenvalues, spatial_spectra=None):
         return make_network_plan(
             specs, linears, {**eigenvalues, **fc_eigenvalues}, options.solver, fixed_macs=fixed,
-            target=options.target, fc_ranks=options.fc_ranks,
+            target=options.target, fc_ranks=options.fc_ranks, spatial_spectra=spatial_spectra,
         )  # fmt: skip
 
     def on_layer_done(name: str, entry: dict) -> None:
@@ -282,7 +272,6 @@ def compress_detector(
 
 def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -> Plan:
     """``DIR/plan.json``: the plan extended with how it was obtained."""
-    paths = output_paths(options.output)
     record = Plan(plan)
     record.update(
         theoretical_speedup_detector=plan["theoretical_speedup_network"],
@@ -291,62 +280,12 @@ def detector_record(plan, options, argv, cfg, images, rois, input_hw, started) -
         input_hw=list(input_hw),
         sampled_input_hw=plan.get("input_hw"),
         fc_samples_per_image=options.fc_samples_per_image,
-        options=options.record(),
-        command=list(argv) if argv is not None else None,
-        config_file=os.path.abspath(options.config_file)
-        if os.path.isfile(options.config_file)
-        else options.config_file,
-        source_weights={
-            "path": os.path.abspath(cfg.MODEL.WEIGHTS),
-            "sha256": sha256_file(cfg.MODEL.WEIGHTS),
-        },
         images={
             "datasets": list(cfg.DATASETS.TRAIN),
             "num_images": options.num_images,
             "rois": images.num_rois,
         },
-        outputs={
-            "weights": paths["weights"],
-            "plot": paths["plot"] if options.plot else None,
-        },
-        created=datetime.datetime.now().isoformat(timespec="seconds"),
-        total_seconds=round(time.perf_counter() - started, 2),
-        versions={
-            "accel_det": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        **run_record(options, argv, cfg, started),
     )
     record["layers"] = record.pop("layers")
     return record
-
-
-def write_outputs(model, record: Plan, paths: dict, plot: bool, replace: bool = True) -> None:
-    """The checkpoint of the whole accelerated detector and the plan record as a pair (the record
-    last, with the weights' sha256; without ``replace``, refused if either exists by then), then
-    the plot; the solver's checkpoint is removed only when all are written (else the error says
-    that ``--resume`` writes them)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    checkpoint = {"model": state, "__author__": "accel-det compress_detector"}
-    try:
-        record = Plan(
-            atomic_save_pair(checkpoint, paths["weights"], record, paths["plan"], replace)
-        )
-        if plot:
-            plot_plan(record, paths["plot"])
-    except AccelDetError as error:
-        if not os.path.exists(paths["checkpoint"]):
-            raise
-        raise AccelDetError(
-            f"{error}; the solved layers stay in {paths['checkpoint']}: make room and rerun the "
-            "same command with --resume to finish"
-        ) from None
-    if os.path.exists(paths["checkpoint"]):
-        os.remove(paths["checkpoint"])
-    print(plan_table(record), flush=True)
-    logger.info(
-        "wrote %s and %s: theoretical speedup %.2fx (conv layers), %.2fx (whole detector at %d "
-        "RoIs)",
-        paths["weights"], paths["plan"], record["theoretical_speedup"],
-        record["theoretical_speedup_network"], record["rois_per_image"],
-    )  # fmt: skip

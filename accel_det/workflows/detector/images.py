@@ -62,16 +62,22 @@ def sample_detector_images(
     """``num_images`` images of ``DATASETS.TRAIN`` drawn with ``seed`` (this process keeps every
     ``shard[1]``-th, from ``shard[0]``), and ``rois_per_image`` RoIs of each among its top
     ``PRECOMPUTED_PROPOSAL_TOPK_TEST`` proposals (``foreground_fraction`` of them with IoU ≥ 0.5
-    to an object, when it has them)."""
+    to an object, when it has them); ``rois_per_image`` 0: the images only (a backbone's
+    responses), no proposal file needed."""
     names = list(cfg.DATASETS.TRAIN)
-    if not cfg.MODEL.LOAD_PROPOSALS or len(cfg.DATASETS.PROPOSAL_FILES_TRAIN) != len(names):
+    with_rois = rois_per_image > 0
+    if with_rois and (
+        not cfg.MODEL.LOAD_PROPOSALS or len(cfg.DATASETS.PROPOSAL_FILES_TRAIN) != len(names)
+    ):
         raise AccelDetError(
             f"data set {', '.join(names)} has no precomputed proposals: the detector is compressed "
             "at its RoIs, so the config needs MODEL.LOAD_PROPOSALS True and "
             "DATASETS.PROPOSAL_FILES_TRAIN (make them with tools/make_proposals.py)"
         )
     dicts = detection_dataset_dicts(
-        names, filter_empty=False, proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TRAIN)
+        names,
+        filter_empty=False,
+        proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if with_rois else None,
     )
     if len(dicts) < num_images:
         raise AccelDetError(
@@ -80,6 +86,8 @@ def sample_detector_images(
         )
     chosen = sorted(np.random.default_rng(seed).permutation(len(dicts))[:num_images].tolist())
     mapper = DatasetMapper(cfg, is_train=False)
+    if not with_rois:
+        mapper.proposal_topk = None  # no proposals read, even where the config loads them
     result = DetectorImages(model)
     rank, world = shard
     mine = [(k, i) for k, i in enumerate(chosen) if k % world == rank]
@@ -88,6 +96,10 @@ def sample_detector_images(
         gt = [a["bbox"] for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
         mapped = mapper(copy.deepcopy({k: v for k, v in record.items() if k != "annotations"}))
         image = mapped["image"]
+        result.images.append(image)
+        result.indices.append(number)
+        if not with_rois:
+            continue
         boxes = mapped["proposals"].proposal_boxes.tensor
         if len(boxes) == 0:
             raise AccelDetError(
@@ -99,9 +111,7 @@ def sample_detector_images(
         gt_boxes = torch.tensor(gt, dtype=torch.float32).reshape(-1, 4) * scale
         rng = np.random.default_rng([seed, index])
         picked = pick_rois(boxes, gt_boxes, rois_per_image, foreground_fraction, rng)
-        result.images.append(image)
         result.rois.append(boxes[picked])
-        result.indices.append(number)
     return result
 
 

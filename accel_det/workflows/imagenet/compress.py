@@ -34,7 +34,7 @@ from ...solver import SolverOptions, compress, get_method
 from ...solver.heldout import split_rows
 from ...solver.joint import check_network_reachable, make_network_plan
 from ...solver.options import PLAN_OPTIONS, skipped_layers
-from ...solver.planning import check_reachable
+from ...solver.planning import check_plan_pays, check_reachable
 from ...solver.targets import Targets
 from ...utils.dist import agreed_errors, barrier, init_distributed
 from ...utils.io import (
@@ -273,13 +273,18 @@ def compress_model(
     if options.fc:  # fc6/fc7 join the budget: their responses and eigenvalues first
         model.to(device)
         fc_target, fc_images = fc6_responses(model, model.features, batches, device, progress)
-        keep = ~split_rows(fc_images, options.solver.heldout_fraction, options.solver.seed)
+        keep = ~split_rows(
+            fc_images, options.solver.heldout_fraction, options.solver.seed, warn=False
+        )
         eigenvalues = fc_eigenvalues(model, fc_target, keep)
         linears, fixed = classifier_specs(model)
 
-        def planner(specs, conv_eigenvalues):
+        def planner(specs, conv_eigenvalues, spatial_spectra=None):
             every = {**conv_eigenvalues, **eigenvalues}
-            return make_network_plan(specs, linears, every, options.solver, fixed_macs=fixed)
+            return make_network_plan(
+                specs, linears, every, options.solver, fixed_macs=fixed,
+                spatial_spectra=spatial_spectra,
+            )  # fmt: skip
 
     try:
         result = compress(
@@ -364,6 +369,7 @@ def _write_outputs(
     """Write OUT.pth and OUT.json as a pair (the record last, with the weights' sha256; without
     ``replace``, refused if either exists by then), OUT.png, then drop the checkpoint; on a
     failure the checkpoint stays for --resume. Returns the record."""
+    check_plan_pays(record, paths.record)
     state_dict = {k: v.detach().cpu().contiguous() for k, v in accelerated.state_dict().items()}
     try:
         record = atomic_save_pair(state_dict, paths.weights, record, paths.record, replace)

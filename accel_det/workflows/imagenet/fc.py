@@ -53,7 +53,7 @@ def compress_classifier(model, plan: dict, y6, regressed, images, method, option
     """Solve fc6 then fc7 (asymmetric along the chain; the held-out images of ``options`` kept
     out) and put them into ``model.classifier``."""
     linears = {name: model.classifier[index] for name, index in FC_INDICES.items()}
-    heldout = split_rows(images, options.heldout_fraction, options.seed)
+    heldout = split_rows(images, options.heldout_fraction, options.seed, warn=False)
     chain = compress_linear_chain(linears, plan["layers"], y6, regressed, method, options, heldout)
     for name, layer in chain.items():
         broadcast_parameters(layer)

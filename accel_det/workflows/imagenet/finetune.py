@@ -43,6 +43,19 @@ from .training import (
 
 logger = logging.getLogger(__name__)
 
+# the settings a resumed run must share with the checkpoint it resumes
+RESUME_KEYS = (
+    "batch_size",
+    "accumulation",
+    "seed",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "augment",
+    "resize",
+    "crop",
+)
+
 
 @dataclass
 class FinetuneConfig:
@@ -107,324 +120,355 @@ def finetune(
     The JSON record is ``record`` (for an accelerated model, its plan) with a ``finetune`` section:
     ``info`` (sources, data) and the run's configuration and results. Returns it. ``stop_after`` (a
     test hook) interrupts after that iteration like a Ctrl-C."""
-    micro = config.check(dist_info.world_size)
-    has_checkpoint = prepare_output(output, resume, overwrite, dist_info)
-    device = dist_info.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    micro_per_epoch = EpochBatchSampler.micro_batches_per_epoch(
-        len(train_set), micro, dist_info.world_size
-    )
-    steps_per_epoch = math.ceil(micro_per_epoch / config.accumulation)
-    total = config.epochs * steps_per_epoch
-    if config.max_iters is not None:
-        total = min(total, config.max_iters)
+    trainer = FinetuneTrainer(model, train_set, output, config, dist_info, val_set, progress)
+    trainer.start(resume, overwrite)
+    trainer.train(stop_after)
+    return trainer.finish(record, info, overwrite)
 
-    iteration = 0
-    checkpoint_path = os.path.join(output, CHECKPOINT)
-    if has_checkpoint:
-        iteration = _load_checkpoint(checkpoint_path, model, optimizer, steps_per_epoch, config)
-        logger.info("resuming from %s at iteration %d", checkpoint_path, iteration)
-    wrapped = (
-        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if dist_info.distributed
-        else model
-    )
-    log = MetricsLog(output, iteration if has_checkpoint else None, dist_info.is_main)
-    if dist_info.is_main:
-        logger.info(
-            "fine-tuning: %d images, %d iteration(s) (%d per epoch, "
-            "batch %d = %d process(es) x %d x %d accumulation), lr %g",
-            len(train_set),
-            total,
-            steps_per_epoch,
-            config.batch_size,
-            dist_info.world_size,
-            micro,
-            config.accumulation,
-            config.lr,
+
+class FinetuneTrainer:
+    """One fine-tuning run: the model, its optimizer, the iteration and the loss window between
+    log lines. ``start`` prepares the output (and resumes), ``train`` runs the iterations left,
+    ``finish`` evaluates and writes the final pair."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        output: str,
+        config: FinetuneConfig,
+        dist_info: DistInfo,
+        val_set: Optional[Dataset] = None,
+        progress: bool = True,
+    ):
+        self.model, self.train_set, self.val_set = model, train_set, val_set
+        self.output, self.config, self.dist, self.progress = output, config, dist_info, progress
+        self.micro = config.check(dist_info.world_size)
+        self.micro_per_epoch = EpochBatchSampler.micro_batches_per_epoch(
+            len(train_set), self.micro, dist_info.world_size
         )
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / config.accumulation)
+        self.total = config.epochs * self.steps_per_epoch
+        if config.max_iters is not None:
+            self.total = min(self.total, config.max_iters)
+        self.checkpoint_path = os.path.join(output, CHECKPOINT)
+        self.iteration = 0
+        self.has_checkpoint = False
+        self.skipped = torch.zeros(1, dtype=torch.float64)
+        self.window: List[float] = []
+        self.window_start, self.images_seen = time.perf_counter(), 0
+        self.evaluations: dict = {}
+        self.optimizer = self.wrapped = self.log = self.bar = None  # set by start() and train()
 
-    bar = tqdm(
-        total=total,
-        initial=min(iteration, total),
-        desc="fine-tune",
-        unit="it",
-        disable=not (progress and dist_info.is_main),
-    )
-    skipped = torch.zeros(1, dtype=torch.float64)
-    window: List[float] = []
-    window_start, images_seen = time.perf_counter(), 0
-    evaluations = {}
-    model.train()
-    epoch = iteration // steps_per_epoch
-    while iteration < total:
-        step_in_epoch = iteration - epoch * steps_per_epoch
+    @property
+    def device(self) -> torch.device:
+        """This process's device."""
+        return self.dist.device
+
+    def start(self, resume: bool, overwrite: bool) -> None:
+        """Prepare the output folder, the optimizer and (with a checkpoint) the saved state."""
+        self.has_checkpoint = prepare_output(self.output, resume, overwrite, self.dist)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model.to(self.device)
+        config = self.config
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        if self.has_checkpoint:
+            self.iteration = self.load_checkpoint()
+            logger.info("resuming from %s at iteration %d", self.checkpoint_path, self.iteration)
+        self.wrapped = (
+            DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if self.dist.distributed
+            else self.model
+        )
+        first = self.iteration if self.has_checkpoint else None
+        self.log = MetricsLog(self.output, first, self.dist.is_main)
+        if self.dist.is_main:
+            logger.info(
+                "fine-tuning: %d images, %d iteration(s) (%d per epoch, "
+                "batch %d = %d process(es) x %d x %d accumulation), lr %g",
+                len(self.train_set),
+                self.total,
+                self.steps_per_epoch,
+                config.batch_size,
+                self.dist.world_size,
+                self.micro,
+                config.accumulation,
+                config.lr,
+            )
+
+    def train(self, stop_after: Optional[int] = None) -> None:
+        """The iterations left, epoch by epoch; ``stop_after`` interrupts like a Ctrl-C."""
+        self.bar = tqdm(
+            total=self.total,
+            initial=min(self.iteration, self.total),
+            desc="fine-tune",
+            unit="it",
+            disable=not (self.progress and self.dist.is_main),
+        )
+        self.window_start, self.images_seen = time.perf_counter(), 0
+        self.model.train()
+        epoch = self.iteration // self.steps_per_epoch
+        while self.iteration < self.total:
+            self.train_epoch(epoch, stop_after)
+            epoch += 1
+        self.bar.close()
+
+    def train_epoch(self, epoch: int, stop_after: Optional[int]) -> None:
+        """The rest of ``epoch``: its image order from (seed, epoch), skipping the steps done."""
+        config = self.config
+        step_in_epoch = self.iteration - epoch * self.steps_per_epoch
         sampler = EpochBatchSampler(
-            len(train_set),
-            micro,
+            len(self.train_set),
+            self.micro,
             epoch,
             config.seed,
-            dist_info.rank,
-            dist_info.world_size,
+            self.dist.rank,
+            self.dist.world_size,
             skip=step_in_epoch * config.accumulation,
         )
         loader = DataLoader(
-            train_set,
+            self.train_set,
             batch_sampler=sampler,
             num_workers=config.workers,
             collate_fn=collate_skipping,
-            pin_memory=device.type == "cuda",
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),
         )
         batches = iter(loader)
-        for step in range(step_in_epoch, steps_per_epoch):
-            if iteration >= total:
+        for step in range(step_in_epoch, self.steps_per_epoch):
+            if self.iteration >= self.total:
                 break
-            torch.manual_seed(sample_seed(config.seed + 1, dist_info.rank, iteration))  # dropout
-            count = min(config.accumulation, micro_per_epoch - step * config.accumulation)
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for j in range(count):
-                images, labels, bad = next(batches)
-                skipped += bad
-                weight = 1.0
-                if (
-                    images is None
-                ):  # every image of this micro-batch unreadable: keep the processes in step
-                    images = torch.zeros(1, 3, config.crop, config.crop)
-                    labels, weight = torch.zeros(1, dtype=torch.long), 0.0
-                images, labels = (
-                    images.to(device, non_blocking=True),
-                    labels.to(device, non_blocking=True),
-                )
-                sync = j == count - 1 or not dist_info.distributed
-                with contextlib.nullcontext() if sync else wrapped.no_sync():
-                    with torch.autocast(
-                        device.type,
-                        dtype=torch.bfloat16,
-                        enabled=config.amp and device.type == "cuda",
-                    ):
-                        logits = wrapped(images)
-                    loss = F.cross_entropy(logits.float(), labels) * weight
-                    (loss / count).backward()
-                loss_sum += float(loss.detach()) / count
-                images_seen += int(labels.shape[0]) if weight else 0
-            if not math.isfinite(loss_sum):
-                raise AccelDetError(
-                    f"the loss is {loss_sum} at iteration {iteration + 1}: lower --lr"
-                )
-            optimizer.step()
-            iteration += 1
-            window.append(loss_sum)
-            bar.update(1)
-            if iteration % config.log_period == 0 or iteration == total:
-                _log_progress(
-                    log,
-                    window,
-                    iteration,
-                    total,
-                    epoch,
-                    config,
-                    window_start,
-                    images_seen,
-                    dist_info,
-                    bar,
-                )
-                window, window_start, images_seen = [], time.perf_counter(), 0
-            end_of_epoch = step == steps_per_epoch - 1
-            if iteration % config.checkpoint_period == 0 or end_of_epoch or iteration == total:
-                _save_checkpoint(
-                    checkpoint_path, model, optimizer, iteration, steps_per_epoch, config, dist_info
-                )
+            self.step(batches, step)
+            if self.iteration % config.log_period == 0 or self.iteration == self.total:
+                self.log_progress(epoch)
+            end_of_epoch = step == self.steps_per_epoch - 1
+            if (
+                self.iteration % config.checkpoint_period == 0
+                or end_of_epoch
+                or self.iteration == self.total
+            ):
+                self.save_checkpoint()
             if (
                 end_of_epoch
-                and val_set is not None
+                and self.val_set is not None
                 and config.eval_period
                 and (epoch + 1) % config.eval_period == 0
-                and iteration != total
+                and self.iteration != self.total
             ):
-                evaluations[iteration] = _evaluate(
-                    model, val_set, config, dist_info, log, iteration, epoch, progress
-                )
-            if stop_after is not None and iteration == stop_after:
-                raise KeyboardInterrupt(f"stopped after iteration {iteration} (--stop-after)")
-        epoch += 1
-    bar.close()
+                self.evaluations[self.iteration] = self.evaluate(epoch)
+            if stop_after is not None and self.iteration == stop_after:
+                raise KeyboardInterrupt(f"stopped after iteration {self.iteration} (--stop-after)")
 
-    final_eval = None
-    if val_set is not None:
-        final_eval = _evaluate(
-            model,
-            val_set,
-            config,
-            dist_info,
-            log,
-            iteration,
-            max(0, (iteration - 1) // steps_per_epoch),
-            progress,
-        )
-        evaluations[iteration] = final_eval
-    skipped = int(all_reduce_sum(skipped)[0])
-    if skipped:
-        logger.warning("skipped %d unreadable training image(s) in all", skipped)
-    log.close()
-    result = dict(record or {})
-    result["finetune"] = {
-        **(info or {}),
-        "config": asdict(config),
-        "world_size": dist_info.world_size,
-        "iterations": iteration,
-        "iterations_per_epoch": steps_per_epoch,
-        "train_images": len(train_set),
-        "skipped_unreadable": skipped,
-        "evaluations": {str(k): v for k, v in evaluations.items()},
-        "final_evaluation": final_eval,
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {"accel_det": __version__, "torch": torch.__version__},
-    }
-    with agreed_errors():  # a failed write (a full disk) is one line, and no process waits
-        if dist_info.is_main:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            # the record last: model_final.json on disk means the pair is complete
-            result = atomic_save_pair(
-                state,
-                os.path.join(output, FINAL_WEIGHTS),
-                result,
-                os.path.join(output, FINAL_RECORD),
-                replace=overwrite or has_checkpoint,  # else: refused if another run wrote them
-            )
-            logger.info(
-                "wrote %s and %s",
-                os.path.join(output, FINAL_WEIGHTS),
-                os.path.join(output, FINAL_RECORD),
-            )
-    return result
-
-
-def _log_progress(
-    log, window, iteration, total, epoch, config, start, images_seen, dist_info, bar
-) -> None:
-    values = torch.tensor([sum(window), len(window), images_seen], dtype=torch.float64)
-    values = all_reduce_sum(values)
-    loss = float(values[0] / max(values[1], 1))
-    seconds = (time.perf_counter() - start) / max(len(window), 1)
-    speed = float(values[2]) / max(time.perf_counter() - start, 1e-9)
-    if dist_info.is_main:
-        eta = datetime.timedelta(seconds=int(seconds * (total - iteration)))
-        logger.info(
-            "iter %d/%d (epoch %d/%d): loss %.4f, lr %g, %.3f s/iter, %.1f img/s, eta %s",
-            iteration,
-            total,
-            epoch + 1,
-            config.epochs,
-            loss,
-            config.lr,
-            seconds,
-            speed,
-            eta,
-        )
-        bar.set_postfix(loss=f"{loss:.3f}")
-    log.write(
-        iteration,
-        {
-            "epoch": epoch,
-            "train/loss": loss,
-            "train/lr": config.lr,
-            "time/s_per_iter": seconds,
-            "time/images_per_s": speed,
-        },
-    )
-
-
-def _evaluate(model, val_set, config, dist_info, log, iteration, epoch, progress) -> dict:
-    loader = eval_loader(
-        val_set,
-        max(1, config.batch_size // dist_info.world_size),
-        config.workers,
-        dist_info.rank,
-        dist_info.world_size,
-        pin_memory=dist_info.device.type == "cuda",
-    )
-    result = evaluate(
-        model,
-        loader,
-        dist_info.device,
-        progress=progress and dist_info.is_main,
-        desc="validation",
-        amp=config.amp and dist_info.device.type == "cuda",
-    )
-    if dist_info.is_main:
-        logger.info(
-            "validation at iteration %d: top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
-            iteration,
-            result["top1_error"],
-            result["top5_error"],
-            result["images"],
-        )
-    log.write(
-        iteration,
-        {
-            "epoch": epoch,
-            "val/top1_error": result["top1_error"],
-            "val/top5_error": result["top5_error"],
-        },
-    )
-    return result
-
-
-def _save_checkpoint(path, model, optimizer, iteration, steps_per_epoch, config, dist_info) -> None:
-    with agreed_errors():
-        if dist_info.is_main:
-            atomic_torch_save(
-                {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "iteration": iteration,
-                    "iterations_per_epoch": steps_per_epoch,
-                    "config": json.dumps(asdict(config)),
-                },
-                path,
-            )
-
-
-def _load_checkpoint(path, model, optimizer, steps_per_epoch, config) -> int:
-    saved = load_torch_file(path, "fine-tuning checkpoint")
-    try:
-        state, optimizer_state, iteration = (
-            saved["model"],
-            saved["optimizer"],
-            int(saved["iteration"]),
-        )
-        saved_steps = int(saved["iterations_per_epoch"])
-        saved_config = json.loads(saved["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise AccelDetError(f"{path} is not a fine-tuning checkpoint ({error})") from None
-    for key in (
-        "batch_size",
-        "accumulation",
-        "seed",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "augment",
-        "resize",
-        "crop",
-    ):
-        if saved_config.get(key) != getattr(config, key):
+    def step(self, batches, step: int) -> None:
+        """One SGD iteration over ``accumulation`` micro-batches, dropout seeded by
+        (seed, rank, iteration)."""
+        config = self.config
+        torch.manual_seed(sample_seed(config.seed + 1, self.dist.rank, self.iteration))  # dropout
+        count = min(config.accumulation, self.micro_per_epoch - step * config.accumulation)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for j in range(count):
+            loss_sum += self.micro_step(next(batches), count, sync=j == count - 1) / count
+        if not math.isfinite(loss_sum):
             raise AccelDetError(
-                f"checkpoint {path} was made with {key}={saved_config.get(key)!r}, this run has "
-                f"{getattr(config, key)!r}; use the same options or start over with --overwrite"
+                f"the loss is {loss_sum} at iteration {self.iteration + 1}: lower --lr"
             )
-    if saved_steps != steps_per_epoch:
-        raise AccelDetError(
-            f"checkpoint {path} was made with {saved_steps} iterations per epoch, this run has "
-            f"{steps_per_epoch} (another training set or number of processes?)"
+        self.optimizer.step()
+        self.iteration += 1
+        self.window.append(loss_sum)
+        self.bar.update(1)
+
+    def micro_step(self, batch, count: int, sync: bool) -> float:
+        """Forward and backward of one micro-batch (its gradient a 1/accumulation share); its
+        loss."""
+        images, labels, bad = batch
+        config, device = self.config, self.device
+        self.skipped += bad
+        weight = 1.0
+        if images is None:  # every image of this micro-batch unreadable: keep the processes in step
+            images = torch.zeros(1, 3, config.crop, config.crop)
+            labels, weight = torch.zeros(1, dtype=torch.long), 0.0
+        images, labels = (
+            images.to(device, non_blocking=True),
+            labels.to(device, non_blocking=True),
         )
-    load_checked(model, state, f"checkpoint {path}")
-    optimizer.load_state_dict(optimizer_state)
-    return iteration
+        sync = sync or not self.dist.distributed
+        with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+            with torch.autocast(
+                device.type,
+                dtype=torch.bfloat16,
+                enabled=config.amp and device.type == "cuda",
+            ):
+                logits = self.wrapped(images)
+            loss = F.cross_entropy(logits.float(), labels) * weight
+            (loss / count).backward()
+        self.images_seen += int(labels.shape[0]) if weight else 0
+        return float(loss.detach())
+
+    def log_progress(self, epoch: int) -> None:
+        """A log line and a metrics row: the mean loss since the last one (over all processes),
+        the time per iteration, images per second and the time left."""
+        config, window, start = self.config, self.window, self.window_start
+        values = torch.tensor([sum(window), len(window), self.images_seen], dtype=torch.float64)
+        values = all_reduce_sum(values)
+        loss = float(values[0] / max(values[1], 1))
+        seconds = (time.perf_counter() - start) / max(len(window), 1)
+        speed = float(values[2]) / max(time.perf_counter() - start, 1e-9)
+        if self.dist.is_main:
+            eta = datetime.timedelta(seconds=int(seconds * (self.total - self.iteration)))
+            logger.info(
+                "iter %d/%d (epoch %d/%d): loss %.4f, lr %g, %.3f s/iter, %.1f img/s, eta %s",
+                self.iteration,
+                self.total,
+                epoch + 1,
+                config.epochs,
+                loss,
+                config.lr,
+                seconds,
+                speed,
+                eta,
+            )
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+        self.log.write(
+            self.iteration,
+            {
+                "epoch": epoch,
+                "train/loss": loss,
+                "train/lr": config.lr,
+                "time/s_per_iter": seconds,
+                "time/images_per_s": speed,
+            },
+        )
+        self.window, self.window_start, self.images_seen = [], time.perf_counter(), 0
+
+    def evaluate(self, epoch: int) -> dict:
+        """Top-1 / top-5 errors on the validation set, logged and written to the metrics."""
+        config, dist_info = self.config, self.dist
+        loader = eval_loader(
+            self.val_set,
+            max(1, config.batch_size // dist_info.world_size),
+            config.workers,
+            dist_info.rank,
+            dist_info.world_size,
+            pin_memory=self.device.type == "cuda",
+        )
+        result = evaluate(
+            self.model,
+            loader,
+            self.device,
+            progress=self.progress and dist_info.is_main,
+            desc="validation",
+            amp=config.amp and self.device.type == "cuda",
+        )
+        if dist_info.is_main:
+            logger.info(
+                "validation at iteration %d: top-1 error %.2f%%, top-5 error %.2f%% (%d images)",
+                self.iteration,
+                result["top1_error"],
+                result["top5_error"],
+                result["images"],
+            )
+        self.log.write(
+            self.iteration,
+            {
+                "epoch": epoch,
+                "val/top1_error": result["top1_error"],
+                "val/top5_error": result["top5_error"],
+            },
+        )
+        return result
+
+    def save_checkpoint(self) -> None:
+        """``last_checkpoint.pth``: the model, the optimizer, the iteration and the settings a
+        resumed run must share."""
+        with agreed_errors():
+            if self.dist.is_main:
+                atomic_torch_save(
+                    {
+                        "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                        "optimizer": self.optimizer.state_dict(),
+                        "iteration": self.iteration,
+                        "iterations_per_epoch": self.steps_per_epoch,
+                        "config": json.dumps(asdict(self.config)),
+                    },
+                    self.checkpoint_path,
+                )
+
+    def load_checkpoint(self) -> int:
+        """Load the checkpoint into the model and the optimizer, after checking it was made with
+        this run's settings; its iteration."""
+        path, config = self.checkpoint_path, self.config
+        saved = load_torch_file(path, "fine-tuning checkpoint")
+        try:
+            state, optimizer_state = saved["model"], saved["optimizer"]
+            iteration = int(saved["iteration"])
+            saved_steps = int(saved["iterations_per_epoch"])
+            saved_config = json.loads(saved["config"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise AccelDetError(f"{path} is not a fine-tuning checkpoint ({error})") from None
+        for key in RESUME_KEYS:
+            if saved_config.get(key) != getattr(config, key):
+                raise AccelDetError(
+                    f"checkpoint {path} was made with {key}={saved_config.get(key)!r}, this run "
+                    f"has {getattr(config, key)!r}; use the same options or start over with "
+                    "--overwrite"
+                )
+        if saved_steps != self.steps_per_epoch:
+            raise AccelDetError(
+                f"checkpoint {path} was made with {saved_steps} iterations per epoch, this run has "
+                f"{self.steps_per_epoch} (another training set or number of processes?)"
+            )
+        load_checked(self.model, state, f"checkpoint {path}")
+        self.optimizer.load_state_dict(optimizer_state)
+        return iteration
+
+    def finish(self, record: Optional[dict], info: Optional[dict], overwrite: bool) -> dict:
+        """The final validation, the record (``record`` with a ``finetune`` section) and the
+        ``model_final.pth`` / ``.json`` pair; returns the record."""
+        final_eval = None
+        if self.val_set is not None:
+            final_eval = self.evaluate(max(0, (self.iteration - 1) // self.steps_per_epoch))
+            self.evaluations[self.iteration] = final_eval
+        skipped = int(all_reduce_sum(self.skipped)[0])
+        if skipped:
+            logger.warning("skipped %d unreadable training image(s) in all", skipped)
+        self.log.close()
+        result = dict(record or {})
+        result["finetune"] = {
+            **(info or {}),
+            "config": asdict(self.config),
+            "world_size": self.dist.world_size,
+            "iterations": self.iteration,
+            "iterations_per_epoch": self.steps_per_epoch,
+            "train_images": len(self.train_set),
+            "skipped_unreadable": skipped,
+            "evaluations": {str(k): v for k, v in self.evaluations.items()},
+            "final_evaluation": final_eval,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "versions": {"accel_det": __version__, "torch": torch.__version__},
+        }
+        weights = os.path.join(self.output, FINAL_WEIGHTS)
+        record_path = os.path.join(self.output, FINAL_RECORD)
+        with agreed_errors():  # a failed write (a full disk) is one line, and no process waits
+            if self.dist.is_main:
+                state = {
+                    k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                }
+                # the record last: model_final.json on disk means the pair is complete
+                result = atomic_save_pair(
+                    state,
+                    weights,
+                    result,
+                    record_path,
+                    replace=overwrite or self.has_checkpoint,  # else: refused if another run did
+                )
+                logger.info("wrote %s and %s", weights, record_path)
+        return result
