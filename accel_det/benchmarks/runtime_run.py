@@ -27,7 +27,7 @@ from .layers import detector_stages, eager_conv_ms, layer_profile, onnxruntime_c
 from .macs import features_macs
 from .plans import plan_summary
 from .plots import plot_runtime_speedups
-from .runtime_axis import best_against_best, file_stem, time_case
+from .runtime_axis import best_against_best, best_by_precision, file_stem, time_case
 from .runtimes import forms_for
 from .subjects import (
     Subject,
@@ -52,7 +52,15 @@ class RuntimeBenchmarkOptions:
     rois: Sequence[int] = (2000, 300)
     threads: Sequence[int] = (1, 0)  # 0: all cores
     forms: Sequence[str] = ()
-    detector_forms: Sequence[str] = ("channels_last", "torchscript", "onnxruntime", "openvino")
+    detector_forms: Sequence[str] = (
+        "channels_last",
+        "torchscript",
+        "onnxruntime",
+        "openvino",
+        "openvino bf16",
+        "onnxruntime int8",
+        "openvino int8",
+    )
     device: str = "cpu"
     seconds: float = 20.0
     unrounded: bool = True  # also the plans as solved, at the first backbone size
@@ -133,6 +141,7 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         plans.update(detector_plans)
     best = best_against_best(rows)
     record = {
+        "best_by_precision": best_by_precision(rows),
         "format": FORMAT,
         "command": options.command,
         "device": device_name(device),
@@ -152,7 +161,9 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         },
         "seconds": time.perf_counter() - started,
     }
-    record["targets"] = tables.target_lines(rows, best)
+    # the float32 targets read float32 forms only; the int8 ones read the rows
+    fp32 = [b for b in record["best_by_precision"] if b["precision"] == "fp32"]
+    record["targets"] = tables.target_lines(rows, fp32)
     markdown = report(record, forms)
     progress("\n" + markdown)
     atomic_write_json(json_safe(record), os.path.join(folder, "benchmark_runtimes.json"))
@@ -276,7 +287,13 @@ def report(record: dict, forms: Sequence[str]) -> str:
         "",
         "## Best form against best form",
         "",
+        "Each model's fastest form, any precision, against the original's fastest float32 form.",
+        "",
         tables.best_table(record["best"]),
+        "",
+        "## Best form against best form within each precision",
+        "",
+        tables.best_table(record["best_by_precision"]),
         "",
         "## Every form (speedup over the original in the same form; actual / theoretical)",
         "",

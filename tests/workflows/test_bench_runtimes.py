@@ -28,12 +28,18 @@ def test_every_cpu_form_computes_what_eager_pytorch_computes(form, tmp_path):
     path = ""
     if form in runtimes.EXPORTED:
         path = runtimes.export_onnx(features, (x,), str(tmp_path / "m.onnx"))
+    if form in runtimes.INT8_FORMS:  # calibrated on the input it is timed on
+        runtimes.quantize_for_timing(path, (x,), runtimes.int8_path(path))
     call = runtimes.build_call(form, features, (x,), threads=1, onnx_path=path)
     with torch.inference_mode():
         got = call()
-    got = torch.as_tensor(got[0] if isinstance(got, list) else got)
+    got = torch.as_tensor(got[0] if isinstance(got, list) else got).float()
     assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    # bfloat16 keeps 8 bits of mantissa, int8 256 levels per tensor
+    tolerance = {"fp32": 1e-4, "bf16": 5e-2, "int8": 5e-2}[runtimes.form_precision(form)]
+    assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+    if form in runtimes.INT8_FORMS:  # not float32 in disguise
+        assert (got - expected).abs().max() > 1e-5 * expected.abs().max()
 
 
 def test_unknown_forms_are_refused():
@@ -70,6 +76,44 @@ def test_speedups_and_best_against_best_are_ratios_of_medians():
     # the original's best form (b, 80 ms) against the model's best form (a, 20 ms)
     assert (best["original_form"], best["form"], best["speedup"]) == ("b", "a", 4.0)
     assert best["ratio"] == 1.0
+
+
+def test_best_against_best_takes_the_originals_fastest_fp32_form_as_reference():
+    rows = [
+        {"case": "c", "model": "original", "form": "openvino", "median_ms": 100.0},
+        {"case": "c", "model": "original", "form": "openvino int8", "median_ms": 50.0},
+        {"case": "c", "model": "m", "form": "openvino", "median_ms": 40.0},
+        {"case": "c", "model": "m", "form": "openvino int8", "median_ms": 10.0},
+    ]
+    for row in rows:
+        row.update(threads=1, theoretical=1.0 if row["model"] == "original" else 4.0)
+    (best,) = runtime_axis.best_against_best(rows)
+    assert (best["original_form"], best["form"], best["speedup"]) == (
+        "openvino",
+        "openvino int8",
+        10.0,
+    )
+    by = {r["precision"]: r for r in runtime_axis.best_by_precision(rows)}
+    assert (by["fp32"]["speedup"], by["int8"]["speedup"]) == (2.5, 5.0)
+    assert by["int8"]["original_form"] == "openvino int8" and by["int8"]["ratio"] == 1.25
+
+
+def test_the_int8_targets_read_int8_against_fp32_and_int8_against_int8():
+    from accel_det.benchmarks.runtime_tables import target_lines
+
+    case = {"case": "detector 600x1000, 2000 RoIs", "threads": 1}
+    rows = [
+        {**case, "model": "original", "form": "openvino", "median_ms": 9000.0},
+        {**case, "model": "original", "form": "onnxruntime", "median_ms": 8000.0},
+        {**case, "model": "original", "form": "openvino int8", "median_ms": 5000.0},
+        {**case, "model": "detector 4x", "form": "openvino int8", "median_ms": 700.0,
+         "ratio": 0.8},
+        {**case, "model": "detector 4x", "form": "onnxruntime int8", "median_ms": 1400.0,
+         "ratio": 0.5},
+    ]  # fmt: skip
+    lines = target_lines(rows, [])
+    assert lines[6].endswith(f"target 10, measured {8000 / 700:.2f} (worst case): met")
+    assert lines[7].endswith("target 0.75, measured 0.80 (worst case): met")
 
 
 def test_per_layer_times_are_attributed_to_their_layer(tmp_path):
@@ -127,12 +171,19 @@ def test_layer_profile_recounts_each_layers_flop_ratio():
     assert all(r["f"]["ratio"] == pytest.approx(1.0) for r in profile[1:])
 
 
+# the end-to-end run's forms: each runtime and precision once (eager and TorchScript have their
+# own test above and take long to build for every subject)
+FORMS = ["channels_last", "onnxruntime", "openvino", "openvino bf16", "onnxruntime int8",
+         "openvino int8"]  # fmt: skip
+
+
 def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     out = tmp_path / "rt"
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "benchmark_runtimes.py"), "--output", str(out)]
         + "--width 0.25 --speedup 2 --backbone-sizes 64 --detector-size 64x96 --rois 40 "
-        "--threads 1 --seconds 0.2 --resnet".split(),
+        "--threads 1 --seconds 0.2 --resnet --forms".split()
+        + FORMS,
         capture_output=True,
         text=True,
         timeout=900,
@@ -148,7 +199,8 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
         "original", "asym", "asym3d", "asym, ranks x16", "asym3d, ranks x16",
         "asym, ranks x16, conv1_2 kept", "asym3d, ranks x16, conv1_2 kept",
     }  # fmt: skip
-    assert len(backbone) == len(models) * len(runtimes.CPU_FORMS)
+    assert len(backbone) == len(models) * len(FORMS)
+    assert {r["precision"] for r in rows} == {"fp32", "bf16", "int8"}
     for row in rows:  # speedups are the ratio of the two medians
         base = next(
             r for r in rows
@@ -160,6 +212,11 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     for best in record["best"]:
         candidates = [r for r in rows if r["case"] == best["case"] and r["model"] == best["model"]]
         assert best["median_ms"] == min(r["median_ms"] for r in candidates)
+        originals = [r for r in rows if r["case"] == best["case"] and r["model"] == "original"]
+        fp32 = min(r["median_ms"] for r in originals if r["precision"] == "fp32")
+        assert best["original_ms"] == fp32  # the reference: the original's fastest fp32 form
+    int8 = [b for b in record["best_by_precision"] if b["precision"] == "int8"]
+    assert int8 and all(b["original_form"].endswith("int8") for b in int8)
     detector = next(r for r in record["best"] if r["case"].startswith("detector"))
     assert detector["theoretical"] == pytest.approx(2.0, rel=0.02)  # the budget, within 2 %
     stages = record["stages"]["detector 64x96, 40 RoIs"]
@@ -170,6 +227,7 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     assert (out / "benchmark_runtimes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "benchmark_runtimes.md").read_text()
     assert "## Best form against best form" in text and "## Targets" in text
+    assert "int8 in its fastest runtime against the original's fastest fp32 form" in text
 
 
 @pytest.mark.parametrize(
