@@ -42,21 +42,8 @@ TABLE6_NAME = "asym (Table 6 ranks)"
 def table6_plan(features: nn.Sequential, input_hw: Tuple[int, int] = (224, 224)) -> dict:
     """The paper's VGG-16 4x ranks (Table 6, asym., rank selection) as a ``channel`` plan."""
     specs = conv_specs(features, input_hw)
-    if [s.out_channels for s in specs] != [
-        64,
-        64,
-        128,
-        128,
-        256,
-        256,
-        256,
-        512,
-        512,
-        512,
-        512,
-        512,
-        512,
-    ]:
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    if [s.out_channels for s in specs] != widths:
         raise AccelDetError("the Table 6 ranks are for full-width VGG-16 (width 1)")
     layers = {name: {"structure": CHANNEL, "rank": rank} for name, rank in TABLE6_4X_RANKS.items()}
     return plan_from_structures(

@@ -178,28 +178,15 @@ def run_sweep(
     test_images, test_labels = prepared["test"]
     reference = feature_maps(net.features, test_images)
     baseline = held_out_metrics(net, net.features, test_images, test_labels, reference)
-    records = []
-    for method in config.methods:
-        for selection in config.rank_selection if METHODS[method].channel else (True,):
-            for speedup in config.speedups:
-                record = run_one(
-                    net,
-                    prepared["calibration"][0],
-                    prepared["test"],
-                    reference,
-                    method=method,
-                    speedup=speedup,
-                    rank_selection=selection,
-                    samples_per_image=config.samples_per_image,
-                    schedule=config.schedule,
-                    seed=config.seed,
-                    round_ranks_to=config.round_ranks_to,
-                    heldout_fraction=config.heldout_fraction,
-                )
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
-    return {"baseline": baseline, "records": records}
+    cases = [
+        (method, selection, config.round_ranks_to)
+        for method in config.methods
+        for selection in (config.rank_selection if METHODS[method].channel else (True,))
+    ]
+    return {
+        "baseline": baseline,
+        "records": run_cases(config, prepared, reference, cases, on_record),
+    }
 
 
 def rounding_sweep(
@@ -211,25 +198,37 @@ def rounding_sweep(
 ) -> dict:
     """The error cost of hardware-aligned ranks: the same methods and speedups with d' and d''
     rounded to each of ``multiples`` at the same multiply-add budget (rank selection on)."""
-    net = prepared["net"]
-    test_images, test_labels = prepared["test"]
-    reference = feature_maps(net.features, test_images)
-    records = []
-    for method in methods:
-        for multiple in multiples:
-            for speedup in config.speedups:
-                record = run_one(
-                    net, prepared["calibration"][0], prepared["test"], reference, method=method,
-                    speedup=speedup, rank_selection=True,
-                    samples_per_image=config.samples_per_image, schedule=config.schedule,
-                    seed=config.seed, round_ranks_to=multiple,
-                    heldout_fraction=config.heldout_fraction,
-                )  # fmt: skip
-                record["round_ranks_to"] = multiple
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
+    reference = feature_maps(prepared["net"].features, prepared["test"][0])
+    cases = [(method, True, multiple) for method in methods for multiple in multiples]
+    records = run_cases(config, prepared, reference, cases, on_record, label_multiple=True)
     return {"records": records, "multiples": list(multiples)}
+
+
+def run_cases(
+    config: SweepConfig,
+    prepared: dict,
+    reference: torch.Tensor,
+    cases: Sequence[Tuple[str, bool, int]],
+    on_record: Optional[Callable[[dict], None]] = None,
+    label_multiple: bool = False,
+) -> List[dict]:
+    """:func:`run_one` at every speedup of ``config`` for each (method, rank selection, rank
+    multiple) of ``cases``; with ``label_multiple`` each record says its multiple."""
+    records = []
+    for method, selection, multiple in cases:
+        for speedup in config.speedups:
+            record = run_one(
+                prepared["net"], prepared["calibration"][0], prepared["test"], reference,
+                method=method, speedup=speedup, rank_selection=selection,
+                samples_per_image=config.samples_per_image, schedule=config.schedule,
+                seed=config.seed, round_ranks_to=multiple, heldout_fraction=config.heldout_fraction,
+            )  # fmt: skip
+            if label_multiple:
+                record["round_ranks_to"] = multiple
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+    return records
 
 
 def method_order(

@@ -280,11 +280,7 @@ def backbone_case(
         .eval()
         for name, m in all_models.items()
     }
-    macs = {name: features_macs(m, case.hw, case.batch) for name, m in all_models.items()}
-    checked = {}
-    if check_fvcore:
-        probe = torch.randn(1, 3, *case.hw)
-        checked = {name: fvcore_macs(m, (probe,)) * case.batch for name, m in all_models.items()}
+    macs, checked = backbone_counts(all_models, case, check_fvcore)
     timed = measure_for(
         {n: (lambda m=f: m(x)) for n, f in forms.items()},
         threads=threads,
@@ -295,6 +291,16 @@ def backbone_case(
         device=device,
     )
     return grid_rows(case, timed, macs, macs, checked, plans, dtype)
+
+
+def backbone_counts(models: Mapping[str, nn.Module], case: Case, check_fvcore: bool):
+    """Multiply-adds of each backbone for ``case`` (ours) and, with ``check_fvcore``, fvcore's
+    (empty without)."""
+    counts = {name: features_macs(m, case.hw, case.batch) for name, m in models.items()}
+    if not check_fvcore:
+        return counts, {}
+    probe = torch.randn(1, 3, *case.hw)
+    return counts, {name: fvcore_macs(m, (probe,)) * case.batch for name, m in models.items()}
 
 
 def grid_rows(case: Case, timed, macs, conv, checked, plans, dtype) -> List[dict]:

@@ -19,7 +19,7 @@ from ..plan import plan_fingerprint
 from ..utils.dist import pick_device
 from ..utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
 from ..utils.timing import device_name, machine, num_threads
-from . import fast_rcnn, forms, layers, macs, speed, speed_tables
+from . import fast_rcnn, forms, layers, speed, speed_tables
 from . import plans as bench_plans
 
 
@@ -350,12 +350,7 @@ class SpeedBenchmark:
             **{n: self.models[n] for n in self.grid_plans},
         }
         timed = {n: timings[n]["channels_last"] for n in all_models}
-        counts = {n: macs.features_macs(m, case.hw) for n, m in all_models.items()}
-        checked = (
-            {n: macs.fvcore_macs(m, (torch.randn(1, 3, *case.hw),)) for n, m in all_models.items()}
-            if check
-            else {}
-        )
+        counts, checked = speed.backbone_counts(all_models, case, check)
         return speed.grid_rows(case, timed, counts, counts, checked, self.grid_plans, torch.float32)
 
     def case_rows(self, case, check: bool) -> List[dict]:
