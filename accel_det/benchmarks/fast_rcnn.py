@@ -46,6 +46,19 @@ def silence_classifier(model: nn.Module) -> None:
         predictor.cls_score.bias[-1] = 10.0  # background
 
 
+def unloaded_detector(config: str, opts: Sequence = ()) -> tuple:
+    """``(cfg, model)``: the eval-mode Detectron2 model of ``config`` with ``opts``, no
+    ``MODEL.WEIGHTS`` loaded (its weights as the builders initialise them)."""
+    from detectron2.modeling import build_model
+
+    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
+
+    from ..detection.config import load_config
+
+    cfg = load_config(config, ["MODEL.WEIGHTS", "", *opts])
+    return cfg, build_model(cfg).eval()
+
+
 def build_detectors(
     plans: Mapping[str, Mapping],
     plan_files: Mapping[str, str],
@@ -61,22 +74,16 @@ def build_detectors(
     non-backbone weights. The classifier is set so that no box passes ``SCORE_THRESH_TEST``: NMS
     work, which random weights would make arbitrary and different per model, is left out (a few ms
     in a trained detector)."""
-    from detectron2.modeling import build_model
-
-    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
-
-    from ..detection.config import load_config
-
-    base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, "MODEL.WEIGHTS", "", *opts]
+    base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, *opts]
     torch.manual_seed(seed)
-    original = build_model(load_config("vgg16_voc.yaml", base)).eval()
+    original = unloaded_detector("vgg16_voc.yaml", base)[1]
     silence_classifier(original)
     heads = {k: v for k, v in original.state_dict().items() if not k.startswith("backbone.")}
     detectors = {ORIGINAL_NAME: original}
     for name in plans:
-        model = build_model(
-            load_config("accel_vgg16_voc.yaml", base + ["MODEL.ACCEL.PLAN", plan_files[name]])
-        ).eval()
+        model = unloaded_detector(
+            "accel_vgg16_voc.yaml", base + ["MODEL.ACCEL.PLAN", plan_files[name]]
+        )[1]
         missing, unexpected = model.load_state_dict(heads, strict=False)
         if unexpected or any(not k.startswith("backbone.") for k in missing):
             raise AccelDetError(
@@ -90,15 +97,8 @@ def random_detector(config: str, opts: Sequence = (), seed: int = 0):
     """The eval-mode Detectron2 model of ``config`` with random weights (He-initialised convs),
     its classifier set so that no box passes the score threshold (random weights would make the
     NMS work arbitrary and different per model; a few ms in a trained detector)."""
-    from detectron2.modeling import build_model
-
-    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
-
-    from ..detection.config import load_config
-
     torch.manual_seed(seed)
-    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    model = build_model(cfg).eval()
+    cfg, model = unloaded_detector(config, ["MODEL.DEVICE", "cpu", *opts])
     init_vgg_weights(model.backbone.features)
     silence_classifier(model)
     return cfg, model
