@@ -12,6 +12,7 @@ from ...plan import Plan
 from ...utils.io import atomic_write_json, load_json_object
 from ..plots import plan_table
 from ..report import add_intervals, comparison_text, plot_map_vs_speedup, report_rows, write_report
+from .int8 import int8_section
 from .latency import FULL_WIDTH_INPUT
 from .options import DemoOptions
 
@@ -168,6 +169,8 @@ def write_demo_report(
     sections = ["![AP50 vs speedup](mAP_vs_speedup.png)"]
     if found:
         sections.append(comparison_section(records, found, pairs))
+    if int8_section(records):
+        sections.append(int8_section(records))
     sections += [
         f"### Plan of {r['name']}\n\n```\n{plan_table(Plan.read(r['plan']))}\n```"
         for r in records[1:]

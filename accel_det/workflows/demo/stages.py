@@ -48,6 +48,7 @@ from ..report import eval_ap50
 from .cache import cached_record, file_digest, stage_key
 from .deployed import deployed_latency, export_detector, exported_ap50
 from .evaluation import evaluate, load_model
+from .int8 import measure_int8
 from .latency import measure_detectors, timing_input
 from .options import DemoOptions, DemoStage
 from .pretrain import pretrain_on_crops
@@ -464,6 +465,7 @@ class DemoRun:
             record["ap50_onnxruntime"] = exported_ap50(
                 cfg, exported[record["name"]], record["output_dir"]
             )
+        measure_int8(records, models, exported, item, self.options)
         plans = {r["name"]: r.get("plan") for r in records}
         width = self.base_cfg.MODEL.VGG.WIDTH
         deployed = deployed_latency(exported, item, plans, width, self.options)
