@@ -20,6 +20,7 @@ LAYERS = [
     {"detection"},
     {"deploy"},
     {"workflows"},
+    {"benchmarks"},
 ]
 RANK = {area: level for level, areas in enumerate(LAYERS) for area in areas}
 
@@ -132,7 +133,7 @@ LONG_FUNCTIONS = {
     "tools/benchmark_runtimes.py:build_parser",
     "tools/install_detectron2.py:repack_wheel",
     "tools/install_detectron2.py:main",
-    "accel_det/workflows/bench/selection.py:latency_comparison",
+    "accel_det/benchmarks/selection.py:latency_comparison",
     "accel_det/solver/pipeline.py:compress",
     "accel_det/solver/ranks.py:select_ranks_by_table",
     "accel_det/workflows/demo/report.py:write_demo_report",
@@ -141,8 +142,8 @@ LONG_FUNCTIONS = {
     "accel_det/data/sample.py:sample_images",
     "accel_det/detection/proposals.py:make_proposals",
     "accel_det/workflows/demo/pretrain.py:pretrain_on_crops",
-    "accel_det/workflows/bench/runtime_run.py:run",
-    "accel_det/workflows/detector/compress.py:compress_detector",
+    "accel_det/benchmarks/runtime_run.py:run",
+    "accel_det/workflows/detector_compression/compress.py:compress_detector",
     "accel_det/data/images.py:label_file_samples",
 }
 

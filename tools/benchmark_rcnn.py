@@ -26,6 +26,7 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
+from accel_det.benchmarks.rcnn import RcnnBenchOptions, run
 from accel_det.utils.cli import (
     IMAGE_SIDE,
     NON_NEGATIVE_INT,
@@ -35,7 +36,6 @@ from accel_det.utils.cli import (
     add_common_arguments,
     run_tool,
 )
-from accel_det.workflows.bench.rcnn import RcnnBenchOptions, run
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,10 @@
 """Speed benchmark, runtime axis: the original and accelerated VGG-16 backbone, torchvision
 ResNet-50 (whole, against the solver's 2x and 3x plans) and Fast R-CNN detector in the forms users
 deploy them in (torch eager contiguous / channels_last, frozen TorchScript, ONNX Runtime,
+OpenVINO; the reduced precisions: eager bf16 autocast, OpenVINO bf16, int8 QDQ in ONNX Runtime and
 OpenVINO; on a GPU torch fp32 / fp16 / bf16 channels_last), at one thread and all threads, best
-form against best form, with a per-layer profile of the layers furthest from their FLOP ratio and
+form against best form (the original's fastest fp32 form the reference; also within each
+precision), with a per-layer profile of the layers furthest from their FLOP ratio and
 the detector's stages. Prints Markdown tables, writes ``benchmark_runtimes.json``, ``.md``,
 ``.png``, the plans and the ONNX files to ``--output``.
 
@@ -30,6 +32,9 @@ import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
 import torch
 
+from accel_det.benchmarks.plans import named_paths
+from accel_det.benchmarks.runtime_run import RuntimeBenchmarkOptions, run
+from accel_det.benchmarks.runtimes import CPU_FORMS, CUDA_FORMS
 from accel_det.errors import AccelDetError
 from accel_det.models.resnet import RESNETS
 from accel_det.utils.cli import (
@@ -42,8 +47,10 @@ from accel_det.utils.cli import (
     run_tool,
 )
 from accel_det.utils.io import check_writable_folder
-from accel_det.workflows.bench.runtime_run import RuntimeBenchmarkOptions, run
-from accel_det.workflows.bench.runtimes import CPU_FORMS, CUDA_FORMS
+
+# --quick on the CPU: every runtime and precision but eager contiguous and eager bf16 autocast
+# (the slowest to time; eager channels_last stays as the eager reference)
+QUICK_FORMS = tuple(f for f in CPU_FORMS if f not in ("eager", "channels_last bf16"))
 
 
 def size(text: str):
@@ -57,26 +64,16 @@ def size(text: str):
     return value
 
 
-def named_paths(items):
-    """``[NAME=]PATH`` items as (name, path), the name defaulting to the file's stem; each file
-    must exist."""
-    pairs = []
-    for item in items:
-        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
-        if not os.path.isfile(path):
-            raise AccelDetError(f"plan file not found: {path}")
-        pairs.append((name or os.path.splitext(os.path.basename(path))[0], path))
-    if len({n for n, _ in pairs}) < len(pairs):
-        raise AccelDetError("two plans have the same name: name them, --plan NAME=PATH")
-    return pairs
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output", default="output/benchmark_runtimes", help="output folder")
-    parser.add_argument("--quick", action="store_true", help="224x224 backbone, one thread")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="224x224 backbone, one thread, no eager contiguous or eager bf16 form",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument(
         "--forms", nargs="+", choices=CPU_FORMS + CUDA_FORMS, help="default: all of the device's"
@@ -177,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
         detector_size=args.detector_size,
         rois=args.rois,
         threads=args.threads or ([1] if args.quick else [1, 0]),
-        forms=args.forms or (),
+        forms=args.forms or (QUICK_FORMS if args.quick and device.type == "cpu" else ()),
         device=str(device),
         seconds=args.seconds,
         skip=args.skip,

@@ -26,9 +26,9 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
+from accel_det.benchmarks.solver_run import SECTIONS, SolverBenchmarkOptions, run
 from accel_det.solver import METHODS
 from accel_det.utils.cli import POSITIVE_INT, SEED, SPEEDUP, add_common_arguments, run_tool
-from accel_det.workflows.bench.solver_run import SECTIONS, SolverBenchmarkOptions, run
 
 
 def build_parser() -> argparse.ArgumentParser:

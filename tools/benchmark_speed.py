@@ -23,6 +23,7 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
+from accel_det.benchmarks.speed_run import SpeedBenchmarkOptions, run
 from accel_det.solver import METHODS
 from accel_det.utils.cli import (
     IMAGE_SIDE,
@@ -33,7 +34,6 @@ from accel_det.utils.cli import (
     add_common_arguments,
     run_tool,
 )
-from accel_det.workflows.bench.speed_run import SpeedBenchmarkOptions, run
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

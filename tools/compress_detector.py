@@ -54,7 +54,11 @@ from accel_det.utils.cli import (
 )
 from accel_det.utils.dist import shutdown, under_launcher
 from accel_det.utils.launch import launch
-from accel_det.workflows.detector import FC_METHODS, DetectorCompressOptions, compress_detector
+from accel_det.workflows.detector_compression import (
+    FC_METHODS,
+    DetectorCompressOptions,
+    compress_detector,
+)
 from accel_det.workflows.options import add_solver_arguments, solver_options
 
 

@@ -217,10 +217,10 @@ def main(args) -> int:
         print("Written to", os.path.join(args.output, "seeds.md"))
         return 0
     summary = run_demo(options)
-    from accel_det.workflows.report import comparison_text, markdown_table
+    from accel_det.workflows.report import comparison_text, results_table
 
     print()
-    print(markdown_table(summary["rows"]))
+    print(results_table(summary["rows"]))
     print()
     for comparison in summary["comparisons"]:
         print(comparison_text(comparison))

@@ -4,6 +4,10 @@
     tools/evaluate_exported.py --config-file accel_vgg16_voc.yaml \\
         --model output/accel_vgg16_voc.onnx [--runtime onnxruntime|openvino] [KEY VALUE ...]
 
+A model runs in the precision its record names (tools/export_model.py --precision): fp32, int8
+(the quantized file, in either runtime) or bf16 (OpenVINO with its bf16 hint; the default runtime
+of a bf16 model, whatever its suffix).
+
 The same evaluation as ``tools/train_net.py --eval-only``: DATASETS.TEST with its precomputed
 proposals (DATASETS.PROPOSAL_FILES_TEST), Detectron2's test-time resize (INPUT.MIN_SIZE_TEST,
 INPUT.MAX_SIZE_TEST), the data set's evaluator (PascalVOCDetectionEvaluator for VOC), and
@@ -37,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, help="the detector's config")
     parser.add_argument("--model", required=True, help="the exported detector: X.onnx or X.xml")
     parser.add_argument(
-        "--runtime", help="onnxruntime or openvino (default: openvino for .xml, else onnxruntime)"
+        "--runtime",
+        help="onnxruntime or openvino (default: openvino for .xml and bf16, else onnxruntime)",
     )
     parser.add_argument(
         "--threads", type=NON_NEGATIVE_INT, default=1, help="runtime threads (0: all cores)"
@@ -67,7 +72,7 @@ def main(args) -> int:
         evaluate_exported,
         results_path,
     )
-    from accel_det.deploy.runtime import check_runtime
+    from accel_det.deploy.runtime import check_runtime, recorded_precision
     from accel_det.detection.config import load_config, resolve_config_file
     from accel_det.detection.trainer import save_results
     from accel_det.evaluation import paired_delta, read_records, results_interval
@@ -94,6 +99,7 @@ def main(args) -> int:
             "evaluated": {
                 "model": os.path.abspath(args.model),
                 "runtime": runtime,
+                "precision": recorded_precision(args.model),
                 "threads": args.threads,
                 "config_file": resolve_config_file(args.config_file),
                 "config_overrides": list(args.opts),
@@ -108,7 +114,8 @@ def main(args) -> int:
         ap50 = str(bounds) if bounds else f"{ap.get('AP50', float('nan')):.2f}"
         print(
             f"{name}: AP {ap.get('AP', float('nan')):.2f}, AP50 {ap50} (95 % bootstrap interval "
-            f"over test images), AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime})"
+            f"over test images), AP75 {ap.get('AP75', float('nan')):.2f} ({args.model}, {runtime}, "
+            f"{recorded_precision(args.model)})"
         )
         records = getattr(result, "records", None)
         if baseline is not None and records is not None:

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args) -> int:
     import accel_det.detection  # noqa: F401  (registers the data sets)
-    from accel_det.workflows.detector.proposals import ProposalOptions, run
+    from accel_det.workflows.proposals import ProposalOptions, run
 
     options = ProposalOptions(
         output=args.output,

@@ -25,11 +25,11 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
+from accel_det.benchmarks.speed import SPEED_FORMAT
 from accel_det.errors import AccelDetError
 from accel_det.utils.cli import POSITIVE_INT, add_common_arguments, run_tool
 from accel_det.utils.io import atomic_write_json, check_writable_folder, load_json
 from accel_det.workflows import report
-from accel_det.workflows.bench.speed import SPEED_FORMAT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         sections=["![AP50 vs speedup](mAP_vs_speedup.png)"],
     )
     atomic_write_json({"records": records, "rows": rows}, os.path.join(folder, "records.json"))
-    print(report.markdown_table(rows))
+    print(report.results_table(rows))
     for comparison in comparisons:
         print(report.comparison_text(comparison))
     print(f"\nwrote {path}, {png} and records.json")

@@ -145,6 +145,7 @@ def sample_images(
     progress: bool = True,
     shard: Optional[Tuple[int, int]] = None,
     image_list: Optional[str] = None,
+    option: str = "--num-images",
 ) -> ImageSample:
     """Draw ``num_images`` readable images below ``root`` with ``seed`` and preprocess them with
     ``transform`` (to uint8). The draw is the first readable images of a seeded permutation of all
@@ -156,7 +157,8 @@ def sample_images(
     sample holds this process's images with their global ``indices``. Collective: every process
     of the group calls it.
 
-    ``image_list``: draw only from the images it names (:func:`listed_images`)."""
+    ``image_list``: draw only from the images it names (:func:`listed_images`). ``option``: the
+    tool option that asked for ``num_images``, for the messages."""
     rank, world_size = shard or (0, 1)
     if num_images < 1:
         raise AccelDetError(f"the number of images must be positive, got {num_images}")
@@ -167,7 +169,7 @@ def sample_images(
     if len(files) < num_images:
         raise AccelDetError(
             f"found {len(files)} images in {where}, fewer than the {num_images} asked for "
-            "(--num-images)"
+            f"({option})"
         )
     order = np.random.default_rng(seed).permutation(len(files))
     kept: Dict[int, torch.Tensor] = {}  # read here (all of them in a single process)
@@ -181,7 +183,7 @@ def sample_images(
         if position >= len(order):
             raise AccelDetError(
                 f"found {len(files)} images in {where} but only {len(readable)} are readable "
-                f"({len(skipped)} unreadable), fewer than the {num_images} asked for (--num-images)"
+                f"({len(skipped)} unreadable), fewer than the {num_images} asked for ({option})"
             )
         chosen = [int(i) for i in order[position : position + wanted]]
         position += len(chosen)

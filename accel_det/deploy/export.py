@@ -7,6 +7,13 @@ torchvision's RoI pooling. OpenVINO IR is converted from that ONNX graph by Open
 end, with float32 weights. Each export runs the new file in a runtime (ONNX Runtime for ONNX,
 OpenVINO for IR) on sample inputs and is refused, with nothing written, when an output differs
 from PyTorch's by more than the tolerance.
+
+Reduced precisions (:mod:`.precision`): for ``int8`` the checked float32 ONNX graph is quantized
+(:mod:`.quantize`, calibrated on the inputs given) and the int8 file written (ONNX, or converted to
+IR); for ``bf16`` the float32 file is written as it is and the record says bf16. Either is then
+run in its runtime (int8: ONNX Runtime for ONNX, OpenVINO for IR; bf16: OpenVINO with the bf16
+hint) on the sample inputs, which are not calibration inputs, and refused, with nothing written,
+when it disagrees with the float32 model beyond the bounds of :mod:`.agreement`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +33,9 @@ from torch import nn
 
 from ..errors import AccelDetError
 from ..utils.io import atomic_files, json_safe, refuse_existing, room_failure, write_failure
+from . import agreement as agreements
+from .precision import check_precision, slow_precision_note, warn_if_slow
+from .quantize import quantize_onnx
 from .record import export_record, files_digest, model_files, record_path
 from .runtime import DISPLAY_NAMES, import_runtime, load_runtime, one_line
 
@@ -33,6 +43,7 @@ FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
 OPSET = 18
 DEFAULT_TOLERANCE = 1e-3
+AGREEMENT_IMAGES = 8  # a classifier's reduced-precision check: at least this many images
 
 
 @dataclass
@@ -60,6 +71,11 @@ class ExportResult:
     # per sample, per output name: max |runtime - torch| / max |torch|
     differences: List[Dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    precision: str = "fp32"
+    # a reduced precision: its agreement with the float32 model (.agreement) and in which runtime
+    agreement: Dict[str, float] = field(default_factory=dict)
+    agreement_runtime: str = ""
+    settings: Dict[str, object] = field(default_factory=dict)  # quantizer, calibration
 
     @property
     def max_difference(self) -> float:
@@ -171,39 +187,165 @@ def export_graph(
     tolerance: float = DEFAULT_TOLERANCE,
     threads: int = 1,
     overwrite: bool = False,
+    precision: str = "fp32",
+    calibration: Optional[Sequence[tuple]] = None,
+    calibration_record: Optional[Mapping] = None,
+    bounds: Optional[agreements.Bounds] = None,
 ) -> ExportResult:
     """Export ``graph`` to ``path`` in ``fmt`` (``onnx`` or ``openvino``), run the result in ONNX
     Runtime (onnx) or OpenVINO (openvino) on every sample and compare with PyTorch; write it only
     when the largest relative difference is at most ``tolerance``, else raise
-    :class:`AccelDetError` and leave ``path`` as it was."""
+    :class:`AccelDetError` and leave ``path`` as it was.
+
+    ``precision`` ``int8`` (quantized with ``calibration``, tuples of inputs; what they were is
+    ``calibration_record``) or ``bf16``: the float32 graph is checked as above in ONNX Runtime,
+    then the reduced-precision model must agree with PyTorch's float32 outputs within ``bounds``
+    (module docstring)."""
+    check_precision(precision)
+    if precision == "int8" and not calibration:
+        raise AccelDetError("an int8 export needs calibration inputs")
     files = check_output(path, fmt, overwrite)
+    if precision != "fp32":
+        warn_if_slow(precision)
     start = time.perf_counter()
-    result = ExportResult(path=path, files=files, format=fmt, runtime=CHECK_RUNTIME[fmt])
+    checked = CHECK_RUNTIME[fmt] if precision == "fp32" else "onnxruntime"
+    result = ExportResult(path=path, files=files, format=fmt, runtime=checked, precision=precision)
     # published in the order X.bin, X.xml (OpenVINO's entry point), the record: the record completes
     # the set (atomic_files publishes its first path last)
     with atomic_files([files[-1], *files[:-1]], replace=overwrite) as staged:
         temporaries = [*staged[1:], staged[0]]
-        write_export(graph, fmt, temporaries[:-1], files[:-1])
-        runtime = load_runtime(temporaries[0], result.runtime, threads)
-        runtime.path = path  # for messages: the file is still a temporary one
-        try:
-            result.differences = compare(graph, runtime)
-        except AccelDetError as error:
-            raise AccelDetError(f"{error}: nothing written to {path}") from None
-        worst = max(
-            (d, i, name)
-            for i, sample in enumerate(result.differences)
-            for name, d in sample.items()
-        )
-        if not worst[0] <= tolerance:  # NaN fails too
-            raise AccelDetError(
-                f"the exported model differs from PyTorch in {DISPLAY_NAMES[result.runtime]} by "
-                f"{worst[0]:.3g} (largest relative difference, output {worst[2]}, sample "
-                f"{worst[1] + 1}), above the tolerance {tolerance:g}: nothing written to {path}"
+        expected = torch_outputs(graph)
+        if precision == "fp32":
+            write_export(graph, fmt, temporaries[:-1], files[:-1])
+            check_float32(graph, temporaries[0], result, expected, threads, tolerance)
+        else:
+            scratch = os.path.dirname(temporaries[0])
+            onnx_path = os.path.join(scratch, "graph.onnx")
+            write_export(graph, "onnx", [onnx_path], files[:1])
+            check_float32(graph, onnx_path, result, expected, threads, tolerance)
+            settings = reduce_precision(
+                graph, onnx_path, precision, fmt, temporaries[:-1], files[:-1], calibration
             )
-        write_record(graph, result, temporaries, tolerance)
+            check_agreement(
+                graph, temporaries[0], result, expected, threads, bounds or agreements.Bounds()
+            )
+            result.settings = (
+                {
+                    **settings,
+                    "calibration": dict(calibration_record or {}, inputs=len(calibration or [])),
+                }
+                if precision == "int8"
+                else settings
+            )
+        write_record(graph, result, temporaries, tolerance, bounds)
     result.seconds = time.perf_counter() - start
     return result
+
+
+@torch.no_grad()
+def torch_outputs(
+    graph: Graph, samples: Optional[Sequence[tuple]] = None
+) -> List[List[np.ndarray]]:
+    """PyTorch's (float32) outputs of ``graph.module`` on each of ``samples`` (default: the
+    graph's)."""
+    outputs = []
+    for sample in graph.samples if samples is None else samples:
+        got = graph.module(*sample)
+        got = [got] if isinstance(got, torch.Tensor) else list(got)
+        outputs.append([g.numpy() for g in got])
+    return outputs
+
+
+def check_float32(graph, model_path, result, expected, threads, tolerance) -> None:
+    """Run the float32 file ``model_path`` in ``result.runtime`` on the samples and refuse it
+    when it differs from PyTorch (``expected``) by more than ``tolerance``."""
+    path = result.path
+    runtime = load_runtime(model_path, result.runtime, threads, "fp32")
+    runtime.path = path  # for messages: the file is still a temporary one
+    try:
+        result.differences = compare(graph, runtime, expected)
+    except AccelDetError as error:
+        raise AccelDetError(f"{error}: nothing written to {path}") from None
+    worst = max(
+        (d, i, name) for i, sample in enumerate(result.differences) for name, d in sample.items()
+    )
+    if not worst[0] <= tolerance:  # NaN fails too
+        raise AccelDetError(
+            f"the exported model differs from PyTorch in {DISPLAY_NAMES[result.runtime]} by "
+            f"{worst[0]:.3g} (largest relative difference, output {worst[2]}, sample "
+            f"{worst[1] + 1}), above the tolerance {tolerance:g}: nothing written to {path}"
+        )
+
+
+def reduce_precision(graph, onnx_path, precision, fmt, temporaries, files, calibration) -> dict:
+    """Write the ``precision`` form of the checked float32 ``onnx_path`` to ``temporaries`` (for
+    ``files``, in ``fmt``); returns the settings the record keeps."""
+    if precision == "bf16":
+        settings = {
+            "applied": "at run time: OpenVINO INFERENCE_PRECISION_HINT=bf16 (the file keeps "
+            "float32 weights)"
+        }
+        source = onnx_path
+    else:
+        source = temporaries[0] if fmt == "onnx" else onnx_path[: -len(".onnx")] + ".int8.onnx"
+        names = list(graph.input_names)
+        arrays = [tuple(as_numpy(x) for x in sample) for sample in calibration]
+        settings = quantize_onnx(onnx_path, source, names, arrays)
+    if fmt == "onnx":
+        if source != temporaries[0]:
+            os.replace(source, temporaries[0])
+        return settings
+    try:
+        to_openvino(source, temporaries[0])
+    except RuntimeError as error:
+        failure = room_failure(list(zip(temporaries, files)))
+        if failure is not None:
+            raise failure from None
+        raise AccelDetError(f"cannot write {' and '.join(files)}: OpenVINO: {one_line(error)}")
+    return settings
+
+
+def check_agreement(graph, model_path, result, expected, threads, bounds) -> None:
+    """Run the reduced-precision file ``model_path`` (int8: in the runtime of its format; bf16:
+    in OpenVINO) on the samples (and, for a classifier, more random images: see
+    :func:`agreement_samples`), measure its agreement with PyTorch's float32 outputs and refuse it
+    outside ``bounds``."""
+    precision = result.precision
+    name = CHECK_RUNTIME[result.format] if precision == "int8" else "openvino"
+    runtime = load_runtime(model_path, name, threads, precision)
+    runtime.path = result.path
+    samples = agreement_samples(graph)
+    if len(samples) > len(graph.samples):
+        expected = expected + torch_outputs(graph, samples[len(graph.samples) :])
+    got = [runtime(*sample) for sample in samples]
+    result.agreement = agreements.agreement(graph.output_names, expected, got)
+    result.agreement_runtime = name
+    failed = agreements.violation(result.agreement, bounds)
+    if failed:
+        raise AccelDetError(
+            f"the {precision} model disagrees with the float32 model in {DISPLAY_NAMES[name]}: "
+            f"{failed}: nothing written to {result.path}"
+        )
+
+
+def agreement_samples(graph: Graph, images: int = AGREEMENT_IMAGES, seed: int = 1) -> List[tuple]:
+    """The graph's samples, and for a classifier (one ``images`` input) random ones of its first
+    sample's shape until there are at least ``images`` images (top-1 agreement of one image says
+    little)."""
+    samples = list(graph.samples)
+    if list(graph.input_names) != ["images"]:
+        return samples
+    generator = torch.Generator().manual_seed(seed)
+    shape = graph.samples[0][0].shape
+    while sum(len(s[0]) for s in samples) < images:
+        samples.append((torch.randn(*shape, generator=generator),))
+    return samples
+
+
+def as_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
 
 
 def write_export(graph: Graph, fmt: str, temporaries: List[str], files: List[str]) -> None:
@@ -233,7 +375,13 @@ def write_export(graph: Graph, fmt: str, temporaries: List[str], files: List[str
         raise failure from None
 
 
-def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tolerance: float):
+def write_record(
+    graph: Graph,
+    result: ExportResult,
+    temporaries: List[str],
+    tolerance: float,
+    bounds: Optional[agreements.Bounds] = None,
+):
     """Write the record (:mod:`.record`) of an export whose files are still ``temporaries``, the
     record's the last: input shapes (dynamic axes by name), outputs, ``graph.provenance``, the
     sha256 of the model's files and the check against PyTorch."""
@@ -246,11 +394,24 @@ def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tol
             for i, size in enumerate(sample.shape)
         ]
     provenance = {"input_shapes": shapes, "outputs": list(graph.output_names), **graph.provenance}
+    if result.precision != "fp32":
+        provenance["reduced_precision"] = {
+            **result.settings,
+            "cpu_note": slow_precision_note(result.precision) or None,
+            "agreement": {
+                "with": "PyTorch float32 outputs on the sample inputs (no calibration input)",
+                "runtime": result.agreement_runtime,
+                "samples": len(agreement_samples(graph)),
+                "measures": result.agreement,
+                "bounds": (bounds or agreements.Bounds()).record(),
+            },
+        }
     record = export_record(
         provenance,
         description=graph.description,
         export_format=result.format,
         opset=OPSET,
+        precision=result.precision,
         files=files_digest(temporaries[:-1], result.files[:-1]),
         check={
             "runtime": result.runtime,
@@ -270,20 +431,16 @@ def write_record(graph: Graph, result: ExportResult, temporaries: List[str], tol
         raise failure from None
 
 
-@torch.no_grad()
-def compare(graph: Graph, runtime) -> List[Dict[str, float]]:
+def compare(graph: Graph, runtime, expected=None) -> List[Dict[str, float]]:
     """Per sample, per output: the largest relative difference of ``runtime``'s outputs to the
-    module's (:func:`relative_difference`)."""
+    module's (``expected``: :func:`torch_outputs`, computed when not given;
+    :func:`relative_difference`)."""
+    expected = torch_outputs(graph) if expected is None else expected
     differences = []
-    for sample in graph.samples:
-        expected = graph.module(*sample)
-        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    for sample, wanted in zip(graph.samples, expected):
         got = runtime(*sample)
         differences.append(
-            {
-                name: relative_difference(g, e.numpy())
-                for name, g, e in zip(graph.output_names, got, expected)
-            }
+            {name: relative_difference(g, e) for name, g, e in zip(graph.output_names, got, wanted)}
         )
     return differences
 

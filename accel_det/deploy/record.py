@@ -4,11 +4,12 @@
 The record says what the model expects and what it computes: its inputs (names, shapes, for a
 detector the test-time resize and the pixel format of ``image``; for a VGG-16 the preprocessing),
 the normalization inside the graph, the classes, the plan (path, architecture fingerprint,
-theoretical speedups), the precision (``fp32``: float32 weights and arithmetic) and the config
-keys it was exported with, the weights (path, sha256), the check against PyTorch, and the sha256
-of every file written, so that a record is never taken for another model's.
-:func:`accel_det.deploy.evaluate.evaluate_exported` checks a detector's record against the
-config it evaluates with.
+theoretical speedups), the precision (``fp32``, ``bf16`` or ``int8``, :mod:`.precision`; for a
+reduced one the quantizer and its settings, the calibration inputs (their sha256) and the
+agreement with the float32 model) and the config keys it was exported with, the weights (path,
+sha256), the check against PyTorch, and the sha256 of every file written, so that a record is
+never taken for another model's. :func:`accel_det.deploy.evaluate.evaluate_exported` checks a
+detector's record against the config it evaluates with.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..plan import plan_fingerprint
 from ..utils.io import load_json_object, sha256_file
 
 RECORD_FORMAT = "accel-det-export/1"
-PRECISION = "fp32"  # float32 weights and arithmetic, the only precision exported so far
+PRECISION = "fp32"  # the default: float32 weights and arithmetic
 
 
 def record_path(model_path: str) -> str:
@@ -77,6 +78,7 @@ def export_record(
     opset: int,
     files: Mapping[str, str],
     check: Mapping,
+    precision: str = PRECISION,
 ) -> dict:
     """The JSON record of an export: ``provenance`` (what the model was made from, see the module
     docstring) and how it was exported."""
@@ -89,7 +91,7 @@ def export_record(
         "description": description,
         "export_format": export_format,
         "opset": opset,
-        "precision": PRECISION,
+        "precision": precision,
         **provenance,
         "files": dict(files),
         "check": dict(check),

@@ -3,13 +3,17 @@
     run = load_runtime("vgg16_4x.onnx", runtime="onnxruntime", threads=1)
     logits, = run(images)               # numpy arrays or torch tensors in, numpy arrays out
 
-OpenVINO runs ``.xml`` (its IR) and ``.onnx`` files, ONNX Runtime ``.onnx`` files. OpenVINO is
-asked for float32 arithmetic: on CPUs with bfloat16 support its default is bfloat16, which
-differs from PyTorch by up to a few per cent.
+OpenVINO runs ``.xml`` (its IR) and ``.onnx`` files, ONNX Runtime ``.onnx`` files. The precision
+(:mod:`.precision`) is the one the model's record names (``fp32`` without a record): OpenVINO is
+asked for float32 arithmetic for ``fp32`` and ``int8`` models (on CPUs with bfloat16 support its
+default is bfloat16, which differs from PyTorch by up to a few per cent) and for bfloat16 for
+``bf16`` ones; ``int8`` files carry their quantization in the graph. A ``bf16`` model runs in
+OpenVINO only (ONNX Runtime's CPU provider has no bfloat16 arithmetic on x86).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import List, Optional
 
@@ -17,23 +21,37 @@ import numpy as np
 
 from ..errors import AccelDetError
 from ..utils.files import not_found
+from .precision import OPENVINO_HINTS, check_precision
 
 RUNTIMES = ("onnxruntime", "openvino")
 DISPLAY_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 INSTALL_HINT = "install the deploy extra: pip install -e '.[deploy]' (make venv does)"
 
 
-def default_runtime(path: str) -> str:
-    """OpenVINO for its ``.xml`` IR, ONNX Runtime otherwise."""
-    return "openvino" if path.endswith(".xml") else "onnxruntime"
+def default_runtime(path: str, precision: str = "fp32") -> str:
+    """OpenVINO for its ``.xml`` IR and for a bf16 model, ONNX Runtime otherwise."""
+    return "openvino" if path.endswith(".xml") or precision == "bf16" else "onnxruntime"
+
+
+def recorded_precision(path: str) -> str:
+    """The precision the record next to ``path`` names (``X.onnx.json``; ``fp32`` when there is
+    none or it cannot be read: :func:`accel_det.deploy.record.read_export_record` checks records
+    where it matters)."""
+    try:
+        with open(path + ".json", encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return "fp32"
+    precision = record.get("precision", "fp32") if isinstance(record, dict) else "fp32"
+    return precision if isinstance(precision, str) else "fp32"
 
 
 class Runtime:
     """An exported model loaded in a runtime. Call it with the inputs in order (or by name), as
     numpy arrays or torch tensors; it returns numpy arrays in the order of ``output_names``."""
 
-    def __init__(self, name: str, path: str, threads: int):
-        self.name, self.path, self.threads = name, path, threads
+    def __init__(self, name: str, path: str, threads: int, precision: str = "fp32"):
+        self.name, self.path, self.threads, self.precision = name, path, threads, precision
         self.input_names: List[str] = []
         self.output_names: List[str] = []
 
@@ -62,12 +80,15 @@ class Runtime:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r}, threads={self.threads})"
+        return (
+            f"{type(self).__name__}({self.path!r}, threads={self.threads}, "
+            f"precision={self.precision!r})"
+        )
 
 
 class OnnxRuntime(Runtime):
-    def __init__(self, path: str, threads: int = 1):
-        super().__init__("onnxruntime", path, threads)
+    def __init__(self, path: str, threads: int = 1, precision: str = "fp32"):
+        super().__init__("onnxruntime", path, threads, precision)
         ort = import_runtime("onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, all cores
@@ -86,10 +107,11 @@ class OnnxRuntime(Runtime):
 
 
 class OpenVinoRuntime(Runtime):
-    def __init__(self, path: str, threads: int = 1, precision: str = "f32"):
-        super().__init__("openvino", path, threads)
+    def __init__(self, path: str, threads: int = 1, precision: str = "fp32"):
+        super().__init__("openvino", path, threads, precision)
         ov = import_runtime("openvino")
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+        hint = OPENVINO_HINTS[precision]
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
@@ -105,27 +127,36 @@ class OpenVinoRuntime(Runtime):
         return [np.array(results[output]) for output in self.model.outputs]
 
 
-def check_runtime(path: str, runtime: Optional[str] = None) -> str:
-    """The runtime that runs ``path``: ``runtime``, checked, or the default for its suffix."""
-    runtime = runtime or default_runtime(path)
+def check_runtime(path: str, runtime: Optional[str] = None, precision: Optional[str] = None) -> str:
+    """The runtime that runs ``path``: ``runtime``, checked, or the default for its suffix and
+    precision (``None``: the one its record names)."""
+    precision = recorded_precision(path) if precision is None else precision
+    runtime = runtime or default_runtime(path, precision)
     if runtime not in RUNTIMES:
         raise AccelDetError(f"unknown runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and precision == "bf16":
+        raise AccelDetError(
+            f"{path} is a bf16 model: ONNX Runtime's CPU provider has no bfloat16 arithmetic, "
+            "run it with --runtime openvino"
+        )
     return runtime
 
 
 def load_runtime(
-    path: str, runtime: Optional[str] = None, threads: int = 1, precision: str = "f32"
+    path: str, runtime: Optional[str] = None, threads: int = 1, precision: Optional[str] = None
 ) -> Runtime:
     """``path`` (an exported ``.onnx`` or OpenVINO ``.xml``) loaded in ``runtime`` (default: by
-    the file's suffix) with ``threads`` threads (0: the runtime's default, all cores), on the CPU.
-    ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` (``f32``, ``bf16``, ``f16``)."""
-    runtime = check_runtime(path, runtime)
+    the file's suffix and precision) with ``threads`` threads (0: the runtime's default, all
+    cores), on the CPU, in ``precision`` (``fp32``, ``bf16``, ``int8``; default: the one its
+    record names, :mod:`.precision`)."""
+    precision = check_precision(recorded_precision(path) if precision is None else precision)
+    runtime = check_runtime(path, runtime, precision)
     if not os.path.isfile(path):
         raise not_found("exported model file", path)
     if runtime == "onnxruntime":
         if path.endswith(".xml"):
             raise AccelDetError(f"{path} is OpenVINO IR: run it with --runtime openvino")
-        return OnnxRuntime(path, threads)
+        return OnnxRuntime(path, threads, precision)
     return OpenVinoRuntime(path, threads, precision)
 
 

@@ -9,7 +9,7 @@ A *record* is a plain dict (a ``result.json`` next to each model's outputs)::
      "plan": "path/plan.json", "baseline": true}            # exactly one record is the baseline
 
 :func:`report_rows` turns records into rows with actual speedups (baseline median / model median)
-and ΔAP50; :func:`markdown_table` and :func:`plot_map_vs_speedup` render them. No detectron2 here.
+and ΔAP50; :func:`results_table` and :func:`plot_map_vs_speedup` render them. No detectron2 here.
 
 Runs made with ``tools/train_net.py`` have no record: :func:`record_from_run` makes one from the
 run's folder (``eval_results.json``, the plan named by ``config.yaml``'s ``MODEL.ACCEL.PLAN`` or a
@@ -28,7 +28,7 @@ from ..evaluation.ap import records_path
 from ..evaluation.bootstrap import RESAMPLES, SEED, check_paired
 from ..plan import Plan, linear_entries, plan_fingerprint
 from ..utils.io import atomic_write_text, load_json, load_json_object
-from ..utils.tables import markdown_table as table
+from ..utils.tables import markdown_table
 from .map_plot import family, plot_map_vs_speedup  # noqa: F401  (the report's plot)
 
 # latency entries a record may have (eager PyTorch, and ONNX Runtime when exported)
@@ -385,7 +385,7 @@ def _f(value, pattern: str, empty: str = "–") -> str:
     return empty if value is None else pattern.format(value)
 
 
-def markdown_table(rows: Sequence[Mapping]) -> str:
+def results_table(rows: Sequence[Mapping]) -> str:
     """The rows as a GitHub Markdown table (a latency column only when some row has it)."""
     show_before = any(r.get("ap50_before_ft") is not None for r in rows)
     parts = [p for p in PARTS if any(r.get(f"{p}_ms") is not None for r in rows)]
@@ -414,7 +414,7 @@ def markdown_table(rows: Sequence[Mapping]) -> str:
         cells += [_ap50_cell(r), "–" if r["baseline"] else _delta_cell(r)]
         cells += [_f(r.get("ap50_onnxruntime"), "{:.1f}")] if show_exported else []
         body.append(cells)
-    return table(header, body)
+    return markdown_table(header, body)
 
 
 def _ap50_cell(row: Mapping) -> str:
@@ -441,7 +441,7 @@ def write_report(
     parts = [f"# {title}", ""]
     if notes:
         parts += [f"- {n}" for n in notes] + [""]
-    parts += [markdown_table(rows), ""]
+    parts += [results_table(rows), ""]
     for section in sections:
         parts += [section.rstrip(), ""]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -238,3 +238,91 @@ def test_tools_export_then_evaluate(setup, pytorch_results, tmp_path, capsys):
     again = ["--output", tmp_path / "again.json"]
     err = tool("evaluate_exported", *config, "--model", model, *again, *opts, code=2)
     assert "detector.onnx.json was written for another model than " in err, err
+
+
+def calibration_opts(root):
+    """DATASETS.TRAIN for an int8 export's calibration: the 4 test images and their proposals
+    (the tiny set has no training proposals)."""
+    return [
+        "DATASETS.TRAIN",
+        f"('{PREFIX}_test',)",
+        "DATASETS.PROPOSAL_FILES_TRAIN",
+        f"('{root / 'proposals.pkl'}',)",
+    ]
+
+
+# a width-1/16 random detector (4-channel convs, 32-wide fc layers) is far harder to quantize than
+# a trained VGG-16: looser bounds than the tool's defaults
+INT8_BOUNDS = ["--max-score-difference", "0.15", "--min-top-class", "0.9"]
+
+
+@pytest.mark.parametrize(
+    "precision, fmt, name", [("int8", "openvino", "q.xml"), ("bf16", "onnx", "b.onnx")]
+)
+def test_reduced_precision_detector_exports_agree_and_evaluate(
+    setup, pytorch_results, tmp_path, capsys, precision, fmt, name
+):
+    """tools/export_model.py --precision int8 (calibrated on a seeded draw of DATASETS.TRAIN) or
+    bf16, then tools/evaluate_exported.py in the recorded precision and its runtime (a bf16 .onnx
+    in OpenVINO): detections of about PyTorch's float32 AP."""
+    root = setup["root"]
+    opts = small_opts(root, root / "model.pth", PREFIX) + calibration_opts(root)
+    config = ["--config-file", "demo/accel_vgg16_synthetic"]
+    model = tmp_path / name
+    extra = ["--calibration", "3", "--seed", "5", *INT8_BOUNDS] if precision == "int8" else []
+    argv = ["--output", model, "--format", fmt, "--precision", precision, *extra, *config, *opts]
+    export = load_tool("export_model")
+    code = run_tool(export.main, export.build_parser(), [str(a) for a in argv])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    assert f"{precision} against float32 in OpenVINO on the sample inputs: top-class" in printed.out
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert record["precision"] == precision
+    reduced = record["reduced_precision"]
+    measures = reduced["agreement"]["measures"]
+    assert set(measures) == {"top_class", "score_difference", "box_difference"}
+    assert measures["top_class"] >= 0.9 and measures["box_difference"] <= 2.0
+    if precision == "int8":
+        assert reduced["quantizer"] == "onnxruntime.quantization.quantize_static"
+        drawn = reduced["calibration"]
+        assert (drawn["source"], drawn["seed"], drawn["images"]) == ("DATASETS.TRAIN", 5, 3)
+        assert len(drawn["files_sha256"]) == 64
+        assert "FakeQuantize" in model.read_text()  # OpenVINO's form of the QDQ pairs
+    else:  # the float32 file, run in bfloat16 by OpenVINO
+        assert reduced["applied"].startswith("at run time: OpenVINO INFERENCE_PRECISION_HINT=bf16")
+        assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(model)).graph.node}
+    evaluate = load_tool("evaluate_exported")
+    code = run_tool(evaluate.main, evaluate.build_parser(), [*config, "--model", str(model), *opts])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    results = json.loads((tmp_path / f"{name}.openvino.eval_results.json").read_text())
+    assert results["evaluated"]["precision"] == precision
+    assert f"openvino, {precision})" in printed.out
+    expected = pytorch_results[f"{PREFIX}_test"]["bbox"]["AP50"]
+    # 4 test images: one detection moves AP50 by points
+    assert abs(results[f"{PREFIX}_test"]["bbox"]["AP50"] - expected) <= 6.0
+
+
+def test_the_demo_exports_and_evaluates_an_int8_detector(setup, pytorch_results, tmp_path):
+    """The demo's int8 row: export_detector(..., "int8") calibrated on DATASETS.TRAIN, then
+    exported_ap50 in the recorded precision."""
+    from accel_det.deploy.agreement import Bounds
+    from accel_det.workflows.demo.deployed import export_detector, exported_ap50
+
+    root = setup["root"]
+    cfg = load_config(
+        "demo/accel_vgg16_synthetic",
+        small_opts(root, root / "model.pth", PREFIX) + calibration_opts(root),
+    )
+    bounds = Bounds(max_score_difference=0.15)  # a random width-1/16 detector (INT8_BOUNDS)
+    path = export_detector(cfg, setup["model"], str(tmp_path), "int8", calibration_images=2,
+                           bounds=bounds)  # fmt: skip
+    assert path == str(tmp_path / "exported" / "detector.int8.onnx")
+    record = json.loads((tmp_path / "exported" / "detector.int8.onnx.json").read_text())
+    assert (
+        record["precision"] == "int8" and record["reduced_precision"]["calibration"]["images"] == 2
+    )
+    ap50 = exported_ap50(cfg, path, str(tmp_path))
+    saved = json.loads((tmp_path / "exported" / "eval_results.int8.json").read_text())
+    assert saved[f"{PREFIX}_test"]["bbox"]["AP50"] == ap50
+    assert abs(ap50 - pytorch_results[f"{PREFIX}_test"]["bbox"]["AP50"]) <= 6.0

@@ -149,6 +149,29 @@ def test_runtime_errors(tmp_path):
             run(np.zeros(3, np.float32))
         with pytest.raises(AccelDetError, match="takes the inputs x, got z"):
             run(z=np.zeros(2, np.float32))
+    # the precision the record names: bf16 runs in OpenVINO (its default), not in ONNX Runtime
+    assert load_runtime(str(tmp_path / "relu.onnx")).precision == "fp32"  # no record
+    (tmp_path / "relu.onnx.json").write_text(json.dumps({"precision": "bf16"}))
+    run = load_runtime(str(tmp_path / "relu.onnx"))
+    assert (run.name, run.precision) == ("openvino", "bf16")
+    np.testing.assert_array_equal(run(np.array([-1.0, 2.0]))[0], [0.0, 2.0])
+    with pytest.raises(AccelDetError, match="is a bf16 model: ONNX Runtime's CPU provider has no"):
+        load_runtime(str(tmp_path / "relu.onnx"), "onnxruntime")
+    (tmp_path / "relu.onnx.json").write_text(json.dumps({"precision": "fp8"}))
+    with pytest.raises(AccelDetError, match="unknown precision 'fp8': choose fp32, bf16 or int8"):
+        load_runtime(str(tmp_path / "relu.onnx"))
+
+
+def test_slow_precision_notes_read_the_cpu_flags():
+    from accel_det.deploy.precision import slow_precision_note
+
+    assert "no VNNI" in slow_precision_note("int8", frozenset({"avx2", "avx512f"}))
+    assert slow_precision_note("int8", frozenset({"avx2", "avx512_vnni"})) == ""
+    assert slow_precision_note("int8", frozenset({"avx_vnni"})) == ""
+    assert "no bfloat16 arithmetic" in slow_precision_note("bf16", frozenset({"avx512_vnni"}))
+    assert slow_precision_note("bf16", frozenset({"amx_bf16"})) == ""
+    assert slow_precision_note("fp32", frozenset({"avx2"})) == ""
+    assert slow_precision_note("int8", frozenset()) == ""  # flags unknown: nothing said
 
 
 def test_tool_exports_an_accelerated_backbone(weights, tmp_path, capsys):
@@ -266,3 +289,82 @@ def test_an_export_publishes_its_record_last_and_never_beside_another_model(tmp_
     assert sorted(os.listdir(tmp_path)) == ["model.bin", "model.xml", "model.xml.json"]
     record = read_export_record(str(path))
     assert record["files"] == {os.path.basename(f): sha256_file(f) for f in files[:2]}
+
+
+@pytest.fixture(scope="module")
+def calibration_images(tmp_path_factory):
+    """12 synthetic images, and 6 black ones (a broken calibration)."""
+    from PIL import Image
+
+    from accel_det.data.synthetic.folders import make_image_folder
+
+    root = tmp_path_factory.mktemp("calibration")
+    make_image_folder(str(root / "images"), num_classes=4, images_per_class=3, size=72)
+    (root / "black").mkdir()
+    for i in range(6):
+        Image.new("RGB", (72, 72)).save(root / "black" / f"{i}.png")
+    return root
+
+
+def export_tool(argv, capsys):
+    tool = load_tool("export_model")
+    code = run_tool(tool.main, tool.build_parser(), [str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("backbone", [False, True], ids=["classifier", "backbone"])
+def test_int8_export_is_calibrated_on_a_recorded_seeded_draw(
+    weights, calibration_images, tmp_path, capsys, backbone
+):
+    from accel_det.data.sample import files_digest, sample_images
+    from accel_det.workflows.calibration import calibration_transform
+
+    images = calibration_images / "images"
+    common = ["--weights", weights / "accel.pth", "--input-size", *SIZE, "--precision", "int8"]
+    common += ["--images", images, "--calibration", "5"] + (["--backbone"] if backbone else [])
+    code, printed = export_tool([*common, "--seed", "3", "--output", tmp_path / "a.onnx"], capsys)
+    assert code == 0, printed.err
+    assert (
+        "int8 against float32 in ONNX Runtime on the sample inputs: relative output" in printed.out
+    )
+    record = json.loads((tmp_path / "a.onnx.json").read_text())
+    assert record["precision"] == "int8"
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "a.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    reduced = record["reduced_precision"]
+    assert reduced["format"] == "QDQ" and reduced["weights"].endswith("per output channel")
+    measures = reduced["agreement"]["measures"]
+    assert 0 < measures["relative_error"] <= 0.1 and reduced["agreement"]["samples"] == 8
+    assert ("top1" in measures) != backbone
+    drawn = reduced["calibration"]
+    # the draw of tools/compress_backbone.py with the same seed, by its list of files
+    expected = sample_images(str(images), 5, 3, calibration_transform(SIZE), progress=False)
+    assert drawn["files_sha256"] == files_digest(expected.files)
+    assert (drawn["seed"], drawn["images"], drawn["found"]) == (3, 5, 12)
+    if backbone:
+        return
+    code, _ = export_tool([*common, "--seed", "4", "--output", tmp_path / "b.onnx"], capsys)
+    other = json.loads((tmp_path / "b.onnx.json").read_text())["reduced_precision"]
+    assert code == 0 and other["calibration"]["files_sha256"] != drawn["files_sha256"]
+
+
+def test_a_broken_quantization_is_refused_in_one_line_and_writes_nothing(
+    weights, calibration_images, tmp_path, capsys
+):
+    """Calibrated on black images, the activation ranges are those of one constant input: real
+    inputs saturate and the int8 model's logits are far from float32's."""
+    argv = ["--weights", weights / "plain.pth", "--input-size", *SIZE, "--precision", "int8"]
+    argv += ["--images", calibration_images / "black", "--calibration", "4"]
+    code, printed = export_tool([*argv, "--output", tmp_path / "q.onnx"], capsys)
+    lines = [line for line in printed.err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, printed.err
+    assert lines[0].startswith("error: the int8 model disagrees with the float32 model in ONNX ")
+    assert "(--max-relative-error): nothing written to " in lines[0]
+    assert list(tmp_path.iterdir()) == []
+    # the same quantization within looser bounds is written
+    code, printed = export_tool(
+        [*argv, "--max-relative-error", "100", "--min-top1", "0", "--output", tmp_path / "q.onnx"],
+        capsys,
+    )
+    assert code == 0, printed.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "q.onnx.json"]

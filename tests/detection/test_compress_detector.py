@@ -181,7 +181,7 @@ def test_outputs_another_run_wrote_meanwhile_are_kept(tmp_path):
     --resume): a second run that finishes later is refused and the first run's pair stays."""
     from accel_det.errors import AccelDetError
     from accel_det.plan import Plan
-    from accel_det.workflows.detector.compress import output_paths, write_outputs
+    from accel_det.workflows.detector_compression.compress import output_paths, write_outputs
 
     paths = output_paths(str(tmp_path))
     (tmp_path / "plan.json").write_text("the first run's")
@@ -196,7 +196,7 @@ def test_fixed_fc_ranks_that_would_not_pay_are_refused():
     from types import SimpleNamespace
 
     from accel_det.errors import AccelDetError
-    from accel_det.workflows.detector.compress import check_fc_ranks
+    from accel_det.workflows.detector_compression.compress import check_fc_ranks
 
     head = SimpleNamespace(fc6=torch.nn.Linear(3136, 256), fc7=torch.nn.Linear(256, 256))
     model = SimpleNamespace(roi_heads=SimpleNamespace(box_head=head))

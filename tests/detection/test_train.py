@@ -285,6 +285,16 @@ def test_demo_pipeline_end_to_end_on_tiny_data(tmp_path):
     assert {("detector_2x", "asym3d_2x"), ("asym3d_2x", "baseline")} <= found
     assert "### Comparisons (paired on the same test images)" in report
     assert "ΔAP50 [95 %, paired]" in report
+    # int8 rows: the baseline and the whole-detector model, exported, evaluated and timed
+    assert "### int8 (ONNX Runtime static quantization, QDQ)" in report
+    for name in ("baseline", "detector_2x"):
+        int8 = json.loads((out / name / "result.json").read_text())["int8"]
+        if "refused" not in int8:  # a refusal is one line in the report; otherwise every field
+            assert int8["ap50"]["low"] <= int8["ap50"]["value"] <= int8["ap50"]["high"]
+            assert int8["delta_vs_fp32"]["images"] == 5
+            assert set(int8["latency_ms"]) == {
+                "onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino int8"
+            }  # fmt: skip
     # a second run reuses every finished stage
     again = run_demo(options)
     assert [r["ap50"] for r in again["rows"]] == [r["ap50"] for r in summary["rows"]]

@@ -10,6 +10,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from accel_det.benchmarks import memory as bench_memory
+from accel_det.benchmarks import plots, quality_report, selection
+from accel_det.benchmarks import quality as bench
 from accel_det.data.synthetic import shapes
 from accel_det.models.vgg import vgg16_features
 from accel_det.nn.fold import fold_batch_norms
@@ -17,9 +20,6 @@ from accel_det.solver import METHODS
 from accel_det.solver import latency as latency_module
 from accel_det.solver.network import conv_specs
 from accel_det.utils.io import json_safe
-from accel_det.workflows.bench import memory as bench_memory
-from accel_det.workflows.bench import quality as bench
-from accel_det.workflows.bench import quality_report, selection
 from accel_det.workflows.classifier import with_batch_norms
 from tests.helpers import REPO as ROOT  # noqa: E402
 from tests.helpers import hand_speedup
@@ -110,7 +110,7 @@ def test_sweep_runs_every_method_and_reports(tiny, tmp_path):
     assert "asym3d (rank sel.)" in text and "original" in text
     assert "MB" in quality_report.sweep_table(sweep, config.speedups, "cost")
     png = str(tmp_path / "sweep.png")
-    quality_report.plot_sweep(sweep, png, title="test")
+    plots.plot_vgg_sweep(sweep, png, title="test")
     assert open(png, "rb").read(4) == b"\x89PNG"
     json.dumps(json_safe(sweep))
 

@@ -10,9 +10,9 @@ pytest.importorskip("detectron2")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
+from accel_det.benchmarks import rcnn  # noqa: E402
+from accel_det.benchmarks.rcnn_forms import STAGES  # noqa: E402
 from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.workflows.bench import rcnn  # noqa: E402
-from accel_det.workflows.bench.rcnn_forms import STAGES  # noqa: E402
 from tests.deploy.test_backbone_export import TINY_R18_FPN  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

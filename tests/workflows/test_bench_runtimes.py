@@ -1,4 +1,4 @@
-"""The speed benchmark's runtime axis (accel_det.workflows.bench.runtimes / runtime_axis /
+"""The speed benchmark's runtime axis (accel_det.benchmarks.runtimes / runtime_axis /
 layers / subjects, tools/benchmark_runtimes.py): every form computes what eager PyTorch computes,
 multiply-adds and speedups recounted by hand, per-layer times attributed to the right layer, and a
 tiny end-to-end run whose record is consistent with itself."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from accel_det.benchmarks import layers, macs, runtime_axis, runtimes, subjects
 from accel_det.nn.chain import conv_names
 from accel_det.nn.network import apply_plan
-from accel_det.workflows.bench import layers, runtime_axis, runtimes, subjects
 from tests.helpers import REPO, hand_macs, load_tool, small_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,12 +28,18 @@ def test_every_cpu_form_computes_what_eager_pytorch_computes(form, tmp_path):
     path = ""
     if form in runtimes.EXPORTED:
         path = runtimes.export_onnx(features, (x,), str(tmp_path / "m.onnx"))
+    if form in runtimes.INT8_FORMS:  # calibrated on the input it is timed on
+        runtimes.quantize_for_timing(path, (x,), runtimes.int8_path(path))
     call = runtimes.build_call(form, features, (x,), threads=1, onnx_path=path)
     with torch.inference_mode():
         got = call()
-    got = torch.as_tensor(got[0] if isinstance(got, list) else got)
+    got = torch.as_tensor(got[0] if isinstance(got, list) else got).float()
     assert got.shape == expected.shape
-    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    # bfloat16 keeps 8 bits of mantissa, int8 256 levels per tensor
+    tolerance = {"fp32": 1e-4, "bf16": 5e-2, "int8": 5e-2}[runtimes.form_precision(form)]
+    assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+    if form in runtimes.INT8_FORMS:  # not float32 in disguise
+        assert (got - expected).abs().max() > 1e-5 * expected.abs().max()
 
 
 def test_unknown_forms_are_refused():
@@ -48,10 +54,10 @@ def test_unknown_forms_are_refused():
 def test_multiply_adds_are_counted_as_by_hand():
     conv = nn.Conv2d(5, 7, 3, padding=1)
     linear = nn.Linear(11, 13)
-    counts = subjects.conv_macs(conv, (torch.randn(2, 5, 6, 4),))
+    counts = macs.layer_macs(conv, (torch.randn(2, 5, 6, 4),))
     layer = {"in_channels": 5, "out_channels": 7, "kernel_size": (3, 3), "out_hw": (6, 4)}
     assert counts == {"": 2 * hand_macs(layer)}
-    assert subjects.conv_macs(linear, (torch.randn(17, 11),)) == {"": 17 * 11 * 13}
+    assert macs.layer_macs(linear, (torch.randn(17, 11),)) == {"": 17 * 11 * 13}
 
 
 def test_speedups_and_best_against_best_are_ratios_of_medians():
@@ -70,6 +76,44 @@ def test_speedups_and_best_against_best_are_ratios_of_medians():
     # the original's best form (b, 80 ms) against the model's best form (a, 20 ms)
     assert (best["original_form"], best["form"], best["speedup"]) == ("b", "a", 4.0)
     assert best["ratio"] == 1.0
+
+
+def test_best_against_best_takes_the_originals_fastest_fp32_form_as_reference():
+    rows = [
+        {"case": "c", "model": "original", "form": "openvino", "median_ms": 100.0},
+        {"case": "c", "model": "original", "form": "openvino int8", "median_ms": 50.0},
+        {"case": "c", "model": "m", "form": "openvino", "median_ms": 40.0},
+        {"case": "c", "model": "m", "form": "openvino int8", "median_ms": 10.0},
+    ]
+    for row in rows:
+        row.update(threads=1, theoretical=1.0 if row["model"] == "original" else 4.0)
+    (best,) = runtime_axis.best_against_best(rows)
+    assert (best["original_form"], best["form"], best["speedup"]) == (
+        "openvino",
+        "openvino int8",
+        10.0,
+    )
+    by = {r["precision"]: r for r in runtime_axis.best_by_precision(rows)}
+    assert (by["fp32"]["speedup"], by["int8"]["speedup"]) == (2.5, 5.0)
+    assert by["int8"]["original_form"] == "openvino int8" and by["int8"]["ratio"] == 1.25
+
+
+def test_the_int8_targets_read_int8_against_fp32_and_int8_against_int8():
+    from accel_det.benchmarks.runtime_tables import target_lines
+
+    case = {"case": "detector 600x1000, 2000 RoIs", "threads": 1}
+    rows = [
+        {**case, "model": "original", "form": "openvino", "median_ms": 9000.0},
+        {**case, "model": "original", "form": "onnxruntime", "median_ms": 8000.0},
+        {**case, "model": "original", "form": "openvino int8", "median_ms": 5000.0},
+        {**case, "model": "detector 4x", "form": "openvino int8", "median_ms": 700.0,
+         "ratio": 0.8},
+        {**case, "model": "detector 4x", "form": "onnxruntime int8", "median_ms": 1400.0,
+         "ratio": 0.5},
+    ]  # fmt: skip
+    lines = target_lines(rows, [])
+    assert lines[6].endswith(f"target 10, measured {8000 / 700:.2f} (worst case): met")
+    assert lines[7].endswith("target 0.75, measured 0.80 (worst case): met")
 
 
 def test_per_layer_times_are_attributed_to_their_layer(tmp_path):
@@ -127,12 +171,19 @@ def test_layer_profile_recounts_each_layers_flop_ratio():
     assert all(r["f"]["ratio"] == pytest.approx(1.0) for r in profile[1:])
 
 
+# the end-to-end run's forms: each runtime and precision once (eager and TorchScript have their
+# own test above and take long to build for every subject)
+FORMS = ["channels_last", "onnxruntime", "openvino", "openvino bf16", "onnxruntime int8",
+         "openvino int8"]  # fmt: skip
+
+
 def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     out = tmp_path / "rt"
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "benchmark_runtimes.py"), "--output", str(out)]
         + "--width 0.25 --speedup 2 --backbone-sizes 64 --detector-size 64x96 --rois 40 "
-        "--threads 1 --seconds 0.2 --resnet".split(),
+        "--threads 1 --seconds 0.2 --resnet --forms".split()
+        + FORMS,
         capture_output=True,
         text=True,
         timeout=900,
@@ -148,7 +199,8 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
         "original", "asym", "asym3d", "asym, ranks x16", "asym3d, ranks x16",
         "asym, ranks x16, conv1_2 kept", "asym3d, ranks x16, conv1_2 kept",
     }  # fmt: skip
-    assert len(backbone) == len(models) * len(runtimes.CPU_FORMS)
+    assert len(backbone) == len(models) * len(FORMS)
+    assert {r["precision"] for r in rows} == {"fp32", "bf16", "int8"}
     for row in rows:  # speedups are the ratio of the two medians
         base = next(
             r for r in rows
@@ -160,6 +212,11 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     for best in record["best"]:
         candidates = [r for r in rows if r["case"] == best["case"] and r["model"] == best["model"]]
         assert best["median_ms"] == min(r["median_ms"] for r in candidates)
+        originals = [r for r in rows if r["case"] == best["case"] and r["model"] == "original"]
+        fp32 = min(r["median_ms"] for r in originals if r["precision"] == "fp32")
+        assert best["original_ms"] == fp32  # the reference: the original's fastest fp32 form
+    int8 = [b for b in record["best_by_precision"] if b["precision"] == "int8"]
+    assert int8 and all(b["original_form"].endswith("int8") for b in int8)
     detector = next(r for r in record["best"] if r["case"].startswith("detector"))
     assert detector["theoretical"] == pytest.approx(2.0, rel=0.02)  # the budget, within 2 %
     stages = record["stages"]["detector 64x96, 40 RoIs"]
@@ -170,6 +227,7 @@ def test_runtime_benchmark_end_to_end_record_is_consistent(tmp_path):
     assert (out / "benchmark_runtimes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "benchmark_runtimes.md").read_text()
     assert "## Best form against best form" in text and "## Targets" in text
+    assert "int8 in its fastest runtime against the original's fastest fp32 form" in text
 
 
 @pytest.mark.parametrize(
@@ -202,7 +260,7 @@ def test_the_gpu_forms_compute_what_eager_pytorch_computes(form, tolerance):
 
 
 def test_targets_judge_the_default_plans_worst_case():
-    from accel_det.workflows.bench.runtime_tables import target_lines
+    from accel_det.benchmarks.runtime_tables import target_lines
 
     best = [
         {"case": "backbone 224x224", "threads": 1, "model": "asym, ranks x16", "ratio": 0.93},
@@ -219,10 +277,10 @@ def test_targets_judge_the_default_plans_worst_case():
 
 
 def test_a_plan_made_elsewhere_is_timed_and_one_that_does_not_fit_is_refused():
+    from accel_det.benchmarks.forms import random_features
     from accel_det.errors import AccelDetError
     from accel_det.solver import plan_from_structures
     from accel_det.solver.network import conv_specs
-    from accel_det.workflows.bench.forms import random_features
 
     def plan_at(width):
         specs = conv_specs(random_features(width), (64, 64))
@@ -257,7 +315,7 @@ def test_a_missing_plan_file_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_resnet_subjects_meet_their_speedups_and_the_targets_read_them():
-    from accel_det.workflows.bench.runtime_tables import target_lines
+    from accel_det.benchmarks.runtime_tables import target_lines
 
     found = subjects.resnet_subjects(
         "resnet18", (64, 64), speedups=(2.0,), num_images=2, samples_per_image=20

@@ -12,6 +12,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from accel_det.benchmarks import fast_rcnn, forms, macs, speed
+from accel_det.benchmarks import plans as bench_plans
 from accel_det.errors import AccelDetError
 from accel_det.models.vgg import vgg16_features
 from accel_det.nn import CHANNEL, SPATIAL, SPATIAL_CHANNEL
@@ -22,9 +24,6 @@ from accel_det.solver.ranks import budget_macs
 from accel_det.solver.splits import spatial_ranks
 from accel_det.utils import timing as bench_latency
 from accel_det.utils.timing import measure_for
-from accel_det.workflows.bench import detector as bench_detector
-from accel_det.workflows.bench import forms, macs, speed
-from accel_det.workflows.bench import plans as bench_plans
 from tests.helpers import REPO as ROOT  # noqa: E402
 from tests.helpers import hand_macs, hand_speedup, load_tool
 
@@ -82,11 +81,11 @@ def test_detector_multiply_adds_agree_with_fvcore(tmp_path):
     plan = _plans(features)["asym3d"]
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
-    detectors = bench_detector.build_detectors(
+    detectors = fast_rcnn.build_detectors(
         {"asym3d": plan}, {"asym3d": str(path)}, width=width, opts=["MODEL.ROI_BOX_HEAD.FC_DIM", 32]
     )
     case = speed.Case("detector", (48, 64), 2)
-    inputs = bench_detector.detector_inputs(case, proposals=7)
+    inputs = fast_rcnn.detector_inputs(case, proposals=7)
     for name, model in detectors.items():
         total, conv = macs.detector_macs(model, inputs)
         assert macs.detector_fvcore_macs(model, inputs) == total, name

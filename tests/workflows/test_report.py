@@ -9,9 +9,9 @@ from accel_det.errors import AccelDetError
 from accel_det.utils.timing import measure_latency, measure_many, num_threads
 from accel_det.workflows.report import (
     load_records,
-    markdown_table,
     plot_map_vs_speedup,
     report_rows,
+    results_table,
     write_report,
 )
 
@@ -41,7 +41,7 @@ def test_rows_table_and_plot(tmp_path):
         "detector_speedup"
     ] == pytest.approx(2.0)
     assert accel["delta_ap50"] == pytest.approx(-2.5)
-    table = markdown_table(rows)
+    table = results_table(rows)
     assert "| baseline | 1.00× | 1.00× | 1.00× | 15.0 | 24.0 | – | 62.5 | – |" in table
     assert "| asym3d_4x | 4.02× | 3.00× | 2.00× | 5.0 | 12.0 | 41.0 | 60.0 | -2.5 |" in table
     png = tmp_path / "plot.png"
@@ -109,7 +109,7 @@ def test_rows_carry_intervals_paired_against_the_baseline(tmp_path):
     rows = {r["name"]: r for r in report_rows(records)}
     expected = paired_delta(detections["asym3d_4x"], detections["baseline"])
     assert rows["asym3d_4x"]["delta_ap50_interval"]["low"] == pytest.approx(expected.low)
-    table = markdown_table(list(rows.values()))
+    table = results_table(list(rows.values()))
     assert "ΔAP50 [95 %, paired]" in table and expected.delta_text()[2:] in table
     assert expected.high < 0 and "\u2212" in expected.delta_text()
     png = tmp_path / "plot.png"

@@ -1,43 +1,71 @@
 """The demo's models deployed: each final detector exported to ONNX (checked against PyTorch),
 evaluated in ONNX Runtime with the same Detectron2 evaluator, and timed there; the same plans'
-structures at full width timed in ONNX Runtime too."""
+structures at full width timed in ONNX Runtime too. :func:`export_detector` and
+:func:`exported_ap50` also make and evaluate the int8 (calibrated on a seeded draw of
+``DATASETS.TRAIN``) and bf16 forms of a detector (:mod:`accel_det.deploy.precision`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 import torch
 
+from ...deploy.agreement import Bounds
 from ...deploy.detector import detector_graph
 from ...deploy.evaluate import evaluate_exported
 from ...deploy.export import Graph, export_graph
-from ...deploy.runtime import load_runtime
+from ...deploy.runtime import load_runtime, recorded_precision
 from ...detection.trainer import save_results
 from ...models.vgg import vgg16_features
 from ...nn.network import apply_plan
 from ...plan import Plan
 from ...utils.timing import measure_many
+from ..calibration import detector_calibration
 from ..report import eval_ap50
 from .latency import FULL_WIDTH_INPUT, scale_plan
 
 FOLDER = "exported"
+CALIBRATION_IMAGES = 16
 
 
-def export_detector(cfg, model, folder: str) -> str:
-    """``model`` as ``folder/exported/detector.onnx``, checked against PyTorch."""
-    path = os.path.join(folder, FOLDER, "detector.onnx")
+def export_detector(
+    cfg,
+    model,
+    folder: str,
+    precision: str = "fp32",
+    *,
+    calibration_images: int = CALIBRATION_IMAGES,
+    seed: int = 0,
+    bounds: Optional[Bounds] = None,
+) -> str:
+    """``model`` as ``folder/exported/detector.onnx`` (``detector.int8.onnx``,
+    ``detector.bf16.onnx``), checked against PyTorch; an int8 one calibrated on
+    ``calibration_images`` images of ``DATASETS.TRAIN`` drawn with ``seed`` (and their
+    proposals), and a reduced-precision one refused outside ``bounds`` of agreement with float32
+    (:class:`~accel_det.deploy.agreement.Bounds`; default: the tool's)."""
+    name = "detector.onnx" if precision == "fp32" else f"detector.{precision}.onnx"
+    path = os.path.join(folder, FOLDER, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    export_graph(detector_graph(cfg, model), path, "onnx", overwrite=True)
+    calibration, drawn = None, None
+    if precision == "int8":
+        calibration, drawn = detector_calibration(cfg, calibration_images, seed=seed)
+    export_graph(
+        detector_graph(cfg, model), path, "onnx", overwrite=True, precision=precision,
+        calibration=calibration, calibration_record=drawn, bounds=bounds,
+    )  # fmt: skip
     return path
 
 
 def exported_ap50(cfg, path: str, folder: str) -> float:
-    """AP50 of the exported detector in ONNX Runtime on the test set (``eval_results.json`` next
-    to it)."""
-    results = evaluate_exported(cfg, path, "onnxruntime")
-    save_results(results, os.path.join(folder, FOLDER, "eval_results.json"))
+    """AP50 of the exported detector on the test set in the runtime and precision its record
+    names (float32 and int8 ``.onnx``: ONNX Runtime; bf16: OpenVINO); results in
+    ``eval_results.json`` next to it (``eval_results.int8.json``, ...)."""
+    precision = recorded_precision(path)
+    results = evaluate_exported(cfg, path)
+    name = "eval_results.json" if precision == "fp32" else f"eval_results.{precision}.json"
+    save_results(results, os.path.join(folder, FOLDER, name))
     return eval_ap50(results)
 
 

@@ -12,6 +12,7 @@ from ...plan import Plan
 from ...utils.io import atomic_write_json, load_json_object
 from ..plots import plan_table
 from ..report import add_intervals, comparison_text, plot_map_vs_speedup, report_rows, write_report
+from .int8 import int8_section
 from .latency import FULL_WIDTH_INPUT
 from .options import DemoOptions
 
@@ -131,7 +132,7 @@ def write_demo_report(
         f"({pre['iterations']} iterations of 32 crops, batch norms folded afterwards; held-out "
         f"crop accuracy {pre['held_out_accuracy']:.1%}), converted like ImageNet weights "
         f"(`vgg16_to_detectron2`).",
-        f"Compression (`accel_det.workflows.detector.compress_detector`, what "
+        f"Compression (`accel_det.workflows.detector_compression.compress_detector`, what "
         f"`tools/compress_detector.py` runs): {options.method}, rank selection, conv1_1 kept, on "
         f"{options.compress_images} training images preprocessed as the detector's input, "
         f"{options.samples_per_image} sampled conv responses and {options.fc_samples_per_image} "
@@ -168,6 +169,8 @@ def write_demo_report(
     sections = ["![AP50 vs speedup](mAP_vs_speedup.png)"]
     if found:
         sections.append(comparison_section(records, found, pairs))
+    if int8_section(records):
+        sections.append(int8_section(records))
     sections += [
         f"### Plan of {r['name']}\n\n```\n{plan_table(Plan.read(r['plan']))}\n```"
         for r in records[1:]

@@ -43,11 +43,12 @@ from ...errors import AccelDetError
 from ...evaluation.ap import records_path
 from ...solver import SolverOptions
 from ...utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, json_safe
-from ..detector import DetectorCompressOptions, compress_detector
+from ..detector_compression import DetectorCompressOptions, compress_detector
 from ..report import eval_ap50
 from .cache import cached_record, file_digest, stage_key
 from .deployed import deployed_latency, export_detector, exported_ap50
-from .detector import evaluate, load_model
+from .evaluation import evaluate, load_model
+from .int8 import measure_int8
 from .latency import measure_detectors, timing_input
 from .options import DemoOptions, DemoStage
 from .pretrain import pretrain_on_crops
@@ -371,7 +372,8 @@ class DemoRun:
 
     def accelerate(self, stage: DemoStage, baseline: dict) -> dict:
         """The baseline compressed as ``stage`` says (reused when done) with
-        :func:`~accel_det.workflows.detector.compress_detector`, evaluated, then fine-tuned."""
+        :func:`~accel_det.workflows.detector_compression.compress_detector`, evaluated, then
+        fine-tuned."""
         o = self.options
         stage_dir = os.path.join(self.out, stage.name + self.suffix("train"))
         finetune_dir = stage_dir + self.suffix("finetune")
@@ -463,6 +465,7 @@ class DemoRun:
             record["ap50_onnxruntime"] = exported_ap50(
                 cfg, exported[record["name"]], record["output_dir"]
             )
+        measure_int8(records, models, exported, item, self.options)
         plans = {r["name"]: r.get("plan") for r in records}
         width = self.base_cfg.MODEL.VGG.WIDTH
         deployed = deployed_latency(exported, item, plans, width, self.options)

@@ -31,14 +31,14 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...nn.factorized import FactorizedConv2d
-from ...utils.timing import measure_for, time_chain
+from ..errors import AccelDetError
+from ..utils.timing import measure_for
+from .fast_rcnn import detector_inputs
 from .forms import MODES, fusion_available, model_form
-from .macs import features_macs, fvcore_macs
+from .macs import detector_fvcore_macs, detector_macs, features_macs, fvcore_macs
+from .subjects import ORIGINAL_NAME
 
 SPEED_FORMAT = "accel-det-speed/1"
-ORIGINAL_NAME = "original"
 
 MIN_SIZE = {"backbone": 32, "detector": 16}  # smallest input side each part runs at
 
@@ -175,26 +175,6 @@ def lever_matrix(
     return result
 
 
-def layer_profile(
-    model: nn.Sequential, x: torch.Tensor, *, threads: Optional[int] = 1, repeats: int = 5
-) -> dict:
-    """Median milliseconds of each leaf module (each conv of a factorized layer on its own) on its
-    own input, summed into conv and non-conv time (ReLU, max-pool). The factorization leaves the
-    non-conv time as it is, which bounds the actual speedup at r times fewer conv multiply-adds:
-    T / (T_conv / r + T_other)."""
-    leaves: List[Tuple[str, nn.Module]] = []
-    for index, module in enumerate(model):
-        if isinstance(module, FactorizedConv2d):
-            leaves += [(f"{index}.{name}", child) for name, child in module.named_children()]
-        else:
-            leaves.append((str(index), module))
-    seconds = time_chain([m for _, m in leaves], x, threads=threads, repeats=repeats)
-    medians = {name: 1e3 * t for (name, _), t in zip(leaves, seconds)}
-    conv = sum(medians[name] for name, module in leaves if isinstance(module, nn.Conv2d))
-    other = sum(medians.values()) - conv
-    return {"conv_ms": conv, "other_ms": other, "total_ms": conv + other, "layers": medians}
-
-
 LEVERS = (
     # label, rounded ranks?, modes each model may use (its fastest counts),
     # thread count (None: best)
@@ -300,11 +280,7 @@ def backbone_case(
         .eval()
         for name, m in all_models.items()
     }
-    macs = {name: features_macs(m, case.hw, case.batch) for name, m in all_models.items()}
-    checked = {}
-    if check_fvcore:
-        probe = torch.randn(1, 3, *case.hw)
-        checked = {name: fvcore_macs(m, (probe,)) * case.batch for name, m in all_models.items()}
+    macs, checked = backbone_counts(all_models, case, check_fvcore)
     timed = measure_for(
         {n: (lambda m=f: m(x)) for n, f in forms.items()},
         threads=threads,
@@ -315,6 +291,16 @@ def backbone_case(
         device=device,
     )
     return grid_rows(case, timed, macs, macs, checked, plans, dtype)
+
+
+def backbone_counts(models: Mapping[str, nn.Module], case: Case, check_fvcore: bool):
+    """Multiply-adds of each backbone for ``case`` (ours) and, with ``check_fvcore``, fvcore's
+    (empty without)."""
+    counts = {name: features_macs(m, case.hw, case.batch) for name, m in models.items()}
+    if not check_fvcore:
+        return counts, {}
+    probe = torch.randn(1, 3, *case.hw)
+    return counts, {name: fvcore_macs(m, (probe,)) * case.batch for name, m in models.items()}
 
 
 def grid_rows(case: Case, timed, macs, conv, checked, plans, dtype) -> List[dict]:
@@ -344,4 +330,43 @@ def grid_rows(case: Case, timed, macs, conv, checked, plans, dtype) -> List[dict
                 "ratio": actual / theoretical_all,
             }
         )
+    return rows
+
+
+def detector_case(
+    case: Case,
+    detectors: Mapping[str, nn.Module],
+    plans: Mapping[str, Mapping],
+    *,
+    threads: int,
+    seconds: float,
+    proposals: int = 300,
+    device="cpu",
+    check_fvcore: bool = True,
+    warmup: int = 1,
+    min_repeats: int = 2,
+    max_repeats: int = 10,
+    seed: int = 0,
+) -> List[dict]:
+    """One detector case: each detector (backbone in channels_last) called on the same inputs
+    (Detectron2's preprocessing, backbone, RoI pooling, fc6/fc7, predictions, post-processing)."""
+    inputs = detector_inputs(case, proposals, seed, device)
+    macs, conv, checked = {}, {}, {}
+    for name, model in detectors.items():
+        model.backbone.to(memory_format=torch.channels_last)
+        macs[name], conv[name] = detector_macs(model, inputs)
+        if check_fvcore:
+            checked[name] = detector_fvcore_macs(model, inputs[:1]) * case.batch
+    timed = measure_for(
+        {n: (lambda m=m: m(inputs)) for n, m in detectors.items()},
+        threads=threads,
+        seconds=seconds,
+        warmup=warmup,
+        min_repeats=min_repeats,
+        max_repeats=max_repeats,
+        device=device,
+    )
+    rows = grid_rows(case, timed, macs, conv, checked, plans, torch.float32)
+    for row in rows:
+        row["proposals"] = proposals
     return rows

@@ -9,8 +9,8 @@ from typing import Optional
 
 from detectron2.data import DatasetCatalog
 
-from ...detection.datasets import check_dataset_layout, dataset_images
-from ...detection.proposals import (
+from ..detection.datasets import check_dataset_layout, dataset_images
+from ..detection.proposals import (
     check_proposal_file,
     convert_mat,
     dataset_record,
@@ -19,9 +19,9 @@ from ...detection.proposals import (
     make_proposals,
     write_summary,
 )
-from ...errors import AccelDetError
-from ...utils.files import not_found
-from ...utils.io import sha256_file, sweep_temporaries
+from ..errors import AccelDetError
+from ..utils.files import not_found
+from ..utils.io import sha256_file, sweep_temporaries
 
 
 @dataclass

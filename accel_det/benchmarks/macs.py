@@ -3,11 +3,12 @@ fvcore's, for the cross-check."""
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
+import torch
 from torch import nn
 
-from ...solver.targets import network_macs
+from ..solver.targets import network_macs
 
 
 def features_macs(features: nn.Module, input_hw: Tuple[int, int], batch: int = 1) -> int:
@@ -51,3 +52,32 @@ def detector_fvcore_macs(model: nn.Module, inputs: Sequence[dict]) -> int:
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return int(analysis.total())
+
+
+def layer_macs(module: nn.Module, inputs: tuple) -> Dict[str, int]:
+    """Multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` of ``module`` on ``inputs``, by
+    qualified name, counted from the shapes each sees in one forward pass (the per-layer check of
+    :func:`features_macs`, which counts from :mod:`accel_det.solver.complexity`'s specs)."""
+    counts: Dict[str, int] = {}
+    hooks = []
+
+    def count(name):
+        def hook(layer, args, output):
+            if isinstance(layer, nn.Conv2d):
+                per_position = layer.weight.numel()  # d * c/groups * kh * kw
+                counts[name] = per_position * output.shape[0] * output.shape[2] * output.shape[3]
+            else:
+                counts[name] = layer.weight.numel() * (output.numel() // output.shape[-1])
+
+        return hook
+
+    for name, layer in module.named_modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            hooks.append(layer.register_forward_hook(count(name)))
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts

@@ -25,13 +25,13 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ...deploy.backbone import backbone_graph
-from ...deploy.export import export_graph, relative_difference
-from ...deploy.runtime import load_runtime, one_line
-from ...errors import AccelDetError
-from ...utils.io import atomic_path, atomic_write_json, atomic_write_text
-from ...utils.timing import machine, num_threads
-from ..detector.backbone import padded
+from ..deploy.backbone import backbone_graph
+from ..deploy.export import export_graph, relative_difference
+from ..deploy.runtime import load_runtime, one_line
+from ..errors import AccelDetError
+from ..utils.io import atomic_path, atomic_write_json, atomic_write_text
+from ..utils.timing import machine, num_threads
+from ..workflows.detector_compression.backbone import padded
 from .plans import plan_summary
 from .rcnn_forms import (
     BACKBONE_FORMS,

@@ -12,10 +12,10 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from ...data.synthetic.shapes import NUM_CLASSES
-from ...models.vgg import init_vgg_weights, vgg16_features
-from ...utils.io import atomic_torch_save, json_safe, load_torch_file
-from ..classifier import BatchNormClassifier, fit_classifier
+from ..data.synthetic.shapes import NUM_CLASSES
+from ..models.vgg import init_vgg_weights, vgg16_features
+from ..utils.io import atomic_torch_save, json_safe, load_torch_file
+from ..workflows.classifier import BatchNormClassifier, fit_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,6 @@ def train_small_vgg(
     start = time.perf_counter()
     running = {"correct": 0, "seen": 0}
 
-    def next_batch(step: int):
-        index = torch.randint(len(images), (batch_size,), generator=g)
-        x, y = images[index], labels[index]
-        flips = torch.rand(2, generator=g)
-        if flips[0] < 0.5:
-            x = x.flip(3)
-        if flips[1] < 0.5:
-            x = x.flip(2)
-        return x, y
-
     def on_step(step: int, loss, out, y) -> None:
         running["correct"] += int((out.argmax(1) == y).sum())
         running["seen"] += len(y)
@@ -107,6 +97,9 @@ def train_small_vgg(
             )
             running.update(correct=0, seen=0)
 
+    def next_batch(step: int):
+        return flipped_batch(images, labels, batch_size, g)
+
     fit_classifier(model, next_batch, optimizer, steps, scheduler=schedule, on_step=on_step)
     folded = model.folded_features()
     model.head.eval()
@@ -129,9 +122,21 @@ def logits(
         )
 
 
-def feature_maps(features: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def feature_maps(module: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``module``'s outputs (feature maps, or logits of a whole network) for ``images`` in
+    batches of ``batch``."""
     with torch.inference_mode():
-        return torch.cat([features(images[i : i + batch]) for i in range(0, len(images), batch)])
+        return torch.cat([module(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+def flipped_batch(images: torch.Tensor, labels: torch.Tensor, size: int, generator):
+    """``size`` random training images and their labels, flipped left-right and upside down each
+    with probability 1/2 (one draw for the batch)."""
+    index = torch.randint(len(images), (size,), generator=generator)
+    x = images[index]
+    flips = torch.rand(2, generator=generator)
+    x = x.flip(3) if flips[0] < 0.5 else x
+    return (x.flip(2) if flips[1] < 0.5 else x), labels[index]
 
 
 def held_out_metrics(
@@ -150,12 +155,10 @@ def held_out_metrics(
     return {"error": error, "accuracy": accuracy}
 
 
-def net_cache_name(config) -> str:
+def net_cache_name(config, prefix: str = "small_vgg", version: str = "v1") -> str:
     """File name of the trained network for a sweep ``config`` (what training depends on)."""
-    key = (
-        f"{config.size}|{config.width}|{config.train_images}|{config.train_steps}|{config.seed}|v1"
-    )
-    return f"small_vgg_{hashlib.sha256(key.encode()).hexdigest()[:10]}.pth"
+    key = f"{config.size}|{config.width}|{config.train_images}|{config.train_steps}|{config.seed}"
+    return f"{prefix}_{hashlib.sha256(f'{key}|{version}'.encode()).hexdigest()[:10]}.pth"
 
 
 def save_net(net: TrainedNet, path: str) -> None:

@@ -14,8 +14,16 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from ...utils.timing import measure_for
-from .runtimes import EXPORTED, build_call, export_onnx
+from ..utils.timing import measure_for
+from .runtimes import (
+    EXPORTED,
+    INT8_FORMS,
+    build_call,
+    export_onnx,
+    form_precision,
+    int8_path,
+    quantize_for_timing,
+)
 from .subjects import Subject
 
 
@@ -43,10 +51,13 @@ def time_case(
             paths[subject.name] = export_onnx(
                 subject.module,
                 inputs,
-                os.path.join(folder, f"{slug(subject.name)}.onnx"),
+                os.path.join(folder, f"{file_stem(subject.name)}.onnx"),
                 dynamic_shapes=dynamic_shapes,
                 names=names,
             )
+            if any(f in INT8_FORMS for f in forms):
+                path = paths[subject.name]
+                quantize_for_timing(path, inputs, int8_path(path))
 
     def call(subject, form, count):
         onnx_path = paths.get(subject.name, "")
@@ -83,6 +94,7 @@ def time_case(
                         "case": case,
                         "model": subject.name,
                         "form": form,
+                        "precision": form_precision(form),
                         "threads": count,
                         "median_ms": latency["median_ms"],
                         "min_ms": latency["min_ms"],
@@ -113,29 +125,45 @@ def add_speedups(rows: List[dict], original: str = "original") -> List[dict]:
     return rows
 
 
-def best_against_best(rows: Sequence[Mapping], original: str = "original") -> List[dict]:
+def precision_of(row: Mapping) -> str:
+    return row.get("precision") or form_precision(row["form"])
+
+
+def best_against_best(
+    rows: Sequence[Mapping], original: str = "original", precision: Optional[str] = None
+) -> List[dict]:
     """Per case and thread count, each subject's fastest form against the original's fastest
-    form: the speedup a user gets who deploys each in its best runtime."""
+    float32 form: the speedup a user gets who deploys each in its best runtime and precision.
+    ``precision``: only forms of that precision, on both sides (each precision against the
+    original in the same precision)."""
     best: Dict[tuple, Mapping] = {}
+    reference: Dict[tuple, Mapping] = {}
     for row in rows:
+        if precision is not None and precision_of(row) != precision:
+            continue
         key = (row["case"], row["threads"], row["model"])
         if key not in best or row["median_ms"] < best[key]["median_ms"]:
             best[key] = row
+        plain = precision is not None or precision_of(row) == "fp32"
+        if row["model"] == original and plain:
+            if key not in reference or row["median_ms"] < reference[key]["median_ms"]:
+                reference[key] = row
     result = []
     for (case, count, model), row in best.items():
-        if model == original:
+        base = reference.get((case, count, original))
+        if model == original or base is None:
             continue
-        reference = best[(case, count, original)]
-        speedup = reference["median_ms"] / row["median_ms"]
+        speedup = base["median_ms"] / row["median_ms"]
         result.append(
             {
                 "case": case,
                 "threads": count,
                 "model": model,
                 "theoretical": row["theoretical"],
-                "original_form": reference["form"],
-                "original_ms": reference["median_ms"],
+                "original_form": base["form"],
+                "original_ms": base["median_ms"],
                 "form": row["form"],
+                "precision": precision_of(row),
                 "median_ms": row["median_ms"],
                 "speedup": speedup,
                 "ratio": speedup / row["theoretical"],
@@ -144,6 +172,15 @@ def best_against_best(rows: Sequence[Mapping], original: str = "original") -> Li
     return result
 
 
-def slug(name: str) -> str:
-    """A file-name form of a subject's name."""
+def best_by_precision(rows: Sequence[Mapping], original: str = "original") -> List[dict]:
+    """:func:`best_against_best` within each precision timed (the original's fastest form of
+    that precision the reference)."""
+    precisions = dict.fromkeys(precision_of(r) for r in rows)
+    return [row for p in precisions for row in best_against_best(rows, original, p)]
+
+
+def file_stem(name: str) -> str:
+    """A subject's, case's or plan's name as a file stem: every character that is not a letter or
+    digit becomes ``_`` (:func:`accel_det.benchmarks.plans.slug` collapses runs instead; each
+    benchmark keeps its own file names)."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()

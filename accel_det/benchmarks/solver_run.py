@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from ...errors import AccelDetError
-from ...utils.io import atomic_write_json, check_writable_folder, json_safe
+from ..errors import AccelDetError
+from ..utils.io import atomic_write_json, check_writable_folder, json_safe
+from . import plots, quality_report, resnet_quality, selection, smallnet
 from . import quality as bench
-from . import quality_report, resnet_quality, selection, smallnet
 
 SECTIONS = ("sweep", "rounding", "speed", "latency", "resnet")
 QUICK_SECTIONS = ("sweep", "rounding", "speed")
@@ -146,7 +146,7 @@ def sweep_section(config, prepared: dict, folder: str, record: dict, command: st
         )
     record["method_order"] = orders
     png = os.path.join(folder, "benchmark_solver.png")
-    quality_report.plot_sweep(
+    plots.plot_vgg_sweep(
         sweep,
         png,
         title=f"small VGG-16 (width {config.width}) on the generated task, "
@@ -233,7 +233,7 @@ def resnet_section(options: SolverBenchmarkOptions, folder: str) -> dict:
         print(line)
     png = os.path.join(folder, "benchmark_solver_resnet.png")
     title = f"small ResNet (widths {config.width}-{8 * config.width}) on the generated task"
-    resnet_quality.plot_sweep(sweep, png, title=title + ", 95% bootstrap intervals")
+    plots.plot_resnet_sweep(sweep, png, title=title + ", 95% bootstrap intervals")
     print(f"wrote {png}")
     return {"config": json_safe(vars(config)), "network": info, "png": png, **sweep}
 
@@ -285,6 +285,6 @@ def print_resnet_record(record: dict) -> None:
 
 def machine() -> dict:
     """The CPU and the torch version."""
-    from ...utils.timing import device_name
+    from ..utils.timing import device_name
 
     return {"cpu": device_name("cpu"), "torch": torch.__version__}

@@ -1,5 +1,6 @@
-"""The Detectron2 Fast R-CNN in the speed benchmark: detectors from the configs with random
-weights and a shared box head, random proposals, and the timed case."""
+"""The Detectron2 Fast R-CNN the benchmarks time: detectors from the configs with random weights
+(with a shared box head for the speed benchmark's grid), their classifier silenced, and random
+proposals."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...utils.timing import measure_for
-from .macs import detector_fvcore_macs, detector_macs
-from .speed import ORIGINAL_NAME, Case, grid_rows
+from ..errors import AccelDetError
+from ..models.vgg import init_vgg_weights
+from .subjects import ORIGINAL_NAME
 
 
-def detector_inputs(case: Case, proposals: int = 300, seed: int = 0, device="cpu") -> List[dict]:
+def detector_inputs(case, proposals: int = 300, seed: int = 0, device="cpu") -> List[dict]:
     """``case.batch`` Detectron2 inputs: random images of ``case.hw`` (0-255) and ``proposals``
     random precomputed boxes each (selective search itself is not timed)."""
     from detectron2.structures import Boxes, Instances
@@ -46,6 +46,19 @@ def silence_classifier(model: nn.Module) -> None:
         predictor.cls_score.bias[-1] = 10.0  # background
 
 
+def unloaded_detector(config: str, opts: Sequence = ()) -> tuple:
+    """``(cfg, model)``: the eval-mode Detectron2 model of ``config`` with ``opts``, no
+    ``MODEL.WEIGHTS`` loaded (its weights as the builders initialise them)."""
+    from detectron2.modeling import build_model
+
+    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
+
+    from ..detection.config import load_config
+
+    cfg = load_config(config, ["MODEL.WEIGHTS", "", *opts])
+    return cfg, build_model(cfg).eval()
+
+
 def build_detectors(
     plans: Mapping[str, Mapping],
     plan_files: Mapping[str, str],
@@ -61,22 +74,16 @@ def build_detectors(
     non-backbone weights. The classifier is set so that no box passes ``SCORE_THRESH_TEST``: NMS
     work, which random weights would make arbitrary and different per model, is left out (a few ms
     in a trained detector)."""
-    from detectron2.modeling import build_model
-
-    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
-
-    from ...detection.config import load_config
-
-    base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, "MODEL.WEIGHTS", "", *opts]
+    base = ["MODEL.DEVICE", str(device), "MODEL.VGG.WIDTH", width, *opts]
     torch.manual_seed(seed)
-    original = build_model(load_config("vgg16_voc.yaml", base)).eval()
+    original = unloaded_detector("vgg16_voc.yaml", base)[1]
     silence_classifier(original)
     heads = {k: v for k, v in original.state_dict().items() if not k.startswith("backbone.")}
     detectors = {ORIGINAL_NAME: original}
     for name in plans:
-        model = build_model(
-            load_config("accel_vgg16_voc.yaml", base + ["MODEL.ACCEL.PLAN", plan_files[name]])
-        ).eval()
+        model = unloaded_detector(
+            "accel_vgg16_voc.yaml", base + ["MODEL.ACCEL.PLAN", plan_files[name]]
+        )[1]
         missing, unexpected = model.load_state_dict(heads, strict=False)
         if unexpected or any(not k.startswith("backbone.") for k in missing):
             raise AccelDetError(
@@ -86,40 +93,12 @@ def build_detectors(
     return detectors
 
 
-def detector_case(
-    case: Case,
-    detectors: Mapping[str, nn.Module],
-    plans: Mapping[str, Mapping],
-    *,
-    threads: int,
-    seconds: float,
-    proposals: int = 300,
-    device="cpu",
-    check_fvcore: bool = True,
-    warmup: int = 1,
-    min_repeats: int = 2,
-    max_repeats: int = 10,
-    seed: int = 0,
-) -> List[dict]:
-    """One detector case: each detector (backbone in channels_last) called on the same inputs
-    (Detectron2's preprocessing, backbone, RoI pooling, fc6/fc7, predictions, post-processing)."""
-    inputs = detector_inputs(case, proposals, seed, device)
-    macs, conv, checked = {}, {}, {}
-    for name, model in detectors.items():
-        model.backbone.to(memory_format=torch.channels_last)
-        macs[name], conv[name] = detector_macs(model, inputs)
-        if check_fvcore:
-            checked[name] = detector_fvcore_macs(model, inputs[:1]) * case.batch
-    timed = measure_for(
-        {n: (lambda m=m: m(inputs)) for n, m in detectors.items()},
-        threads=threads,
-        seconds=seconds,
-        warmup=warmup,
-        min_repeats=min_repeats,
-        max_repeats=max_repeats,
-        device=device,
-    )
-    rows = grid_rows(case, timed, macs, conv, checked, plans, torch.float32)
-    for row in rows:
-        row["proposals"] = proposals
-    return rows
+def random_detector(config: str, opts: Sequence = (), seed: int = 0):
+    """The eval-mode Detectron2 model of ``config`` with random weights (He-initialised convs),
+    its classifier set so that no box passes the score threshold (random weights would make the
+    NMS work arbitrary and different per model; a few ms in a trained detector)."""
+    torch.manual_seed(seed)
+    cfg, model = unloaded_detector(config, ["MODEL.DEVICE", "cpu", *opts])
+    init_vgg_weights(model.backbone.features)
+    silence_classifier(model)
+    return cfg, model

@@ -10,7 +10,6 @@ drop against the original paired on the same resampled images.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -22,12 +21,13 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from ...data.synthetic.shapes import NUM_CLASSES, make_task
-from ...errors import AccelDetError
-from ...solver import compress
-from ...utils.io import atomic_torch_save, load_torch_file
-from ...utils.tables import text_table
-from ..classifier import fit_classifier
+from ..data.synthetic.shapes import NUM_CLASSES, make_task
+from ..errors import AccelDetError
+from ..solver import compress
+from ..utils.io import atomic_torch_save, load_torch_file
+from ..utils.tables import text_table
+from ..workflows.classifier import fit_classifier
+from .smallnet import feature_maps, flipped_batch, net_cache_name
 
 logger = logging.getLogger(__name__)
 METHODS = ("linear", "nonlinear", "asym", "asym3d")
@@ -88,11 +88,7 @@ def train_small_resnet(images, labels, config: ResNetSweepConfig) -> Tuple[nn.Mo
     start = time.perf_counter()
 
     def next_batch(step: int):
-        index = torch.randint(len(images), (64,), generator=g)
-        x = images[index]
-        flips = torch.rand(2, generator=g)
-        x = x.flip(3) if flips[0] < 0.5 else x
-        return (x.flip(2) if flips[1] < 0.5 else x), labels[index]
+        return flipped_batch(images, labels, 64, g)
 
     def on_step(step, loss, out, y):
         if step >= config.train_steps - 200:  # the running accuracy of the last 200 steps
@@ -108,19 +104,16 @@ def train_small_resnet(images, labels, config: ResNetSweepConfig) -> Tuple[nn.Mo
     return model.eval(), info
 
 
-def cache_name(config: ResNetSweepConfig) -> str:
-    key = (
-        f"{config.size}|{config.width}|{config.train_images}|{config.train_steps}|{config.seed}|r1"
-    )
-    return f"small_resnet_{hashlib.sha256(key.encode()).hexdigest()[:10]}.pth"
-
-
 def prepare(config: ResNetSweepConfig, cache_folder: Optional[str] = None) -> dict:
     """The task's test and calibration images and the trained network (cached in
     ``cache_folder``)."""
     test = make_task(config.test_images, size=config.size, seed=config.seed + 1000)
     calibration = make_task(config.calibration_images, size=config.size, seed=config.seed + 2000)
-    path = os.path.join(cache_folder, cache_name(config)) if cache_folder else None
+    path = (
+        os.path.join(cache_folder, net_cache_name(config, "small_resnet", "r1"))
+        if cache_folder
+        else None
+    )
     if path and os.path.exists(path):
         saved = load_torch_file(path, "trained network")
         model = small_resnet(config.width)
@@ -133,11 +126,6 @@ def prepare(config: ResNetSweepConfig, cache_folder: Optional[str] = None) -> di
         atomic_torch_save({"state_dict": model.state_dict(), "info": info}, path)
     return {"net": model, "info": info, "test": test, "calibration": calibration,
             "trained": True}  # fmt: skip
-
-
-def logits_of(model: nn.Module, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 def bootstrap_metrics(reference, logits, labels, resamples: int = 1000, seed: int = 0) -> dict:
@@ -173,7 +161,7 @@ def run_sweep(config: ResNetSweepConfig, prepared: dict,
     calibration images used) on the prepared network."""
     net = prepared["net"]
     images, labels = prepared["test"]
-    reference = logits_of(net, images)
+    reference = feature_maps(net, images, 250)
     calibration = prepared["calibration"][0]
     batches = [calibration[i : i + 100] for i in range(0, len(calibration), 100)]
     base = bootstrap_metrics(reference, reference, labels, config.bootstrap, config.seed)
@@ -191,7 +179,7 @@ def run_sweep(config: ResNetSweepConfig, prepared: dict,
             except AccelDetError as error:
                 record["impossible"] = str(error)
             else:
-                logits = logits_of(result.model, images)
+                logits = feature_maps(result.model, images, 250)
                 record.update(bootstrap_metrics(reference, logits, labels, config.bootstrap,
                                                 config.seed))  # fmt: skip
                 record.update(
@@ -247,39 +235,3 @@ def order_lines(sweep: dict, speedups: Sequence[float]) -> List[str]:
             f"target nonlinear < linear and asym < nonlinear: {'met' if holds else 'NOT met'}"
         )
     return lines
-
-
-def plot_sweep(sweep: dict, path: str, title: str = "") -> None:
-    """PNG: held-out logit error and top-1 accuracy vs speedup per method, with the 95 % bootstrap
-    intervals as error bars. Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from ...utils.io import atomic_path
-
-    fig, (ax_error, ax_accuracy) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for method in dict.fromkeys(r["method"] for r in sweep["records"]):
-        rows = sorted((r for r in sweep["records"] if r["method"] == method and "error" in r),
-                      key=lambda r: r["speedup"])  # fmt: skip
-        xs = [r["speedup"] for r in rows]
-        for ax, key, scale in ((ax_error, "error", 1), (ax_accuracy, "accuracy", 100)):
-            values = [scale * r[key] for r in rows]
-            low = [v - scale * r[f"{key}_interval"][0] for v, r in zip(values, rows)]
-            high = [scale * r[f"{key}_interval"][1] - v for v, r in zip(values, rows)]
-            bars = [low, high]
-            ax.errorbar(xs, values, yerr=bars, marker="o", capsize=3, label=method)
-    ax_accuracy.axhline(100 * sweep["baseline"]["accuracy"], color="black", linewidth=0.8,
-                        label="original")  # fmt: skip
-    ax_error.set(xlabel="theoretical speedup (×)", ylabel="held-out relative logit error")
-    ax_accuracy.set(xlabel="theoretical speedup (×)", ylabel="held-out top-1 accuracy (%)")
-    for ax in (ax_error, ax_accuracy):
-        ax.grid(True, alpha=0.3)
-    ax_accuracy.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as temporary:
-        fig.savefig(temporary, dpi=110, format="png")
-    plt.close(fig)

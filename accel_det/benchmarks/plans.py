@@ -10,16 +10,16 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...nn.factorized import CHANNEL
-from ...nn.network import apply_plan
-from ...plan import Plan, plan_fingerprint
-from ...solver import SolverOptions, make_plan, plan_from_structures
-from ...solver.channel import covariance, eigen_descending
-from ...solver.complexity import whole_model_speedup
-from ...solver.network import conv_specs
-from ...solver.responses import ResponseSampler
-from ...solver.targets import find_targets
+from ..errors import AccelDetError
+from ..nn.factorized import CHANNEL
+from ..nn.network import apply_plan
+from ..plan import Plan, plan_fingerprint
+from ..solver import SolverOptions, make_plan, plan_from_structures
+from ..solver.channel import covariance, eigen_descending
+from ..solver.complexity import whole_model_speedup
+from ..solver.network import conv_specs
+from ..solver.responses import ResponseSampler
+from ..solver.targets import find_targets
 
 # Paper Table 6, VGG-16 at 4x with rank selection (asym., conv1_1 kept): d' of conv1_2 ... conv5_3.
 TABLE6_4X_RANKS = {
@@ -42,21 +42,8 @@ TABLE6_NAME = "asym (Table 6 ranks)"
 def table6_plan(features: nn.Sequential, input_hw: Tuple[int, int] = (224, 224)) -> dict:
     """The paper's VGG-16 4x ranks (Table 6, asym., rank selection) as a ``channel`` plan."""
     specs = conv_specs(features, input_hw)
-    if [s.out_channels for s in specs] != [
-        64,
-        64,
-        128,
-        128,
-        256,
-        256,
-        256,
-        512,
-        512,
-        512,
-        512,
-        512,
-        512,
-    ]:
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    if [s.out_channels for s in specs] != widths:
         raise AccelDetError("the Table 6 ranks are for full-width VGG-16 (width 1)")
     layers = {name: {"structure": CHANNEL, "rank": rank} for name, rank in TABLE6_4X_RANKS.items()}
     return plan_from_structures(
@@ -120,6 +107,24 @@ def plan_summary(plan: Mapping) -> dict:
     }
 
 
+def named_path(item: str) -> Tuple[str, str]:
+    """A ``[NAME=]PATH`` plan argument as (name, path), the name defaulting to the file's stem."""
+    name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+    return name or os.path.splitext(os.path.basename(path))[0], path
+
+
+def named_paths(items: Sequence[str]) -> List[Tuple[str, str]]:
+    """``[NAME=]PATH`` plan arguments as (name, path) pairs (:func:`named_path`); each file must
+    exist and the names must differ."""
+    pairs = [named_path(item) for item in items]
+    for _, path in pairs:
+        if not os.path.isfile(path):
+            raise AccelDetError(f"plan file not found: {path}")
+    if len({n for n, _ in pairs}) < len(pairs):
+        raise AccelDetError("two plans have the same name: name them, --plan NAME=PATH")
+    return pairs
+
+
 def read_plan_files(
     items: Sequence[str], features: nn.Sequential, input_hw: Tuple[int, int], width: float
 ) -> Tuple[Dict[str, dict], Dict[str, str]]:
@@ -128,7 +133,7 @@ def read_plan_files(
     absolute paths by name."""
     plans, files = {}, {}
     for item in items:
-        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        name, path = named_path(item)
         plan = Plan.read(path)
         try:
             apply_plan(features, plan)
@@ -150,7 +155,6 @@ def read_plan_files(
                 f"plan {path} does not fit VGG-16 at width {width}: {detail}"
             ) from None
         plan["file"] = os.path.abspath(path)
-        name = name or os.path.splitext(os.path.basename(path))[0]
         if name in files:
             raise AccelDetError(f"two --plan files are named {name!r}: name them, --plan NAME=PATH")
         plans[name] = plan

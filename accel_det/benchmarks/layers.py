@@ -1,5 +1,6 @@
-"""Per-layer profile of the backbone (which layers are furthest from their FLOP ratio) and the
-per-stage breakdown of the detector (Fast R-CNN's Fig. 2).
+"""Per-layer profiles of the backbone (:func:`layer_profile`: which layers are furthest from their
+FLOP ratio; :func:`leaf_time_profile`: conv against ReLU / max-pool time) and the per-stage
+breakdown of the detector (Fast R-CNN's Fig. 2).
 
 A layer's time in eager PyTorch is the median of its convs run alone on their own inputs
 (:func:`accel_det.utils.timing.time_chain`); in ONNX Runtime it is the kernel time its profiler
@@ -14,15 +15,16 @@ import json
 import os
 import statistics
 import tempfile
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ...nn.chain import conv_names
-from ...utils.timing import measure_many, time_chain
+from ..nn.chain import conv_names
+from ..nn.factorized import FactorizedConv2d
+from ..utils.timing import measure_many, time_chain
 from .forms import conv_leaves
-from .subjects import conv_macs
+from .macs import layer_macs
 
 
 def eager_conv_ms(features: nn.Sequential, x: torch.Tensor, threads: int = 1) -> Dict[int, float]:
@@ -89,8 +91,8 @@ def layer_profile(
     index) the measured ratio and measured / theoretical; worst first (by the lowest ratio over
     the forms)."""
     names = {index: name for name, index in conv_names(original).items()}
-    macs0 = conv_macs(original, (x,))
-    macs1 = conv_macs(model, (x,))
+    macs0 = layer_macs(original, (x,))
+    macs1 = layer_macs(model, (x,))
     rows = []
     for index, name in names.items():
         before = macs0.get(str(index), 0)
@@ -107,6 +109,26 @@ def layer_profile(
         rows.append(row)
     forms = list(timings)
     return sorted(rows, key=lambda r: min(r[f]["ratio"] for f in forms) if forms else 0.0)
+
+
+def leaf_time_profile(
+    model: nn.Sequential, x: torch.Tensor, *, threads: Optional[int] = 1, repeats: int = 5
+) -> dict:
+    """Median milliseconds of each leaf module (each conv of a factorized layer on its own) on its
+    own input, summed into conv and non-conv time (ReLU, max-pool): the speed benchmark's split.
+    The factorization leaves the non-conv time as it is, which bounds the actual speedup at r
+    times fewer conv multiply-adds: T / (T_conv / r + T_other)."""
+    leaves: List[Tuple[str, nn.Module]] = []
+    for index, module in enumerate(model):
+        if isinstance(module, FactorizedConv2d):
+            leaves += [(f"{index}.{name}", child) for name, child in module.named_children()]
+        else:
+            leaves.append((str(index), module))
+    seconds = time_chain([m for _, m in leaves], x, threads=threads, repeats=repeats)
+    medians = {name: 1e3 * t for (name, _), t in zip(leaves, seconds)}
+    conv = sum(medians[name] for name, module in leaves if isinstance(module, nn.Conv2d))
+    other = sum(medians.values()) - conv
+    return {"conv_ms": conv, "other_ms": other, "total_ms": conv + other, "layers": medians}
 
 
 def detector_stages(

@@ -3,15 +3,11 @@ on it for a few CPU minutes, and every method of the solver at several speedups,
 output error, accuracy, compression time and peak memory (paper Fig. 5/6, Tables 6/7 in shape).
 
 Also the speed figures of the solver (one 512-channel layer from 30,000 samples; compressing all of
-VGG-16 against plain forward passes) and the MAC-based vs latency-based rank selection (beyond the
-paper, :mod:`accel_det.solver.latency`). No ImageNet and no GPU is needed: numbers come from a
-network that is small enough to train on 2 CPU cores, so they show the *order* of the methods and
-the shape of the curves, not the paper's absolute ImageNet errors.
-
-Peak memory is the increase of the process's resident set size (RSS) over its value at the start
-of a run, polled every 2 ms by a thread with psutil (tracemalloc does not see PyTorch's C++
-allocations); freed heap is handed back to the OS (``malloc_trim``) before each run so that the
-baseline is low.
+VGG-16 against plain forward passes); the MAC-based vs latency-based rank selection (beyond the
+paper) is in :mod:`accel_det.benchmarks.selection`. No ImageNet and no GPU is needed: numbers come
+from a network that is small enough to train on 2 CPU cores, so they show the *order* of the
+methods and the shape of the curves, not the paper's absolute ImageNet errors. Peak memory:
+:mod:`accel_det.benchmarks.memory`.
 """
 
 from __future__ import annotations
@@ -25,11 +21,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ...data.synthetic.shapes import make_task
-from ...errors import AccelDetError
-from ...solver import METHODS, compress
-from ...solver.channel import nonlinear_reconstruction
-from ...solver.planning import plan_energy
+from ..data.synthetic.shapes import make_task
+from ..errors import AccelDetError
+from ..solver import METHODS, compress
+from ..solver.channel import nonlinear_reconstruction
+from ..solver.planning import plan_energy
 from .forms import random_features
 from .memory import peak_memory
 from .smallnet import (
@@ -43,10 +39,6 @@ from .smallnet import (
 )
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -186,28 +178,15 @@ def run_sweep(
     test_images, test_labels = prepared["test"]
     reference = feature_maps(net.features, test_images)
     baseline = held_out_metrics(net, net.features, test_images, test_labels, reference)
-    records = []
-    for method in config.methods:
-        for selection in config.rank_selection if METHODS[method].channel else (True,):
-            for speedup in config.speedups:
-                record = run_one(
-                    net,
-                    prepared["calibration"][0],
-                    prepared["test"],
-                    reference,
-                    method=method,
-                    speedup=speedup,
-                    rank_selection=selection,
-                    samples_per_image=config.samples_per_image,
-                    schedule=config.schedule,
-                    seed=config.seed,
-                    round_ranks_to=config.round_ranks_to,
-                    heldout_fraction=config.heldout_fraction,
-                )
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
-    return {"baseline": baseline, "records": records}
+    cases = [
+        (method, selection, config.round_ranks_to)
+        for method in config.methods
+        for selection in (config.rank_selection if METHODS[method].channel else (True,))
+    ]
+    return {
+        "baseline": baseline,
+        "records": run_cases(config, prepared, reference, cases, on_record),
+    }
 
 
 def rounding_sweep(
@@ -219,25 +198,37 @@ def rounding_sweep(
 ) -> dict:
     """The error cost of hardware-aligned ranks: the same methods and speedups with d' and d''
     rounded to each of ``multiples`` at the same multiply-add budget (rank selection on)."""
-    net = prepared["net"]
-    test_images, test_labels = prepared["test"]
-    reference = feature_maps(net.features, test_images)
-    records = []
-    for method in methods:
-        for multiple in multiples:
-            for speedup in config.speedups:
-                record = run_one(
-                    net, prepared["calibration"][0], prepared["test"], reference, method=method,
-                    speedup=speedup, rank_selection=True,
-                    samples_per_image=config.samples_per_image, schedule=config.schedule,
-                    seed=config.seed, round_ranks_to=multiple,
-                    heldout_fraction=config.heldout_fraction,
-                )  # fmt: skip
-                record["round_ranks_to"] = multiple
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
+    reference = feature_maps(prepared["net"].features, prepared["test"][0])
+    cases = [(method, True, multiple) for method in methods for multiple in multiples]
+    records = run_cases(config, prepared, reference, cases, on_record, label_multiple=True)
     return {"records": records, "multiples": list(multiples)}
+
+
+def run_cases(
+    config: SweepConfig,
+    prepared: dict,
+    reference: torch.Tensor,
+    cases: Sequence[Tuple[str, bool, int]],
+    on_record: Optional[Callable[[dict], None]] = None,
+    label_multiple: bool = False,
+) -> List[dict]:
+    """:func:`run_one` at every speedup of ``config`` for each (method, rank selection, rank
+    multiple) of ``cases``; with ``label_multiple`` each record says its multiple."""
+    records = []
+    for method, selection, multiple in cases:
+        for speedup in config.speedups:
+            record = run_one(
+                prepared["net"], prepared["calibration"][0], prepared["test"], reference,
+                method=method, speedup=speedup, rank_selection=selection,
+                samples_per_image=config.samples_per_image, schedule=config.schedule,
+                seed=config.seed, round_ranks_to=multiple, heldout_fraction=config.heldout_fraction,
+            )  # fmt: skip
+            if label_multiple:
+                record["round_ranks_to"] = multiple
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+    return records
 
 
 def method_order(
@@ -254,11 +245,6 @@ def method_order(
     ]
     reverse = key == "accuracy"
     return [r["method"] for r in sorted(rows, key=lambda r: r[key], reverse=reverse)]
-
-
-# --------------------------------------------------------------------------------------------
-# Speed figures
-# --------------------------------------------------------------------------------------------
 
 
 def time_channel_solve(
@@ -371,8 +357,3 @@ def time_compress_vs_forward(
             last["forward_seconds"] - first["forward_seconds"]
         )
     return record
-
-
-# --------------------------------------------------------------------------------------------
-# MAC-based vs latency-based rank selection
-# --------------------------------------------------------------------------------------------

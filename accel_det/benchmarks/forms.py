@@ -9,10 +9,10 @@ from typing import List, Mapping, Sequence
 import torch
 from torch import nn
 
-from ...errors import AccelDetError
-from ...models.vgg import init_vgg_weights, vgg16_features
-from ...nn.factorized import FactorizedConv2d
-from ...nn.network import apply_plan
+from ..errors import AccelDetError
+from ..models.vgg import init_vgg_weights, vgg16_features
+from ..nn.factorized import FactorizedConv2d
+from ..nn.network import apply_plan
 
 MODES = ("contiguous", "channels_last", "fused")
 

@@ -12,15 +12,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ...data.synthetic.shapes import make_task
-from ...errors import AccelDetError
-from ...nn.chain import conv_names
-from ...plan import plan_fingerprint
-from ...utils.dist import pick_device
-from ...utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
-from ...utils.timing import device_name, machine, num_threads
-from . import detector as bench_detector
-from . import forms, macs, speed, tables
+from ..data.synthetic.shapes import make_task
+from ..errors import AccelDetError
+from ..nn.chain import conv_names
+from ..plan import plan_fingerprint
+from ..utils.dist import pick_device
+from ..utils.io import atomic_write_json, atomic_write_text, check_writable_folder, json_safe
+from ..utils.timing import device_name, machine, num_threads
+from . import fast_rcnn, forms, layers, speed, speed_tables
 from . import plans as bench_plans
 
 
@@ -250,13 +249,13 @@ class SpeedBenchmark:
         )
         levers = speed.lever_rows(self.matrix, self.plans, self.families, options.round_ranks)
         self.record.update(lever_matrix=self.matrix, levers=levers)
-        print("\n" + tables.matrix_table(self.matrix))
-        print("\n" + tables.lever_table(levers, self.families))
+        print("\n" + speed_tables.matrix_table(self.matrix))
+        print("\n" + speed_tables.lever_table(levers, self.families))
         print(
             f"(largest relative output difference of a channels_last / fused form against its "
-            f"contiguous model: {tables.largest_error(self.matrix):.1e})"
+            f"contiguous model: {speed_tables.largest_error(self.matrix):.1e})"
         )
-        print(tables.paper_reference())
+        print(speed_tables.paper_reference())
         self.profile_section([n for n in lever_models if n.endswith(f"x{options.round_ranks}")])
 
     def profile_section(self, rounded: Sequence[str]) -> None:
@@ -266,7 +265,7 @@ class SpeedBenchmark:
         profiles = {}
         for name in [speed.ORIGINAL_NAME] + list(rounded):
             model = self.features if name == speed.ORIGINAL_NAME else self.models[name]
-            profiles[name] = speed.layer_profile(
+            profiles[name] = layers.leaf_time_profile(
                 forms.model_form(model, "channels_last", x), x, threads=min(options.lever_threads)
             )
         self.record["layer_profile"] = profiles
@@ -322,7 +321,7 @@ class SpeedBenchmark:
                 + (f"; fvcore DISAGREES for {mismatched}" if mismatched else "")
             )
         self.record["grid"] = rows
-        print("\n" + tables.grid_table(rows))
+        print("\n" + speed_tables.grid_table(rows))
         print(
             "theor. (conv): the paper's theoretical speedup, all conv layers; theor. (all MACs): "
             "also fc6/fc7 and the predictors of the detector; actual / theor. uses the latter; "
@@ -351,12 +350,7 @@ class SpeedBenchmark:
             **{n: self.models[n] for n in self.grid_plans},
         }
         timed = {n: timings[n]["channels_last"] for n in all_models}
-        counts = {n: macs.features_macs(m, case.hw) for n, m in all_models.items()}
-        checked = (
-            {n: macs.fvcore_macs(m, (torch.randn(1, 3, *case.hw),)) for n, m in all_models.items()}
-            if check
-            else {}
-        )
+        counts, checked = speed.backbone_counts(all_models, case, check)
         return speed.grid_rows(case, timed, counts, counts, checked, self.grid_plans, torch.float32)
 
     def case_rows(self, case, check: bool) -> List[dict]:
@@ -385,7 +379,7 @@ class SpeedBenchmark:
                 )
             return rows
         if self.detectors is None:
-            self.detectors = bench_detector.build_detectors(
+            self.detectors = fast_rcnn.build_detectors(
                 self.grid_plans,
                 self.plan_files,
                 width=options.width,
@@ -393,7 +387,7 @@ class SpeedBenchmark:
                 device=device,
                 seed=options.seed,
             )
-        return bench_detector.detector_case(
+        return speed.detector_case(
             case,
             self.detectors,
             self.grid_plans,
@@ -449,7 +443,7 @@ class SpeedBenchmark:
                 f"{time.perf_counter() - start:.0f}s"
             )
         before = [r for r in rows if any(str(c) == r["case"] for c in large)]
-        print("\n" + tables.grid_table(before + kept))
+        print("\n" + speed_tables.grid_table(before + kept))
         self.record["allocator"] = {
             "setting": "mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2**31 - 1)",
             "rows": kept,
@@ -463,7 +457,7 @@ class SpeedBenchmark:
         print(f"load average after: {record['load_after']}")
         path = os.path.join(self.folder, "benchmark_speed.json")
         atomic_write_json(json_safe(record), path)
-        markdown = tables.speed_markdown(record, self.families)
+        markdown = speed_tables.speed_markdown(record, self.families)
         atomic_write_text(markdown, os.path.join(self.folder, "benchmark_speed.md"))
         print(f"\nwrote {path}, benchmark_speed.md and plans/ ({record['seconds']:.0f}s in all)")
         return record

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import List, Mapping, Sequence
 
-from ...utils.tables import markdown_table
-from .runtimes import DESCRIPTIONS
+from ..utils.tables import markdown_table
+from .runtimes import DESCRIPTIONS, INT8_FORMS, form_precision
 
 # (what, case prefix, model family or "*", threads, measure, target)
 TARGETS = (
@@ -17,6 +17,10 @@ TARGETS = (
      "speedup", 1.8),
     ("ResNet-50 224x224, asym3d 2x (ranks x16), best vs best, 1 thread", "resnet50",
      "asym3d 2x", 1, "speedup", 1.8),
+    ("detector 4x at 2000 RoIs, int8 in its fastest runtime against the original's fastest fp32 "
+     "form, 1 thread", "detector", "*", 1, "int8 speedup", 10.0),
+    ("detector 4x at 2000 RoIs, int8 against the original's int8 in the same runtime, actual / "
+     "theoretical (best runtime), 1 thread", "detector", "*", 1, "int8 ratio", 0.75),
 )  # fmt: skip
 
 
@@ -45,7 +49,8 @@ def form_tables(rows: Sequence[Mapping]) -> str:
 
 
 def best_table(best: Sequence[Mapping]) -> str:
-    """Best form against best form."""
+    """Best form against best form (the original's fastest fp32 form, or within one precision:
+    :func:`~accel_det.benchmarks.runtime_axis.best_by_precision`)."""
     body = [
         [
             r["case"],
@@ -95,7 +100,9 @@ def target_lines(rows: Sequence[Mapping], best: Sequence[Mapping]) -> List[str]:
     """Each target with what was measured (``-`` where its case was not run)."""
     lines = []
     for what, part, family, count, measure, target in TARGETS:
-        if measure == "eager":
+        if measure.startswith("int8"):
+            found = list(int8_measures(rows, count, measure))
+        elif measure == "eager":
             found = [
                 (r["speedup"], r["model"])
                 for r in rows
@@ -128,6 +135,30 @@ def target_lines(rows: Sequence[Mapping], best: Sequence[Mapping]) -> List[str]:
             f"- {what}: target {target:g}, measured {worst:.2f} (worst case): {verdict}{extra}"
         )
     return lines
+
+
+def int8_measures(rows: Sequence[Mapping], count: int, measure: str) -> List[tuple]:
+    """(value, model) per whole-detector subject at 2000 RoIs and ``count`` threads: its fastest
+    int8 form against the original's fastest fp32 form (``int8 speedup``), or its best int8
+    runtime's speedup over the original's int8 in that runtime, over the theoretical one
+    (``int8 ratio``)."""
+    cell = [
+        r for r in rows
+        if r["case"].startswith("detector") and "2000 RoIs" in r["case"] and r["threads"] == count
+    ]  # fmt: skip
+    for case in dict.fromkeys(r["case"] for r in cell):
+        here = [r for r in cell if r["case"] == case]
+        plain = [r["median_ms"] for r in here if r["model"] == "original"
+                 and form_precision(r["form"]) == "fp32"]  # fmt: skip
+        models = dict.fromkeys(r["model"] for r in here if "detector" in r["model"])
+        for model in models:
+            int8 = [r for r in here if r["model"] == model and r["form"] in INT8_FORMS]
+            if not int8 or not plain:
+                continue
+            if measure == "int8 speedup":
+                yield min(plain) / min(r["median_ms"] for r in int8), model
+            elif all(r.get("ratio") is not None for r in int8):
+                yield max(r["ratio"] for r in int8), model
 
 
 def form_notes(forms: Sequence[str]) -> List[str]:

@@ -15,25 +15,25 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...deploy.detector import DetectorGraph, sample_inputs
-from ...deploy.export import dynamic_dim
-from ...plan import Plan
-from ...solver.options import SolverOptions
-from ...utils.io import atomic_write_json, atomic_write_text, json_safe
-from ...utils.timing import device_name, machine
-from ..plots import plot_runtime_speedups
+from ..deploy.detector import DetectorGraph, sample_inputs
+from ..deploy.export import dynamic_dim
+from ..plan import Plan
+from ..solver.options import SolverOptions
+from ..utils.io import atomic_write_json, atomic_write_text, json_safe
+from ..utils.timing import device_name, machine
 from . import runtime_tables as tables
+from .fast_rcnn import random_detector
 from .layers import detector_stages, eager_conv_ms, layer_profile, onnxruntime_conv_ms
 from .macs import features_macs
 from .plans import plan_summary
-from .runtime_axis import best_against_best, slug, time_case
+from .plots import plot_runtime_speedups
+from .runtime_axis import best_against_best, best_by_precision, file_stem, time_case
 from .runtimes import forms_for
 from .subjects import (
     Subject,
     backbone_eigenvalues,
     backbone_subjects,
     detector_plan,
-    random_detector,
     resnet_subjects,
 )
 
@@ -52,7 +52,15 @@ class RuntimeBenchmarkOptions:
     rois: Sequence[int] = (2000, 300)
     threads: Sequence[int] = (1, 0)  # 0: all cores
     forms: Sequence[str] = ()
-    detector_forms: Sequence[str] = ("channels_last", "torchscript", "onnxruntime", "openvino")
+    detector_forms: Sequence[str] = (
+        "channels_last",
+        "torchscript",
+        "onnxruntime",
+        "openvino",
+        "openvino bf16",
+        "onnxruntime int8",
+        "openvino int8",
+    )
     device: str = "cpu"
     seconds: float = 20.0
     unrounded: bool = True  # also the plans as solved, at the first backbone size
@@ -111,7 +119,7 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(options.seed))
         dims = ({2: dynamic_dim("height", 32), 3: dynamic_dim("width", 32)},)
         progress(f"{case}: {', '.join(s.name for s in subjects)} in {', '.join(forms)}")
-        where = os.path.join(exported, slug(case))
+        where = os.path.join(exported, file_stem(case))
         os.makedirs(where, exist_ok=True)
         rows += time_case(
             case, subjects, (x,), forms=forms, threads=threads, folder=where,
@@ -133,6 +141,7 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         plans.update(detector_plans)
     best = best_against_best(rows)
     record = {
+        "best_by_precision": best_by_precision(rows),
         "format": FORMAT,
         "command": options.command,
         "device": device_name(device),
@@ -152,7 +161,9 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
         },
         "seconds": time.perf_counter() - started,
     }
-    record["targets"] = tables.target_lines(rows, best)
+    # the float32 targets read float32 forms only; the int8 ones read the rows
+    fp32 = [b for b in record["best_by_precision"] if b["precision"] == "fp32"]
+    record["targets"] = tables.target_lines(rows, fp32)
     markdown = report(record, forms)
     progress("\n" + markdown)
     atomic_write_json(json_safe(record), os.path.join(folder, "benchmark_runtimes.json"))
@@ -160,7 +171,7 @@ def run(options: RuntimeBenchmarkOptions, progress=print) -> dict:
     plot_runtime_speedups(rows, os.path.join(folder, "benchmark_runtimes.png"), threads[0])
     os.makedirs(os.path.join(folder, "plans"), exist_ok=True)
     for name, plan in plans.items():
-        atomic_write_json(json_safe(plan), os.path.join(folder, "plans", slug(name) + ".json"))
+        atomic_write_json(json_safe(plan), os.path.join(folder, "plans", file_stem(name) + ".json"))
     return record
 
 
@@ -168,13 +179,13 @@ def backbone_profile(subjects: Sequence[Subject], x, folder: str, threads: int) 
     """Per accelerated subject, its conv layers worst first against their FLOP ratio, in eager
     channels_last and in ONNX Runtime."""
     original = subjects[0]
-    path0 = os.path.join(folder, f"{slug(original.name)}.onnx")
+    path0 = os.path.join(folder, f"{file_stem(original.name)}.onnx")
     times0 = {"channels_last": eager_conv_ms(original.module, x, threads)}
     if os.path.isfile(path0):
         times0["onnxruntime"] = onnxruntime_conv_ms(path0, original.module, x, threads)
     result = {}
     for subject in subjects[1:]:
-        path = os.path.join(folder, f"{slug(subject.name)}.onnx")
+        path = os.path.join(folder, f"{file_stem(subject.name)}.onnx")
         timings = {
             "channels_last": (times0["channels_last"], eager_conv_ms(subject.module, x, threads))
         }
@@ -194,7 +205,7 @@ def resnet_benchmark(arch, options, forms, threads, folder, device, progress):
     case = f"{arch} {size[0]}x{size[1]}"
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(options.seed))
     progress(f"{case}: {', '.join(s.name for s in subjects)} in {', '.join(forms)}")
-    where = os.path.join(folder, slug(case))
+    where = os.path.join(folder, file_stem(case))
     os.makedirs(where, exist_ok=True)
     rows = time_case(
         case, subjects, (x,), forms=forms, threads=threads, folder=where, seconds=options.seconds,
@@ -225,7 +236,7 @@ def detector_benchmark(options, forms, threads, folder, device, progress):
     files = {name: path for name, path in options.detector_plans}
     plans.update({name: Plan.read(path) for name, path in files.items()})
     for name, plan in plans.items():
-        path = files.get(name) or os.path.join(folder, slug(name) + ".plan.json")
+        path = files.get(name) or os.path.join(folder, file_stem(name) + ".plan.json")
         if name not in files:
             atomic_write_json(json_safe(Plan(plan)), path)
         _, model = random_detector(
@@ -276,7 +287,13 @@ def report(record: dict, forms: Sequence[str]) -> str:
         "",
         "## Best form against best form",
         "",
+        "Each model's fastest form, any precision, against the original's fastest float32 form.",
+        "",
         tables.best_table(record["best"]),
+        "",
+        "## Best form against best form within each precision",
+        "",
+        tables.best_table(record["best_by_precision"]),
         "",
         "## Every form (speedup over the original in the same form; actual / theoretical)",
         "",

@@ -16,21 +16,21 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...data.synthetic.shapes import make_task
-from ...errors import AccelDetError
-from ...models.resnet import resnet
-from ...models.vgg import init_vgg_weights
-from ...nn.network import apply_plan, prepare
-from ...solver.channel import covariance, eigen_descending
-from ...solver.joint import make_network_plan
-from ...solver.mixed import make_layer_plan
-from ...solver.network import conv_specs
-from ...solver.options import SolverOptions
-from ...solver.targets import network_macs
-from .detector import silence_classifier
+from ..data.synthetic.shapes import make_task
+from ..errors import AccelDetError
+from ..models.resnet import resnet
+from ..nn.network import apply_plan, prepare
+from ..solver.channel import covariance, eigen_descending
+from ..solver.joint import make_network_plan
+from ..solver.mixed import make_layer_plan
+from ..solver.network import conv_specs
+from ..solver.options import SolverOptions
+from ..solver.targets import network_macs
 from .forms import accelerated_features, random_features
 from .macs import features_macs
 from .plans import sampled_eigenvalues, solver_plans
+
+ORIGINAL_NAME = "original"  # every benchmark's name of the unaccelerated model
 
 
 @dataclasses.dataclass
@@ -43,34 +43,6 @@ class Subject:
     macs: int
     theoretical: float = 1.0
     plan: Mapping = dataclasses.field(default_factory=dict)
-
-
-def conv_macs(module: nn.Module, inputs: tuple) -> Dict[str, int]:
-    """Multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` of ``module`` on ``inputs``, by
-    qualified name (counted from the shapes each sees in one forward pass)."""
-    counts: Dict[str, int] = {}
-    hooks = []
-
-    def count(name):
-        def hook(layer, args, output):
-            if isinstance(layer, nn.Conv2d):
-                per_position = layer.weight.numel()  # d * c/groups * kh * kw
-                counts[name] = per_position * output.shape[0] * output.shape[2] * output.shape[3]
-            else:
-                counts[name] = layer.weight.numel() * (output.numel() // output.shape[-1])
-
-        return hook
-
-    for name, layer in module.named_modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            hooks.append(layer.register_forward_hook(count(name)))
-    try:
-        with torch.inference_mode():
-            module(*inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return counts
 
 
 def backbone_subjects(
@@ -110,7 +82,7 @@ def backbone_subjects(
         plans.update({f"{n}, {label} kept": p for n, p in kept.items() if "ranks x" in n})
     plans.update(extra_plans or {})
     base = features_macs(features, input_hw)
-    subjects = [Subject("original", features, base)]
+    subjects = [Subject(ORIGINAL_NAME, features, base)]
     for name, plan in plans.items():
         unrounded_plan = round_to > 1 and "ranks x" not in name
         if unrounded_plan and not unrounded and name not in (extra_plans or {}):
@@ -159,7 +131,7 @@ def resnet_subjects(
                                       seed=seed)  # fmt: skip
     specs = conv_specs(original, input_hw)
     base = network_macs(original, input_hw)
-    subjects = [Subject("original", original, base)]
+    subjects = [Subject(ORIGINAL_NAME, original, base)]
     for speedup in speedups:
         for method in methods:
             options = SolverOptions(speedup=speedup, method=method, round_ranks_to=round_to)
@@ -176,13 +148,14 @@ def resnet_subjects(
     return subjects
 
 
-def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:
+def roi_fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int = 0) -> dict:
     """Eigenvalues (largest first) of the covariance of fc6's and fc7's responses of a Fast R-CNN
     ``model`` at ``rois_per_image`` random RoIs of each image (fc7 reads ReLU(fc6))."""
     from detectron2.structures import Boxes
 
-    from ...deploy.detector import sample_inputs
-    from ..detector.compress import FC_LAYERS
+    from ..deploy.detector import sample_inputs
+    from ..workflows.detector_compression.compress import FC_LAYERS
+    from ..workflows.detector_compression.responses import fc_targets
 
     head, pooler = model.roi_heads.box_head, model.roi_heads.box_pooler
     generator = torch.Generator().manual_seed(seed)
@@ -192,9 +165,8 @@ def fc_eigenvalues(model, images: torch.Tensor, rois_per_image: int, seed: int =
             feature = model.backbone.features(image[None])
             _, boxes = sample_inputs(*image.shape[1:], rois_per_image, generator)
             rows.append(head.fc6(pooler([feature], [Boxes(boxes)]).flatten(1)))
-        y6 = torch.cat(rows)
-        y7 = head.fc7(y6.clamp(min=0))
-    return {n: eigen_descending(covariance(y)[1])[0] for n, y in zip(FC_LAYERS, (y6, y7))}
+    responses = fc_targets(model, torch.cat(rows))
+    return {n: eigen_descending(covariance(y)[1])[0] for n, y in zip(FC_LAYERS, responses)}
 
 
 def detector_plan(
@@ -204,28 +176,10 @@ def detector_plan(
     image: conv and fc layers under one budget, the box predictor kept."""
     features = model.backbone.features
     eigenvalues = sampled_eigenvalues(features, images, samples_per_image=100, seed=options.seed)
-    eigenvalues.update(fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
-    from ..detector.compress import linear_specs
+    eigenvalues.update(roi_fc_eigenvalues(model, images, max(1, 4096 // len(images)), options.seed))
+    from ..workflows.detector_compression.compress import linear_specs
 
     linears, fixed = linear_specs(model, rois)
     return make_network_plan(
         conv_specs(features, input_hw), linears, eigenvalues, options, fixed_macs=fixed
     )
-
-
-def random_detector(config: str, opts: Sequence = (), seed: int = 0):
-    """The eval-mode Detectron2 model of ``config`` with random weights (He-initialised convs),
-    its classifier set so that no box passes the score threshold (random weights would make the
-    NMS work arbitrary and different per model; a few ms in a trained detector)."""
-    from detectron2.modeling import build_model
-
-    import accel_det.detection  # noqa: F401  (registers the backbones and the box head)
-
-    from ...detection.config import load_config
-
-    torch.manual_seed(seed)
-    cfg = load_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    model = build_model(cfg).eval()
-    init_vgg_weights(model.backbone.features)
-    silence_classifier(model)
-    return cfg, model

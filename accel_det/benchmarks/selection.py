@@ -10,13 +10,13 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ...data.synthetic.shapes import make_task
-from ...nn.network import apply_plan
-from ...solver import SolverOptions, make_plan
-from ...solver.network import conv_specs
-from ...solver.planning import plan_energy
-from ...utils.tables import text_table
-from ...utils.timing import measure_many, num_threads
+from ..data.synthetic.shapes import make_task
+from ..nn.network import apply_plan
+from ..solver import SolverOptions, make_plan
+from ..solver.network import conv_specs
+from ..solver.planning import plan_energy
+from ..utils.tables import text_table
+from ..utils.timing import measure_many, num_threads
 from .forms import random_features
 from .plans import sampled_eigenvalues
 from .quality import run_one
@@ -26,10 +26,6 @@ from .smallnet import (
 )
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------
-# The sweep
-# --------------------------------------------------------------------------------------------
 
 
 def plan_only(
@@ -121,7 +117,7 @@ def latency_comparison(
        full-width table with the rank axis scaled by the width (:meth:`LatencyTable.rescaled`);
        held-out error and accuracy after compression.
     """
-    from ...solver.latency import measure_latency_table
+    from ..solver.latency import measure_latency_table
 
     result: dict = {"speedup": speedup, "method": method}
     with num_threads(threads_count) as used:
@@ -234,11 +230,6 @@ def latency_comparison(
                 small[name] = record
             result["small_net"] = small
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------------
 
 
 def latency_table_text(comparison: dict) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-from ...utils.tables import markdown_table
-from .speed import ORIGINAL_NAME
+from ..utils.tables import markdown_table
+from .subjects import ORIGINAL_NAME
 
 
 def _g(macs: Optional[int]) -> str:

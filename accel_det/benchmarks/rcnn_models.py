@@ -16,12 +16,12 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-from ...detection.accel_backbone import accelerate_backbone
-from ...detection.config import load_config
-from ...nn.factorized import FactorizedConv2d
-from ...nn.network import prepare
-from ...plan import Plan
-from ...solver import SolverOptions, conv_specs, make_plan
+from ..detection.accel_backbone import accelerate_backbone
+from ..detection.config import load_config
+from ..nn.factorized import FactorizedConv2d
+from ..nn.network import prepare
+from ..plan import Plan
+from ..solver import SolverOptions, conv_specs, make_plan
 from .plans import sampled_eigenvalues
 
 CALIBRATION_HW = (256, 352)

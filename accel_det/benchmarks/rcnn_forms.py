@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...deploy.backbone import BackboneGraph
-from ...deploy.runtime import load_runtime
+from ..deploy.backbone import BackboneGraph
+from ..deploy.runtime import load_runtime
 
 BACKBONE_FORMS = ("eager", "torchscript", "onnxruntime", "openvino")
 MODEL_FORMS = ("eager", "eager + onnxruntime backbone", "eager + openvino backbone", "torchscript")
