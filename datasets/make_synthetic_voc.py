@@ -16,10 +16,10 @@ import sys
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
-import bootstrap  # noqa: E402,F401  (accel_det from this checkout, in its .venv)
+import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.data.synthetic import DEFAULT_CLASSES, SHAPES, make_synthetic_voc  # noqa: E402
-from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.data.synthetic import DEFAULT_CLASSES, SHAPES, make_synthetic_voc
+from accel_det.utils.cli import add_common_arguments, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,10 +32,10 @@ import torch
 # ``python tests/test_errors.py`` (docs/errors.md's table) runs it as a script: the checkout first
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accel_det.errors import AccelDetError  # noqa: E402
-from tests.helpers import REPO, TINY_DETECTOR  # noqa: E402
-from tests.workflows.test_imagenet_tools import COMPRESS, SMALL, THREADS, run_in_process, work  # noqa: E402,F401
-from tests.write_fault import failing_writes  # noqa: E402
+from accel_det.errors import AccelDetError
+from tests.helpers import REPO, TINY_DETECTOR
+from tests.workflows.test_imagenet_tools import COMPRESS, SMALL, THREADS, run_in_process, work  # noqa: F401
+from tests.write_fault import failing_writes
 
 # Lines of the environment, not of the tools: torch warns on import when nvcc exists but no GPU.
 # So does torch.fx when Detectron2's model first runs.

@@ -21,7 +21,7 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.utils.cli import add_common_arguments, run_tool  # noqa: E402
+from accel_det.utils.cli import add_common_arguments, run_tool
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,9 +29,9 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.utils.cli import NON_NEGATIVE_INT, add_common_arguments, run_tool  # noqa: E402
-from accel_det.utils.files import not_found  # noqa: E402
-from accel_det.utils.io import refuse_existing  # noqa: E402
+from accel_det.utils.cli import NON_NEGATIVE_INT, add_common_arguments, run_tool
+from accel_det.utils.files import not_found
+from accel_det.utils.io import refuse_existing
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,9 +51,9 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from accel_det.deploy.agreement import Bounds  # noqa: E402
-from accel_det.models.classifier import ARCHS  # noqa: E402
-from accel_det.utils.cli import (  # noqa: E402
+from accel_det.deploy.agreement import Bounds
+from accel_det.models.classifier import ARCHS
+from accel_det.utils.cli import (
     FRACTION,
     IMAGE_SIDE,
     NON_NEGATIVE_FLOAT,

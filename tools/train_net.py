@@ -26,25 +26,25 @@ import sys
 
 import bootstrap  # noqa: F401  (accel_det from this checkout, in its .venv)
 
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
 
-import accel_det.detection  # noqa: E402,F401  (registers the backbones, box head and data sets)
-from accel_det.detection.checkpoint import load_detector_weights  # noqa: E402
-from accel_det.detection.config import load_config, resolve_config_file  # noqa: E402
-from accel_det.detection.run_folder import (  # noqa: E402
+import accel_det.detection  # noqa: F401  (registers the backbones, box head and data sets)
+from accel_det.detection.checkpoint import load_detector_weights
+from accel_det.detection.config import load_config, resolve_config_file
+from accel_det.detection.run_folder import (
     RESULTS_FILE,
     check_run_folder,
     start_run,
 )
-from accel_det.detection.trainer import Trainer, by_dataset, check_inputs, save_results  # noqa: E402
-from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.utils.cli import (  # noqa: E402
+from accel_det.detection.trainer import Trainer, by_dataset, check_inputs, save_results
+from accel_det.errors import AccelDetError
+from accel_det.utils.cli import (
     ignore_file_size_signal,
     one_line_parser_errors,
     printable,
 )
-from accel_det.utils.io import write_failure  # noqa: E402
+from accel_det.utils.io import write_failure
 
 # under Detectron2's logger, which default_setup configures (to the console and OUTPUT_DIR/log.txt)
 logger = logging.getLogger("detectron2.train_net")

@@ -11,7 +11,7 @@ from accel_det.errors import AccelDetError
 pytest.importorskip("detectron2")
 pytest.importorskip("onnxruntime")
 
-from accel_det.benchmarks.rcnn_models import random_detector  # noqa: E402
+from accel_det.benchmarks.rcnn_models import random_detector
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,20 +12,20 @@ import torch
 
 pytest.importorskip("detectron2")
 
-import accel_det.detection  # noqa: E402,F401
-from accel_det.data.synthetic.voc import make_synthetic_voc  # noqa: E402
-from accel_det.deploy.detector import DetectorGraph, build_detector, detector_graph  # noqa: E402
-from accel_det.deploy.evaluate import ExportedDetector, evaluate_exported  # noqa: E402
-from accel_det.deploy.export import export_graph  # noqa: E402
-from accel_det.detection.config import load_config  # noqa: E402
-from accel_det.detection.datasets import load_voc_instances, register_synthetic_voc  # noqa: E402
-from accel_det.detection.proposals import write_proposal_file  # noqa: E402
-from accel_det.detection.trainer import Trainer, by_dataset  # noqa: E402
-from accel_det.plan import plan_fingerprint  # noqa: E402
-from accel_det.utils.cli import run_tool  # noqa: E402
-from accel_det.utils.io import sha256_file  # noqa: E402
-from tests.deploy.plans import mixed_plan  # noqa: E402
-from tests.helpers import load_tool  # noqa: E402
+import accel_det.detection  # noqa: F401
+from accel_det.data.synthetic.voc import make_synthetic_voc
+from accel_det.deploy.detector import DetectorGraph, build_detector, detector_graph
+from accel_det.deploy.evaluate import ExportedDetector, evaluate_exported
+from accel_det.deploy.export import export_graph
+from accel_det.detection.config import load_config
+from accel_det.detection.datasets import load_voc_instances, register_synthetic_voc
+from accel_det.detection.proposals import write_proposal_file
+from accel_det.detection.trainer import Trainer, by_dataset
+from accel_det.plan import plan_fingerprint
+from accel_det.utils.cli import run_tool
+from accel_det.utils.io import sha256_file
+from tests.deploy.plans import mixed_plan
+from tests.helpers import load_tool
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -12,18 +12,18 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import build_model
 
-import accel_det.detection  # noqa: E402,F401
-from accel_det.data.synthetic.voc import make_synthetic_voc  # noqa: E402
-from accel_det.detection import accelerated_weights  # noqa: E402
-from accel_det.detection.checkpoint import check_weights_fit  # noqa: E402
-from accel_det.detection.config import load_config  # noqa: E402
-from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.nn import CHANNEL, SPATIAL_CHANNEL, FactorizedConv2d  # noqa: E402
-from accel_det.solver import compress, find_targets, plan_from_structures  # noqa: E402
-from tests.detection.test_model import all_configs, vgg16_configs  # noqa: E402
-from tests.helpers import REPO  # noqa: E402
+import accel_det.detection  # noqa: F401
+from accel_det.data.synthetic.voc import make_synthetic_voc
+from accel_det.detection import accelerated_weights
+from accel_det.detection.checkpoint import check_weights_fit
+from accel_det.detection.config import load_config
+from accel_det.errors import AccelDetError
+from accel_det.nn import CHANNEL, SPATIAL_CHANNEL, FactorizedConv2d
+from accel_det.solver import compress, find_targets, plan_from_structures
+from tests.detection.test_model import all_configs, vgg16_configs
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,14 +12,14 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import build_model
 
-import accel_det.detection  # noqa: E402,F401
-from accel_det.detection.config import load_config  # noqa: E402
-from accel_det.nn import FactorizedLinear  # noqa: E402
-from accel_det.utils.io import sha256_file  # noqa: E402
-from tests.detection.test_train import SMALL, data_opts, one_error, tiny_root, train_net  # noqa: E402,F401
-from tests.helpers import REPO  # noqa: E402
+import accel_det.detection  # noqa: F401
+from accel_det.detection.config import load_config
+from accel_det.nn import FactorizedLinear
+from accel_det.utils.io import sha256_file
+from tests.detection.test_train import SMALL, data_opts, one_error, tiny_root, train_net  # noqa: F401
+from tests.helpers import REPO
 
 CONFIG = "demo/vgg16_synthetic.yaml"
 

@@ -12,21 +12,21 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.build import load_proposals_into_dataset  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.build import load_proposals_into_dataset
 
-import accel_det.detection  # noqa: E402,F401
-from accel_det.data.synthetic.voc import DEFAULT_CLASSES, make_synthetic_voc  # noqa: E402
-from accel_det.detection import proposals as proposals_module  # noqa: E402
-from accel_det.detection.checks import check_dataset_files  # noqa: E402
-from accel_det.detection.datasets import (  # noqa: E402
+import accel_det.detection  # noqa: F401
+from accel_det.data.synthetic.voc import DEFAULT_CLASSES, make_synthetic_voc
+from accel_det.detection import proposals as proposals_module
+from accel_det.detection.checks import check_dataset_files
+from accel_det.detection.datasets import (
     dataset_image_ids,
     dataset_images,
     load_voc_instances,
     register_synthetic_voc,
     register_voc_dataset,
 )
-from accel_det.detection.proposals import (  # noqa: E402
+from accel_det.detection.proposals import (
     check_proposal_file,
     convert_mat,
     dataset_record,
@@ -34,8 +34,8 @@ from accel_det.detection.proposals import (  # noqa: E402
     read_proposal_file,
     write_proposal_file,
 )
-from accel_det.errors import AccelDetError  # noqa: E402
-from tests.helpers import REPO  # noqa: E402
+from accel_det.errors import AccelDetError
+from tests.helpers import REPO
 
 TINY = dict(num_trainval=8, num_test=4, image_size=64, seed=3, progress=False)
 

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from tests.detection.test_pickles import CONFIG, hostile  # noqa: E402,F401
-from tests.helpers import REPO  # noqa: E402
+from tests.detection.test_pickles import CONFIG, hostile  # noqa: F401
+from tests.helpers import REPO
 
 EVALUATE = """
 import sys

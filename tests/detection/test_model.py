@@ -12,27 +12,27 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from detectron2.layers import ShapeSpec  # noqa: E402
-from detectron2.modeling import (  # noqa: E402
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import (
     BACKBONE_REGISTRY,
     ROI_BOX_HEAD_REGISTRY,
     build_backbone,
     build_model,
 )
 
-import accel_det.detection  # noqa: E402
-from accel_det.detection import backbone as backbone_module  # noqa: E402
-from accel_det.detection.checkpoint import check_weights_fit  # noqa: E402
-from accel_det.detection.config import CONFIGS_DIR, load_config, resolve_config_file  # noqa: E402
-from accel_det.errors import AccelDetError  # noqa: E402
-from accel_det.models.vgg import vgg16, vgg16_features  # noqa: E402
-from accel_det.nn import CHANNEL, SPATIAL_CHANNEL  # noqa: E402
-from accel_det.solver import (  # noqa: E402
+import accel_det.detection
+from accel_det.detection import backbone as backbone_module
+from accel_det.detection.checkpoint import check_weights_fit
+from accel_det.detection.config import CONFIGS_DIR, load_config, resolve_config_file
+from accel_det.errors import AccelDetError
+from accel_det.models.vgg import vgg16, vgg16_features
+from accel_det.nn import CHANNEL, SPATIAL_CHANNEL
+from accel_det.solver import (
     conv_names,
     conv_specs,
-    filter_reconstruction,  # noqa: E402
+    filter_reconstruction,
 )
-from tests.helpers import REPO  # noqa: E402
+from tests.helpers import REPO
 
 WIDTH = 0.0625  # conv1_1: 4 filters, conv5_3: 32
 

@@ -12,26 +12,26 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
 
-import accel_det.detection  # noqa: E402,F401
-from accel_det.detection.checkpoint import (  # noqa: E402
+import accel_det.detection  # noqa: F401
+from accel_det.detection.checkpoint import (
     check_weights_fit,
     load_detector_weights,
     read_checkpoint_state,
 )
-from accel_det.detection.config import load_config  # noqa: E402
-from accel_det.detection.proposals import (  # noqa: E402
+from accel_det.detection.config import load_config
+from accel_det.detection.proposals import (
     image_list_digest,
     make_proposals,
     read_proposal_file,
     write_proposal_file,
 )
-from accel_det.errors import AccelDetError  # noqa: E402
-from tests.detection.test_model import tiny_cfg  # noqa: E402
-from tests.helpers import TINY_DETECTOR  # noqa: E402
-from tests.test_safe_pickle import RunsCode  # noqa: E402
+from accel_det.errors import AccelDetError
+from tests.detection.test_model import tiny_cfg
+from tests.helpers import TINY_DETECTOR
+from tests.test_safe_pickle import RunsCode
 
 
 def test_detectron2_style_pkl_weights_load(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-import accel_det.detection  # noqa: E402,F401
-from accel_det.data.synthetic.voc import make_synthetic_voc  # noqa: E402
-from accel_det.detection.proposals import make_proposals, write_proposal_file  # noqa: E402
-from tests.helpers import REPO, TINY_DETECTOR  # noqa: E402
+import accel_det.detection  # noqa: F401
+from accel_det.data.synthetic.voc import make_synthetic_voc
+from accel_det.detection.proposals import make_proposals, write_proposal_file
+from tests.helpers import REPO, TINY_DETECTOR
 
 SMALL = [
     *TINY_DETECTOR,

@@ -21,7 +21,7 @@ from accel_det.solver import latency as latency_module
 from accel_det.solver.network import conv_specs
 from accel_det.utils.io import json_safe
 from accel_det.workflows.classifier import with_batch_norms
-from tests.helpers import REPO as ROOT  # noqa: E402
+from tests.helpers import REPO as ROOT
 from tests.helpers import hand_speedup
 
 SHORT = ((0.01, 2), (1.0, 2))

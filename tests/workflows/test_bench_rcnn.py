@@ -10,10 +10,10 @@ pytest.importorskip("detectron2")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from accel_det.benchmarks import rcnn  # noqa: E402
-from accel_det.benchmarks.rcnn_forms import STAGES  # noqa: E402
-from accel_det.errors import AccelDetError  # noqa: E402
-from tests.deploy.test_backbone_export import TINY_R18_FPN  # noqa: E402
+from accel_det.benchmarks import rcnn
+from accel_det.benchmarks.rcnn_forms import STAGES
+from accel_det.errors import AccelDetError
+from tests.deploy.test_backbone_export import TINY_R18_FPN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,7 +24,7 @@ from accel_det.solver.ranks import budget_macs
 from accel_det.solver.splits import spatial_ranks
 from accel_det.utils import timing as bench_latency
 from accel_det.utils.timing import measure_for
-from tests.helpers import REPO as ROOT  # noqa: E402
+from tests.helpers import REPO as ROOT
 from tests.helpers import hand_macs, hand_speedup, load_tool
 
 HW = (32, 32)

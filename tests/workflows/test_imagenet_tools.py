@@ -19,7 +19,7 @@ import torch
 from accel_det.data import make_image_folder
 from accel_det.models.vgg import load_vgg16, vgg16
 from accel_det.utils.cli import run_tool
-from tests.helpers import REPO, load_tool  # noqa: E402,F401
+from tests.helpers import REPO, load_tool
 
 SMALL = ["--resize", "64", "--crop", "56", "--workers", "0", "--no-progress"]
 COMPRESS = [

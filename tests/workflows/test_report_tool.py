@@ -10,7 +10,7 @@ import pytest
 
 from accel_det.errors import AccelDetError
 from accel_det.workflows import report
-from tests.helpers import REPO as ROOT  # noqa: E402
+from tests.helpers import REPO as ROOT
 from tests.helpers import load_tool
 
 
