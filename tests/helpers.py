@@ -7,6 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from accel_det.nn import CHANNEL, SPATIAL_CHANNEL
+from accel_det.solver import plan_from_structures
+
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
 
@@ -92,3 +95,20 @@ def hand_speedup(layers, ranks, spatial_ranks=None) -> float:
         for layer in layers
     )
     return original / approximated
+
+
+def full_rank_planner(specs, eigenvalues):
+    """Every conv factorized at full rank: k×k ones in the 3d structure (d' = d, d'' full), 1×1
+    ones in the channel structure (d' = d)."""
+    layers = {}
+    for s in specs:
+        kh, kw = s.kernel_size
+        if kh > 1:
+            full = min(kh * s.in_channels, kw * s.out_channels)
+            layers[s.name] = dict(structure=SPATIAL_CHANNEL, rank=s.out_channels, spatial_rank=full)
+        else:
+            layers[s.name] = dict(structure=CHANNEL, rank=s.out_channels)
+    plan = plan_from_structures(specs, layers, method="linear", speedup=1.01)
+    for entry in plan["layers"].values():
+        entry.update(pca_energy=1.0, error=None, seconds=None)
+    return plan

@@ -20,10 +20,10 @@ from accel_det.detection import accelerated_weights
 from accel_det.detection.checkpoint import check_weights_fit
 from accel_det.detection.config import load_config
 from accel_det.errors import AccelDetError
-from accel_det.nn import CHANNEL, SPATIAL_CHANNEL, FactorizedConv2d
+from accel_det.nn import CHANNEL, FactorizedConv2d
 from accel_det.solver import compress, find_targets, plan_from_structures
 from tests.detection.test_model import all_configs, vgg16_configs
-from tests.helpers import REPO
+from tests.helpers import REPO, full_rank_planner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,23 +89,6 @@ def write_plan(tmp_path, plan, name="plan.json"):
 def original_plan(backbone):
     """Every conv kept as it is: only the batch norms are folded."""
     return plan_from_structures(find_targets(backbone, (64, 64)).specs, {}, method="test")
-
-
-def full_rank_planner(specs, eigenvalues):
-    """Every conv factorized at full rank: k×k ones in the 3d structure (d' = d, d'' full), 1×1
-    ones in the channel structure (d' = d)."""
-    layers = {}
-    for s in specs:
-        kh, kw = s.kernel_size
-        if kh > 1:
-            full = min(kh * s.in_channels, kw * s.out_channels)
-            layers[s.name] = dict(structure=SPATIAL_CHANNEL, rank=s.out_channels, spatial_rank=full)
-        else:
-            layers[s.name] = dict(structure=CHANNEL, rank=s.out_channels)
-    plan = plan_from_structures(specs, layers, method="linear", speedup=1.01)
-    for entry in plan["layers"].values():
-        entry.update(pca_energy=1.0, error=None, seconds=None)
-    return plan
 
 
 def features(model, x):

@@ -9,9 +9,10 @@ import torchvision
 from torch import nn
 
 from accel_det.errors import AccelDetError
-from accel_det.nn import CHANNEL, SPATIAL_CHANNEL, FactorizedConv2d, analyse, apply_plan
+from accel_det.nn import CHANNEL, FactorizedConv2d, analyse, apply_plan
 from accel_det.solver import compress, plan_from_structures
 from accel_det.solver.targets import find_targets
+from tests.helpers import full_rank_planner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHORT = ((0.01, 2), (1.0, 2))
@@ -34,23 +35,6 @@ def resnet18(seed=0):
 def batches(count=2, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(2, 3, size, size, generator=g) for _ in range(count)]
-
-
-def full_rank_planner(specs, eigenvalues):
-    """Every conv factorized at full rank: k×k ones in the 3d structure (d' = d, d'' full), 1×1
-    ones in the channel structure (d' = d)."""
-    layers = {}
-    for s in specs:
-        kh, kw = s.kernel_size
-        if kh > 1:
-            full = min(kh * s.in_channels, kw * s.out_channels)
-            layers[s.name] = dict(structure=SPATIAL_CHANNEL, rank=s.out_channels, spatial_rank=full)
-        else:
-            layers[s.name] = dict(structure=CHANNEL, rank=s.out_channels)
-    plan = plan_from_structures(specs, layers, method="linear", speedup=1.01)
-    for entry in plan["layers"].values():
-        entry.update(pca_energy=1.0, error=None, seconds=None)
-    return plan
 
 
 def test_full_rank_factorization_of_every_resnet18_conv_reproduces_its_logits():
