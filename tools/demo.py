@@ -15,6 +15,11 @@ are reused on a second run (``--force`` redoes them).
     .venv/bin/python tools/demo.py --speedups 3 4 SOLVER.MAX_ITER 500
     .venv/bin/python tools/demo.py --finetune-seed 1    # fine-tuned again: <stage>_ftseed1/
     .venv/bin/python tools/demo.py --seed-spread 1 2 --train-seed-spread 1   # seeds.md
+    .venv/bin/python tools/demo.py --model r18-fpn      # the second demo: output/demo_r18fpn
+
+``--model r18-fpn`` (opt-in): a Faster R-CNN with a ResNet-18-FPN trained from scratch
+(configs/demo/faster_rcnn_R_18_FPN_synthetic.yaml), compressed as a whole detector at 2x and 3x,
+AP50 and paired ΔAP50 with intervals before and after a short fine-tuning, eager latency.
 """
 
 import argparse
@@ -36,41 +41,38 @@ from accel_det.utils.cli import (
 
 def build_parser() -> argparse.ArgumentParser:
     from accel_det.workflows.demo import DemoOptions
+    from accel_det.workflows.demo.options import MODELS
 
     d = DemoOptions()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output", default=d.output, help=f"output folder (default: {d.output})")
-    parser.add_argument("--config", default=d.config, help=f"baseline config (default: {d.config})")
-    parser.add_argument(
-        "--accel-config",
-        default=d.accel_config,
-        help=f"fine-tuning config (default: {d.accel_config})",
-    )
+    parser.add_argument("--model", choices=list(MODELS), default=d.model,
+                        help=f"which demo (default: {d.model}); the defaults below are vgg16's, "
+                        "r18-fpn's are in accel_det/workflows/demo/options.py")  # fmt: skip
+    parser.add_argument("--output", help=f"output folder (default: {d.output})")
+    parser.add_argument("--config", help=f"baseline config (default: {d.config})")
+    parser.add_argument("--accel-config", help=f"fine-tuning config (default: {d.accel_config})")
     parser.add_argument(
         "--speedups",
         type=SPEEDUP,
-        nargs="+",
-        default=list(d.speedups),
+        nargs="*",
         help="theoretical speedups of the conv layers (the paper's rows; default: 2 3 4)",
     )
     parser.add_argument(
         "--detector-speedups",
         type=SPEEDUP,
         nargs="*",
-        default=list(d.detector_speedups),
         help="theoretical speedups of the whole detector, conv + fc6/fc7 (default: 2 3 4)",
     )
     parser.add_argument(
         "--fc-rank-fractions",
         type=number(float, above=0, maximum=1),
         nargs="*",
-        default=list(d.fc_rank_fractions),
         help="fc6 and fc7 ranks of the truncated-SVD rows, as fractions of FC_DIM (default: Fast "
         "R-CNN's 0.25 0.0625; none: no such rows)",
     )
-    parser.add_argument("--method", default=d.method, help=f"solver method (default: {d.method})")
+    parser.add_argument("--method", help=f"solver method (default: {d.method})")
     parser.add_argument(
         "--data-root",
         default=None,
@@ -85,10 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", default=",".join(d.classes), help="synthetic shapes, comma-separated"
     )
     parser.add_argument(
-        "--pretrain-iterations",
-        type=NON_NEGATIVE_INT,
-        default=d.pretrain_iterations,
-        help="crop-classifier iterations",
+        "--pretrain-iterations", type=NON_NEGATIVE_INT, help="crop-classifier iterations"
     )
     parser.add_argument(
         "--compress-images",
@@ -113,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--full-width-repeats",
         type=NON_NEGATIVE_INT,
-        default=d.full_width_repeats,
         help="timed runs of the plans' structures on a full-width VGG-16 at 224×224 (0: skip)",
     )
     parser.add_argument(
@@ -171,37 +169,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args) -> int:
-    from accel_det.utils.io import sweep_temporaries
-    from accel_det.workflows.demo import DemoOptions, run_demo
-
-    for folder, _, _ in os.walk(args.output):  # the temporaries of a killed run
-        sweep_temporaries(folder)
+def demo_options(args):
+    """DemoOptions for ``--model`` from the arguments (those not given: the model's defaults)."""
+    from accel_det.workflows.demo import DemoOptions
 
     opts = list(args.opts)
     finetune = list(args.finetune_opts)
     if "--finetune-opts" in opts:  # REMAINDER swallowed it
         at = opts.index("--finetune-opts")
         opts, finetune = opts[:at], opts[at + 1 :] + finetune
-    options = DemoOptions(
+    given = dict(
         output=args.output,
         config=args.config,
         accel_config=args.accel_config,
-        speedups=tuple(args.speedups),
-        detector_speedups=tuple(args.detector_speedups),
-        fc_rank_fractions=tuple(args.fc_rank_fractions),
+        speedups=args.speedups,
+        detector_speedups=args.detector_speedups,
+        fc_rank_fractions=args.fc_rank_fractions,
         method=args.method,
+        pretrain_iterations=args.pretrain_iterations,
+        full_width_repeats=args.full_width_repeats,
+    )
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    return DemoOptions.for_model(
+        args.model,
+        **given,
         data_root=args.data_root,
         num_trainval=args.num_trainval,
         num_test=args.num_test,
         classes=tuple(c for c in args.classes.split(",") if c),
-        pretrain_iterations=args.pretrain_iterations,
         compress_images=args.compress_images,
         samples_per_image=args.samples_per_image,
         threads=args.threads,
         latency_threads=args.latency_threads,
         latency_repeats=args.latency_repeats,
-        full_width_repeats=args.full_width_repeats,
         workers=args.workers,
         seed=args.seed,
         train_seed=args.train_seed,
@@ -210,13 +210,23 @@ def main(args) -> int:
         finetune_opts=finetune,
         force=args.force,
     )
+
+
+def main(args) -> int:
+    from accel_det.utils.io import sweep_temporaries
+    from accel_det.workflows.demo import run_demo, run_fpn_demo
+
+    options = demo_options(args)
+    for folder, _, _ in os.walk(options.output):  # the temporaries of a killed run
+        sweep_temporaries(folder)
     if args.seed_spread:
         from accel_det.workflows.demo.seeds import seed_spread, seeds_markdown
 
         print(seeds_markdown(seed_spread(options, args.seed_spread, args.train_seed_spread)))
-        print("Written to", os.path.join(args.output, "seeds.md"))
+        print("Written to", os.path.join(options.output, "seeds.md"))
         return 0
-    summary = run_demo(options)
+    summary = (run_fpn_demo if options.model == "r18-fpn" else run_demo)(options)
+    from accel_det.workflows.demo.fpn_report import target_text
     from accel_det.workflows.report import comparison_text, results_table
 
     print()
@@ -224,6 +234,8 @@ def main(args) -> int:
     print()
     for comparison in summary["comparisons"]:
         print(comparison_text(comparison))
+    for check in summary.get("targets", ()):
+        print("Target:", target_text(check))
     print()
     print("SYNTHETIC data (not PASCAL VOC). Report:", summary["report"])
     print("Plot:", summary["plot"], f"| total {summary['timings']['total'] / 60:.1f} min")

@@ -20,11 +20,12 @@ FULL_WIDTH_INPUT = (224, 224)  # the paper's single view
 
 def timing_input(cfg) -> dict:
     """The first test image as the detector takes it (``DatasetMapper``: resized, with its
-    precomputed proposals): what every latency of the demo is measured on."""
+    precomputed proposals if the detector takes them): what every latency of the demo is measured
+    on."""
     dicts = detection_dataset_dicts(
         list(cfg.DATASETS.TEST),
         filter_empty=False,
-        proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TEST),
+        proposal_files=list(cfg.DATASETS.PROPOSAL_FILES_TEST) or None,
     )
     return DatasetMapper(cfg, is_train=False)(copy.deepcopy(dicts[0]))
 
@@ -53,7 +54,7 @@ def measure_detectors(models: Mapping[str, tuple], item: dict, options) -> Dict[
             "detector": detector[n],
             "threads": options.latency_threads,
             "input_hw": list(image.shape[-2:]),
-            "proposals": len(inputs[0]["proposals"]),
+            "proposals": len(inputs[0].get("proposals", ())),  # 0: the RPN's own
             "machine": machine(),
         }
         for n in models

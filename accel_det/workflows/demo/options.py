@@ -6,12 +6,15 @@ import dataclasses
 from typing import Mapping, Optional, Sequence
 
 from ...data.synthetic.voc import DEFAULT_CLASSES
+from ...errors import AccelDetError
 
 
 @dataclasses.dataclass
 class DemoOptions:
-    """Settings of the demo; the model and training recipe live in the two config files."""
+    """Settings of the demo; the model and training recipe live in the two config files.
+    ``model`` picks the demo (:data:`MODELS`; :meth:`for_model` takes its settings)."""
 
+    model: str = "vgg16"
     output: str = "output/demo"
     config: str = "demo/vgg16_synthetic.yaml"
     accel_config: str = "demo/accel_vgg16_synthetic.yaml"
@@ -55,6 +58,15 @@ class DemoOptions:
     force: bool = False
     progress: bool = True
 
+    @classmethod
+    def for_model(cls, model: str, **settings) -> "DemoOptions":
+        """The options of demo ``model`` (:data:`MODELS`), ``settings`` taking precedence."""
+        if model not in MODELS:
+            raise AccelDetError(
+                f"unknown demo model {model!r}; expected one of {', '.join(MODELS)}"
+            )
+        return cls(model=model, **{**MODELS[model], **settings})
+
     def seeds(self) -> dict:
         """The seeds of the baseline's training and of fine-tuning (``seed`` where not set)."""
         return {
@@ -79,3 +91,22 @@ class DemoStage:
     fc_method: str
     target: str
     fc_ranks: Optional[Mapping[str, int]] = None
+
+
+# The demos (tools/demo.py --model NAME) and the settings each changes from DemoOptions' defaults.
+MODELS = {
+    "vgg16": {},  # Fast R-CNN with a narrow VGG-16 (make demo)
+    # Faster R-CNN with a ResNet-18-FPN trained from scratch, compressed as a whole detector
+    # (backbone, FPN and heads under one budget) at 2x and 3x (:mod:`.fpn`)
+    "r18-fpn": dict(
+        output="output/demo_r18fpn",
+        config="demo/faster_rcnn_R_18_FPN_synthetic.yaml",
+        accel_config="demo/faster_rcnn_accel_R_18_FPN_synthetic.yaml",
+        speedups=(),
+        detector_speedups=(2.0, 3.0),
+        fc_rank_fractions=(),
+        method="asym",
+        pretrain_iterations=0,
+        full_width_repeats=0,
+    ),
+}

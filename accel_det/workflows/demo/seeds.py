@@ -15,6 +15,7 @@ import os
 import statistics
 from typing import Dict, List, Sequence
 
+from ...errors import AccelDetError
 from ...utils.io import atomic_write_json, atomic_write_text
 from ...utils.tables import markdown_table
 from ..report import add_intervals, interval
@@ -50,6 +51,8 @@ def seed_spread(
     """AP50 and ΔAP50 of every demo model for each fine-tuning seed (``options.seed`` first), and
     the baseline's AP50 for each training seed; writes ``seeds.json`` and ``seeds.md`` in
     ``options.output``."""
+    if options.model != "vgg16":
+        raise AccelDetError(f"--seed-spread is the VGG demo's; --model {options.model} has none")
     runs: Dict[str, Dict[int, dict]] = {}
     seeds = list(dict.fromkeys([options.seeds()["finetune"], *finetune_seeds]))
     for seed in seeds:

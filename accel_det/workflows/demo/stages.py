@@ -124,21 +124,7 @@ class DemoRun:
     def make_data(self) -> None:
         """The synthetic VOC-format set and its selective-search proposals (Detectron2's files)."""
         o = self.options
-        make_synthetic_voc(
-            self.data_dir,
-            num_trainval=o.num_trainval,
-            num_test=o.num_test,
-            image_size=int(self.base_cfg.INPUT.MIN_SIZE_TEST),
-            classes=o.classes,
-            max_objects=o.max_objects,
-            min_object=o.min_object,
-            max_object=o.max_object,
-            seed=o.seed,
-            workers=o.workers,
-            progress=o.progress,
-        )
-        register_synthetic_voc(self.data_dir, replace=True)
-        self.test_set = file_digest(os.path.join(self.data_dir, STAMP_FILE))
+        self.make_images()
         files = {}
         for split in ("trainval", "test"):
             path = os.path.join(self.data_dir, "proposals", f"selective_search_{split}.pkl")
@@ -170,6 +156,25 @@ class DemoRun:
             "SEED",
             str(o.seed),
         ]
+
+    def make_images(self) -> None:
+        """The synthetic VOC-format set (made once, reused while its settings stay), registered."""
+        o = self.options
+        make_synthetic_voc(
+            self.data_dir,
+            num_trainval=o.num_trainval,
+            num_test=o.num_test,
+            image_size=int(self.base_cfg.INPUT.MIN_SIZE_TEST),
+            classes=o.classes,
+            max_objects=o.max_objects,
+            min_object=o.min_object,
+            max_object=o.max_object,
+            seed=o.seed,
+            workers=o.workers,
+            progress=o.progress,
+        )
+        register_synthetic_voc(self.data_dir, replace=True)
+        self.test_set = file_digest(os.path.join(self.data_dir, STAMP_FILE))
 
     # ------------------------------------------------------------------ 2. pre-training
     def pretrain(self) -> dict:
