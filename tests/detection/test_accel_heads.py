@@ -18,7 +18,7 @@ from accel_det.solver import SolverOptions
 from accel_det.workflows.detector_compression import DetectorCompressOptions, compress_detector
 from accel_det.workflows.detector_compression.heads import (
     find_heads,
-    mark_part,
+    mark_head_parts,
     sample_heads,
     solve_heads,
 )
@@ -82,6 +82,7 @@ def test_full_ranks_reproduce_the_detector_and_build_from_the_plan(tmp_path):
     samples = sample_heads(model, heads, images, options, torch.device("cpu"), False)
     assert samples.rpn_truth.shape == (3 * 64, 16) and samples.fc_truth[0].shape == (3 * 40, 32)
     plan = full_rank_head_plan(heads)
+    mark_head_parts(plan, heads)
     solve_heads(model, heads, samples, plan, images, options, False)
     assert isinstance(model.proposal_generator.rpn_head.conv, FactorizedConv2d)
     assert isinstance(model.roi_heads.box_head.fc2, FactorizedLinear)
@@ -106,8 +107,7 @@ def test_full_ranks_reproduce_the_detector_and_build_from_the_plan(tmp_path):
 def test_plans_that_do_not_fit_the_heads_are_one_line(tmp_path):
     model = plain_model()
     plan = full_rank_head_plan(find_heads(model, (64, 96), rois=100))
-    for name, entry in plan["layers"].items():
-        mark_part(entry, *name.rsplit(".", 1))
+    mark_head_parts(plan, find_heads(model, (64, 96), rois=100))
     wrong = {**plan["layers"][FC1], "module": "fc9"}
     with pytest.raises(AccelDetError, match=r"names layer roi_heads\.box_head\.fc9, which its"):
         accelerate_head(model.roi_heads.box_head, {"layers": {"x": wrong}}, "roi_heads.box_head")
@@ -132,11 +132,7 @@ def compress_options(out, weights, **changes):
     return dataclasses.replace(options, **changes)
 
 
-def test_the_whole_detector_resumed_after_an_interruption_is_bit_identical(
-    tiny_voc,
-    tmp_path,
-    monkeypatch,  # noqa: F811
-):
+def test_resumed_whole_detector_is_bit_identical(tiny_voc, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tiny_voc))
     weights = tmp_path / "plain.pth"
     torch.save({"model": plain_model().state_dict()}, weights)

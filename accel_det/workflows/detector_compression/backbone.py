@@ -36,7 +36,7 @@ from ...solver.planning import check_reachable
 from ...solver.targets import find_targets
 from ...utils.dist import barrier
 from ...utils.io import check_writable_folder
-from .heads import Heads, find_heads, sample_heads, solve_heads
+from .heads import Heads, find_heads, mark_head_parts, sample_heads, solve_heads
 from .images import DetectorImages, sample_detector_images
 from .outputs import run_record, write_outputs
 
@@ -139,10 +139,12 @@ def detector_planner(heads: Heads, samples, solver):
     def planner(specs, eigenvalues, spatial_spectra=None):
         convs = [*specs, *([heads.rpn] if heads.rpn else [])]
         spectra = None if spatial_spectra is None else {**spatial_spectra, **samples.spectra}
-        return make_network_plan(
+        plan = make_network_plan(
             convs, heads.linears, {**eigenvalues, **samples.eigenvalues}, solver,
             fixed_macs=heads.fixed_macs, spatial_spectra=spectra,
         )  # fmt: skip
+        mark_head_parts(plan, heads)
+        return plan
 
     return planner
 

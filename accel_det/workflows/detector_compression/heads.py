@@ -223,7 +223,6 @@ def solve_heads(model, heads: Heads, samples: HeadSamples, plan, images, options
             )  # fmt: skip
             broadcast_parameters(layer)
             head.conv = with_activation_of(head.conv, layer)
-        mark_part(entry, RPN_HEAD_PART, "conv")
         log_layer(RPN_CONV, {**entry, "seconds": 0.0})
     if heads.fcs:
         box_head = model.roi_heads.box_head
@@ -236,10 +235,14 @@ def solve_heads(model, heads: Heads, samples: HeadSamples, plan, images, options
         for module, spec in heads.fcs.items():
             broadcast_parameters(layers[spec.name])
             setattr(box_head, module, layers[spec.name])
-            mark_part(plan["layers"][spec.name], BOX_HEAD_PART, module)
             log_layer(spec.name, {**plan["layers"][spec.name], "seconds": 0.0})
 
 
-def mark_part(entry: dict, part: str, module: str) -> None:
-    """A head entry names its part and its module within it (:func:`accel_det.plan.part_plan`)."""
-    entry.update(part=part, module=module)
+def mark_head_parts(plan, heads: Heads) -> None:
+    """The heads' entries of ``plan`` name their part and their module within it
+    (:func:`accel_det.plan.part_plan`), which is how the accelerated heads find them."""
+    if heads.rpn is not None and heads.rpn.name in plan["layers"]:
+        plan["layers"][heads.rpn.name].update(part=RPN_HEAD_PART, module="conv")
+    for module, spec in heads.fcs.items():
+        if spec.name in plan["layers"]:
+            plan["layers"][spec.name].update(part=BOX_HEAD_PART, module=module)
