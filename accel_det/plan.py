@@ -13,7 +13,9 @@ its shape (``in_channels``, ``out_channels``, ``kernel_size``, …), what follow
 ``after``), ``structure`` (one of
 :data:`accel_det.nn.STRUCTURES`), ``rank`` (d'), ``spatial_rank`` (d''), ``macs``, ``pca_energy``
 and ``error``; fc layers (``fc6``, ``fc7``) have ``in_features``, ``out_features`` and ``rois``
-instead of the conv shape, and the structure ``original`` or ``channel``.
+instead of the conv shape, and the structure ``original`` or ``channel``. In a detector, the
+entries of layers outside its backbone name their ``part`` (``proposal_generator.rpn_head``,
+``roi_heads.box_head``): their ``module`` is within that part, their name ``part.module``.
 """
 
 from __future__ import annotations
@@ -184,3 +186,15 @@ def conv_entries(plan: Mapping) -> dict:
 def linear_entries(plan: Mapping) -> dict:
     """The plan's fc layer entries (name → entry), in order."""
     return {n: e for n, e in plan["layers"].items() if is_linear_entry(e)}
+
+
+def part_plan(plan: Mapping, part: Optional[str] = None) -> dict:
+    """The plan of one part of a network: the entries whose ``part`` is ``part`` (None: those that
+    name none, a backbone's), keyed by their ``module`` within it (by name when ``part`` is None);
+    the rest of the plan as it is."""
+    layers = {
+        (entry.get("module") or name) if part else name: entry
+        for name, entry in plan["layers"].items()
+        if entry.get("part") == part
+    }
+    return {**plan, "layers": layers}

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Speed of Detectron2's R50-FPN Faster R-CNN (configs/faster_rcnn_R_50_FPN.yaml) against its
-backbone accelerated to 2x and 3x: the backbone + FPN in torch eager, TorchScript, ONNX Runtime
+"""Speed of Detectron2's R50-FPN Faster R-CNN (configs/faster_rcnn_R_50_FPN.yaml) against the
+same detector accelerated to 2x and 3x as a whole (the backbone's convs, the RPN head's conv and
+the box head's fcs under one budget, as tools/compress_detector.py plans it): the backbone + FPN
+in torch eager, TorchScript, ONNX Runtime
 and OpenVINO, the whole model (eager, eager with the backbone in ONNX Runtime / OpenVINO,
 TorchScript through Detectron2's TracingAdapter) split into stages, at one thread and all
 threads, best form against best form. Random weights with realistic batch-norm statistics, plans

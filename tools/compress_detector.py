@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Compress a trained Fast R-CNN (VGG-16) detector as a whole: its conv layers and fc6/fc7 by the
-paper's data-driven solver, under one multiply-add budget for the whole detector; or the backbone
-of any other Detectron2 GeneralizedRCNN (ResNet C4, ResNet-FPN: every conv of the ResNet and the
-FPN, batch norms folded) under one budget for the backbone's conv layers.
+"""Compress a trained Detectron2 detector as a whole by the paper's data-driven solver, under one
+multiply-add budget: the VGG-16 Fast R-CNN's conv layers and fc6/fc7; any other GeneralizedRCNN's
+backbone (ResNet C4, ResNet-FPN: every conv of the ResNet and the FPN, batch norms folded) with,
+for a Faster R-CNN, the RPN head's conv and the box head's fcs.
 
     tools/compress_detector.py --config-file vgg16_voc.yaml --speedup 4 --output output/frcnn_4x \\
         MODEL.WEIGHTS output/vgg16_voc/model_final.pth
@@ -24,13 +24,19 @@ outputs failed, finishes) an interrupted run; a checkpoint is never thrown away 
 --overwrite, and existing outputs are replaced only with --overwrite.
 Under torchrun (or --num-gpus N) each process reads a shard of the images.
 
-A ResNet(-FPN) detector (configs/faster_rcnn_R_50_FPN.yaml, R101: MODEL.RESNETS.DEPTH 101; C4:
-Detectron2's configs) has its backbone compressed, from DATASETS.TRAIN's images (no proposals);
-evaluate with the same config and the overrides the plan records (config_overrides, also logged):
+A ResNet(-FPN) Faster R-CNN (configs/faster_rcnn_R_50_FPN.yaml, R101: MODEL.RESNETS.DEPTH 101;
+Detectron2's zoo configs) is compressed from DATASETS.TRAIN's images and the proposals its own RPN
+gives them (no proposal files); --speedup is of the whole detector at the test size and
+MODEL.RPN.POST_NMS_TOPK_TEST proposals (--speedup-of conv: of the backbone alone; a C4 detector's
+res5 head is kept, so it takes --speedup-of conv). Evaluate with the same config and the overrides
+the plan records (config_overrides, also logged):
 
     tools/train_net.py --config faster_rcnn_R_50_FPN.yaml --eval-only \\
         MODEL.BACKBONE.NAME build_accel_backbone \\
         MODEL.ACCEL.BACKBONE_NAME build_resnet_fpn_backbone \\
+        MODEL.RPN.HEAD_NAME build_accel_rpn_head MODEL.ACCEL.RPN_HEAD_NAME StandardRPNHead \\
+        MODEL.ROI_BOX_HEAD.NAME build_accel_box_head \\
+        MODEL.ACCEL.BOX_HEAD_NAME FastRCNNConvFCHead \\
         MODEL.ACCEL.PLAN output/r50_2x/plan.json MODEL.WEIGHTS output/r50_2x/model_final.pth \\
         OUTPUT_DIR output/r50_2x/eval
 """
@@ -76,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--speedup-of",
         choices=("detector", "conv"),
-        help="what --speedup is of: the whole detector (the VGG-16 Fast R-CNN's default) or its "
-        "conv layers (the paper; for any other detector, its backbone's, the default)",
+        help="what --speedup is of: the whole detector (default) or its conv layers (the "
+        "paper's target; for a detector other than the VGG-16 Fast R-CNN, its backbone's)",
     )
     parser.add_argument(
         "--fc-method",

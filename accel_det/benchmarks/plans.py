@@ -97,6 +97,11 @@ def plan_summary(plan: Mapping) -> dict:
     return {
         "method": plan.get("method"),
         "theoretical_speedup": plan.get("theoretical_speedup"),
+        **(
+            {"theoretical_speedup_network": plan["theoretical_speedup_network"]}
+            if plan.get("theoretical_speedup_network")
+            else {}
+        ),
         "fingerprint": plan_fingerprint(plan),
         "ranks": {n: e.get("rank") for n, e in layers.items() if e.get("rank")},
         "spatial_ranks": {

@@ -1,5 +1,6 @@
-"""Speed of a Detectron2 R-CNN (R50-FPN Faster R-CNN by default) and its backbone accelerated
-to 2× and 3×: ``run(RcnnBenchOptions(...))``, what tools/benchmark_rcnn.py runs.
+"""Speed of a Detectron2 R-CNN (R50-FPN Faster R-CNN by default) accelerated as a whole (backbone,
+RPN head, box head under one budget) to 2× and 3×: ``run(RcnnBenchOptions(...))``, what
+tools/benchmark_rcnn.py runs.
 
 Timed, at the test size (800×1333 by default): the backbone + FPN in every form and the whole
 model (pre-processing to detections) in every form (:mod:`.rcnn_forms`), the original and one
@@ -40,7 +41,7 @@ from .rcnn_forms import (
     backbone_call,
     model_call,
 )
-from .rcnn_models import accelerated_detector, backbone_plans, inference_macs, random_detector
+from .rcnn_models import accelerated_detector, detector_plans, inference_macs, random_detector
 from .rcnn_report import markdown, plot_stages
 
 logger = logging.getLogger(__name__)
@@ -105,11 +106,12 @@ def run(options: RcnnBenchOptions) -> dict:
     cfg, original = random_detector(options.config_file, options.opts, options.seed)
     backbone_hw = padded(options.input_hw, original.backbone)
     logger.info("plans for %s at %s", options.speedups, backbone_hw)
-    plans = backbone_plans(
+    solved = detector_plans(
         original, options.speedups, backbone_hw, method=options.method, seed=options.seed
     )
+    plans = solved.plans
     models = {"original": original}
-    models.update({name: accelerated_detector(original, plan) for name, plan in plans.items()})
+    models.update({name: accelerated_detector(original, solved, name) for name in plans})
     image = test_image(options.input_hw, options.seed)
     with torch.no_grad():
         normalized = original.preprocess_image([{"image": image}]).tensor

@@ -11,6 +11,7 @@ layer runs on denormal numbers), and a ReLU sparsity like a trained network's.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -21,7 +22,19 @@ from ..detection.config import load_config
 from ..nn.factorized import FactorizedConv2d
 from ..nn.network import prepare
 from ..plan import Plan
-from ..solver import SolverOptions, conv_specs, make_plan
+from ..solver import SolverOptions, conv_specs
+from ..solver.joint import make_network_plan
+from ..solver.options import skipped_layers
+from ..workflows.detector_compression import DetectorCompressOptions
+from ..workflows.detector_compression.heads import (
+    Heads,
+    HeadSamples,
+    find_heads,
+    mark_head_parts,
+    sample_heads,
+    solve_heads,
+)
+from ..workflows.detector_compression.images import DetectorImages
 from .plans import sampled_eigenvalues
 
 CALIBRATION_HW = (256, 352)
@@ -87,7 +100,19 @@ def calibrate_batch_norms(backbone: nn.Module, images: torch.Tensor, seed: int =
             handle.remove()
 
 
-def backbone_plans(
+@dataclass
+class DetectorPlans:
+    """Per speedup (``2x``, ``3x``, …) the whole-detector plan, and what its heads are solved
+    from (:func:`accelerated_detector`)."""
+
+    plans: Dict[str, Plan]
+    heads: Heads
+    samples: HeadSamples
+    images: DetectorImages
+    options: DetectorCompressOptions
+
+
+def detector_plans(
     model: nn.Module,
     speedups: Sequence[float],
     input_hw: Tuple[int, int],
@@ -96,30 +121,55 @@ def backbone_plans(
     images: int = 4,
     samples_per_image: int = 256,
     seed: int = 0,
-) -> Dict[str, Plan]:
-    """Per speedup, the plan ``compress(backbone, ..., speedup=, method=)`` would follow at
-    ``input_hw`` (rank selection by multiply-adds, eqs. 13-14), from eigenvalues of responses
-    sampled on ``images`` random images (:func:`~.plans.sampled_eigenvalues`) for
-    ``model.backbone``: the layers' shapes for timing, not a quality statement. Named ``2x``,
-    ``3x``, …"""
+) -> DetectorPlans:
+    """Per speedup, the plan ``tools/compress_detector.py --speedup`` would follow at
+    ``input_hw`` (the backbone's convs, the RPN head's conv and the box head's fcs under one
+    budget at the test proposal count; rank selection, eqs. 13-14), from eigenvalues of responses
+    sampled on ``images`` random images: the layers' shapes for timing, not a quality
+    statement."""
     batch = backbone_images(model, images, seed=seed + 1)
     eigenvalues = sampled_eigenvalues(model.backbone, batch, samples_per_image=samples_per_image)
     specs = conv_specs(model.backbone, input_hw)
+    heads = find_heads(model, input_hw, model.proposal_generator.post_nms_topk[False])
+    generator = torch.Generator().manual_seed(seed + 3)
+    pictures = [torch.randint(0, 256, (3, *CALIBRATION_HW), generator=generator, dtype=torch.uint8)
+                for _ in range(images)]  # fmt: skip
+    sampled = DetectorImages(model, images=pictures, indices=list(range(images)))
+    options = DetectorCompressOptions(
+        "", "", solver=SolverOptions(2.0, method=method, samples_per_image=samples_per_image,
+                                     heldout_fraction=0, seed=seed),
+    )  # fmt: skip
+    samples = sample_heads(model, heads, sampled, options, torch.device("cpu"), False)
     plans = {}
     for speedup in speedups:
-        options = SolverOptions(speedup=speedup, method=method)
-        plans[f"{speedup:g}x"] = make_plan(specs, eigenvalues, options)
-    return plans
+        solver = options.solver.replace(speedup=speedup)
+        solver = solver.replace(skip=skipped_layers(solver, [s.name for s in specs]))
+        plan = make_network_plan(
+            [*specs, heads.rpn], heads.linears, {**eigenvalues, **samples.eigenvalues}, solver,
+            fixed_macs=heads.fixed_macs,
+        )  # fmt: skip
+        mark_head_parts(plan, heads)
+        plans[f"{speedup:g}x"] = plan
+    return DetectorPlans(plans, heads, samples, sampled, options)
 
 
-def accelerated_detector(model: nn.Module, plan, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` whose backbone follows ``plan`` (``accelerate_backbone``: batch norms
-    folded, the plan's convs factorized), each factorized layer matched to the conv it replaces
-    (:func:`match_statistics`)."""
+def accelerated_detector(model: nn.Module, plans: DetectorPlans, name: str, seed: int = 0):
+    """A copy of ``model`` that follows the plan ``name``: its backbone's (``accelerate_backbone``:
+    batch norms folded, the plan's convs factorized, each matched to the conv it replaces,
+    :func:`match_statistics`) and its heads' (solved by the solver on the original backbone's
+    features at the sampled images, :func:`~accel_det.workflows.detector_compression.heads.
+    solve_heads`)."""
+    plan = plans.plans[name]
     accelerated = copy.deepcopy(model)
     accelerated.backbone = accelerate_backbone(model.backbone, plan)
     images = backbone_images(model, 1, seed=seed + 2)
     match_statistics(accelerated.backbone, model.backbone, images)
+    with_original_backbone = copy.deepcopy(accelerated)
+    with_original_backbone.backbone = model.backbone
+    solve_heads(with_original_backbone, plans.heads, plans.samples, copy.deepcopy(plan),
+                plans.images, plans.options, False)  # fmt: skip
+    accelerated.proposal_generator = with_original_backbone.proposal_generator
+    accelerated.roi_heads = with_original_backbone.roi_heads
     return accelerated.eval()
 
 

@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import AccelDetError
 from ..nn.graph import conv_paths
 from ..nn.network import apply_plan, chain_aliases
-from ..plan import Plan, conv_entries
+from ..plan import Plan, conv_entries, part_plan
 from .backbone import load_plan
 from .registry import register_once
 
@@ -102,7 +102,9 @@ def accelerate_backbone(
 ) -> Backbone:
     """A copy of ``backbone`` with its batch norms folded and the convs ``plan`` names replaced
     (:func:`~accel_det.nn.apply_plan`), frozen where ``backbone`` was; the plan kept as ``.plan``.
-    Raises :class:`AccelDetError` when the plan does not fit (one line naming the layer)."""
+    Raises :class:`AccelDetError` when the plan does not fit (one line naming the layer). Entries
+    of other parts of a detector (its heads) are theirs (:mod:`.accel_heads`)."""
+    whole, plan = plan, part_plan(plan)
     check_plan_layers(backbone, plan, source, builder)
     frozen = [p for p in conv_paths(backbone) if not backbone.get_submodule(p).weight.requires_grad]
     try:
@@ -111,7 +113,7 @@ def accelerate_backbone(
         raise AccelDetError(f"{plan_name(source)} does not fit {whose(builder)}: {error}") from None
     freeze(accelerated, frozen)
     accelerated.train(backbone.training)
-    accelerated.plan = dict(plan)
+    accelerated.plan = dict(whole)
     return accelerated
 
 
@@ -158,6 +160,16 @@ def accelerated_weights(
     does not fit."""
     source = cfg.MODEL.ACCEL.PLAN if plan is None else ""
     plan = Plan.from_dict(plan) if plan is not None else load_plan(cfg.MODEL.ACCEL.PLAN)
+    heads = [
+        n
+        for n, e in plan["layers"].items()
+        if e.get("part") and e.get("structure", "original") != "original"
+    ]
+    if heads:
+        raise AccelDetError(
+            f"the plan factorizes {heads[0]}, a layer of the detector's heads: take the weights "
+            "tools/compress_detector.py wrote with it (its model_final.pth)"
+        )
     builder = wrapped_builder_name(cfg)
     tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in plain.items()}
     backbone = build_plain_backbone(cfg)
@@ -170,10 +182,11 @@ def accelerated_weights(
     accelerated = accelerate_backbone(backbone.eval(), plan, source, builder)
     if solved is not None:
         load_strict(accelerated, solved, "the solver's weights do not fit the plan's backbone")
-    elif factorized_layers(plan):
-        first = next(iter(factorized_layers(plan)))
+    elif factorized_layers(part_plan(plan)):
+        factorized = factorized_layers(part_plan(plan))
+        first, more = next(iter(factorized)), len(factorized) - 1
         raise AccelDetError(
-            f"the plan factorizes {first} (and {len(factorized_layers(plan)) - 1} more layers): "
+            f"the plan factorizes {first} (and {more} more layers): "
             "their weights come from the solver; pass its model's state dict (solved=...)"
         )
     result = {k: v for k, v in tensors.items() if not k.startswith(BACKBONE_PREFIX)}

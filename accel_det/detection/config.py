@@ -66,6 +66,10 @@ def add_accel_config(cfg: CN) -> CN:
     # The backbone builder build_accel_backbone builds and then accelerates by the plan, as
     # MODEL.BACKBONE.NAME names one: build_resnet_backbone, build_resnet_fpn_backbone, ...
     _C.MODEL.ACCEL.BACKBONE_NAME = ""
+    # The heads build_accel_rpn_head (MODEL.RPN.HEAD_NAME) and build_accel_box_head
+    # (MODEL.ROI_BOX_HEAD.NAME) build and then accelerate by the plan's entries of their part.
+    _C.MODEL.ACCEL.RPN_HEAD_NAME = "StandardRPNHead"
+    _C.MODEL.ACCEL.BOX_HEAD_NAME = "FastRCNNConvFCHead"
 
     # ---------------------------------------------------------------------------- #
     # VGG16BoxHead (fc6, fc7)

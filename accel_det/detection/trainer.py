@@ -15,8 +15,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 
 from ..errors import AccelDetError
-from ..plan import linear_entries
 from ..utils.io import atomic_write_json, json_safe
+from .accel_heads import check_plan_parts
 from .backbone import load_plan
 from .checkpoint import (
     REMOTE_PREFIXES,
@@ -99,12 +99,8 @@ def check_inputs(cfg, train: bool = True, resume: bool = False) -> None:
     plan = None
     if cfg.MODEL.BACKBONE.NAME.startswith("build_accel_") or cfg.MODEL.ACCEL.PLAN:
         plan = load_plan(cfg.MODEL.ACCEL.PLAN, cfg.MODEL.BACKBONE.NAME)
-    if plan is not None and linear_entries(plan) and cfg.MODEL.ROI_BOX_HEAD.NAME != "VGG16BoxHead":
-        raise AccelDetError(
-            f"the plan {cfg.MODEL.ACCEL.PLAN} has fc entries ({', '.join(linear_entries(plan))}) "
-            f"that only VGG16BoxHead builds, but MODEL.ROI_BOX_HEAD.NAME is "
-            f"{cfg.MODEL.ROI_BOX_HEAD.NAME}"
-        )
+    if plan is not None:
+        check_plan_parts(cfg, plan)
     weights = cfg.MODEL.WEIGHTS
     if weights and not weights.startswith(REMOTE_PREFIXES):
         local = weights_file(weights)  # the file Detectron2 will read

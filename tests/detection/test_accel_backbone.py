@@ -51,6 +51,14 @@ TINY_R50_FPN = [
 ]  # fmt: skip
 
 
+# the plain detector the accelerated config wraps
+PLAIN = [
+    "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone",
+    "MODEL.RPN.HEAD_NAME", "StandardRPNHead",
+    "MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead",
+]  # fmt: skip
+
+
 def tiny_cfg(*opts):
     return load_config(CONFIG, [*TINY_R50_FPN, *opts])
 
@@ -60,7 +68,7 @@ def plain_model(seed=0):
     statistics and FPN biases (folding the default γ = 1, β = 0, μ = 0, σ² = 1 would hide
     mistakes)."""
     torch.manual_seed(seed)
-    model = build_model(tiny_cfg("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone")).eval()
+    model = build_model(tiny_cfg(*PLAIN)).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in model.backbone.named_modules():
@@ -299,9 +307,10 @@ def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_pa
 
 
 def test_compress_detector_on_a_resnet_fpn_then_eval_only(tiny_voc, tmp_path):
-    """tools/compress_detector.py on the plain R50-FPN detector: every conv of the ResNet and the
-    FPN under one budget (the stem kept, as the paper keeps conv1_1), outputs that
-    tools/train_net.py --eval-only takes with the accelerated config."""
+    """tools/compress_detector.py on the plain R50-FPN Faster R-CNN: every conv of the ResNet and
+    the FPN, the RPN head's conv and the box head's fcs under one budget (the stem kept, as the
+    paper keeps conv1_1), outputs that tools/train_net.py --eval-only takes with the overrides the
+    plan records."""
     weights = tmp_path / "plain.pth"
     torch.save({"model": plain_model().state_dict()}, weights)
     env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_voc), OMP_NUM_THREADS="1")
@@ -317,15 +326,29 @@ def test_compress_detector_on_a_resnet_fpn_then_eval_only(tiny_voc, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     plan = json.loads((out / "plan.json").read_text())
-    assert 2.0 <= plan["theoretical_speedup"] <= 2.1
+    assert 2.0 <= plan["theoretical_speedup_detector"] <= 2.1
     assert plan["backbone_name"] == "build_resnet_fpn_backbone"
     layers = plan["layers"]
-    assert len(layers) == 53 + 8 and layers["bottom_up.stem.conv1"]["structure"] == "original"
+    heads = ["proposal_generator.rpn_head.conv", "roi_heads.box_head.fc1", "roi_heads.box_head.fc2"]
+    assert list(layers)[53 + 8 :] == heads
+    assert layers["bottom_up.stem.conv1"]["structure"] == "original"
+    rpn = layers[heads[0]]
+    assert rpn["part"] == "proposal_generator.rpn_head" and rpn["module"] == "conv"
+    # the RPN conv runs on P2-P6 of the 64x96 input: 16*24 + 8*12 + 4*6 + 2*3 + 1*2 positions
+    assert rpn["original_macs"] == 16 * 16 * 9 * (384 + 96 + 24 + 6 + 2)
+    assert layers[heads[1]]["rois"] == 100  # MODEL.RPN.POST_NMS_TOPK_TEST
+    assert all(layers[h]["structure"] != "original" and layers[h]["error"] < 1 for h in heads)
     assert layers["bottom_up.res3.0.conv2"]["relu"] and not layers["fpn_output2"]["relu"]
     assert "bottom_up.res5.2.conv3" in run.stdout and (out / "plan.png").is_file()  # the table
     state = torch.load(out / "model_final.pth", weights_only=True)["model"]
-    assert any(k.startswith("backbone.fpn_lateral") and ".expand." in k for k in state)
+    for name, entry in layers.items():  # the checkpoint holds the structure the plan says
+        key = name if entry.get("part") else f"backbone.{entry['module']}"
+        last = {"original": "", "channel": ".expand", "spatial": ".horizontal"}
+        assert f"{key}{last.get(entry['structure'], '.expand')}.weight" in state, name
+    assert "proposal_generator.rpn_head.conv.expand.weight" in state
+    assert "roi_heads.box_head.fc1.reduce.weight" in state
     overrides = plan["config_overrides"]
+    assert "build_accel_rpn_head" in overrides and "build_accel_box_head" in overrides
     assert overrides[:4] == ["MODEL.BACKBONE.NAME", "build_accel_backbone",
                              "MODEL.ACCEL.BACKBONE_NAME", "build_resnet_fpn_backbone"]  # fmt: skip
     run = subprocess.run(

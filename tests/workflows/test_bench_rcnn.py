@@ -57,7 +57,8 @@ def test_quick_run_record_is_consistent(tmp_path, monkeypatch):
         assert check["onnxruntime"] <= 1e-3 and check["openvino"] <= 1e-3
     original, accelerated = record["macs"]["original"], record["macs"]["2x"]
     assert accelerated["backbone"] < original["backbone"]
-    assert accelerated["proposal_generator"] == original["proposal_generator"]  # same features
+    assert accelerated["total"] < original["total"]
+    assert accelerated["proposal_generator"] <= original["proposal_generator"]
     assert "| total |" in open(paths["md"]).read()
 
 
