@@ -40,6 +40,7 @@ def test_fpn_demo_end_to_end_on_tiny_data(tmp_path):
         detector_speedups=(2.0,),
         num_trainval=10,
         num_test=5,
+        pretrain_iterations=5,
         compress_images=4,
         samples_per_image=4,
         round_ranks_to=1,
@@ -81,6 +82,7 @@ def test_fpn_demo_end_to_end_on_tiny_data(tmp_path):
     baseline = summary["records"][0]
     assert 0 <= baseline["folded_max_difference"] < 1e-4
     assert baseline["latency"]["detector"]["threads"] == 1
+    assert 0 <= baseline["pretrain"]["held_out_accuracy"] <= 1
     saved = json.loads((out / "results.json").read_text())
     assert saved["options"]["model"] == "r18-fpn" and saved["synthetic_data"] is True
     # a second run reuses every finished stage

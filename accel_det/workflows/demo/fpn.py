@@ -26,6 +26,12 @@ import time
 from typing import List, Optional
 
 import torch
+from detectron2.data import DatasetCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from detectron2.utils.env import seed_all_rng
+from torch import nn
 
 from ...detection.accel_backbone import accelerated_weights
 from ...detection.config import load_config
@@ -41,6 +47,7 @@ from .evaluation import evaluate, load_model
 from .fpn_report import write_fpn_report
 from .latency import measure_detectors, timing_input
 from .options import DemoOptions, DemoStage
+from .pretrain import pretrain_on_crops
 from .stages import DemoRun
 
 logger = logging.getLogger("accel_det.demo")
@@ -52,8 +59,10 @@ def run_fpn_demo(options: DemoOptions) -> dict:
     run = FPNDemoRun(options)
     with run.timed("data"):
         run.make_data()
+    with run.timed("pretrain"):
+        pretrained = run.pretrain()
     with run.timed("baseline"):
-        baseline = run.train()
+        baseline = run.train(pretrained)
         run.fold_baseline(baseline)
     records = [baseline]
     for stage in run.stages():
@@ -63,6 +72,24 @@ def run_fpn_demo(options: DemoOptions) -> dict:
         run.measure(records)
     run.timings["total"] = time.perf_counter() - start
     return write_fpn_report(run.out, records, options, run.base_cfg, run.timings, run.data_dir)
+
+
+class CropResNet(nn.Module):
+    """The detector's ResNet (``build_resnet_backbone``, every stage trainable) with global
+    average pooling of its last stage and one linear layer: the crop classifier of
+    :meth:`FPNDemoRun.pretrain`."""
+
+    def __init__(self, cfg, num_classes: int):
+        super().__init__()
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        self.bottom_up = build_resnet_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        self.last, shape = list(self.bottom_up.output_shape().items())[-1]
+        self.fc = nn.Linear(shape.channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bottom_up(x)[self.last].mean(dim=(2, 3)))
 
 
 class FPNDemoRun(DemoRun):
@@ -80,13 +107,56 @@ class FPNDemoRun(DemoRun):
             "SEED", str(self.options.seed),
         ]  # fmt: skip
 
+    def pretrain(self) -> Optional[dict]:
+        """The ResNet's pre-training as a classifier of object and background crops
+        (:func:`.pretrain.pretrain_on_crops`, the VGG demo's stand-in for ImageNet), written as a
+        Detectron2 checkpoint of the backbone (the FPN's convs as initialized); None with
+        ``pretrain_iterations`` 0."""
+        cfg, o = self.base_cfg, self.options
+        if not o.pretrain_iterations:
+            return None
+        out = os.path.join(self.out, "pretrain")
+        os.makedirs(out, exist_ok=True)
+        weights, record_path = (
+            os.path.join(out, "resnet_crops_d2.pth"),
+            os.path.join(out, "result.json"),
+        )
+        records = DatasetCatalog.get("synthetic_voc_trainval")
+        key = stage_key(cfg.MODEL.RESNETS.dump(), list(cfg.MODEL.PIXEL_MEAN),
+                        list(cfg.MODEL.PIXEL_STD), cfg.INPUT.FORMAT, o.pretrain_iterations,
+                        o.pretrain_lr, o.seed, len(records),
+                        file_digest(records[0]["file_name"]))  # fmt: skip
+        cached = cached_record(record_path, key, o.force)
+        if cached is not None and os.path.isfile(weights):
+            return cached
+        seed_all_rng(o.seed)
+        resnet = CropResNet(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)
+        result = pretrain_on_crops(
+            records, cfg.MODEL.ROI_HEADS.NUM_CLASSES, width=1.0, pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT,
+            iterations=o.pretrain_iterations, lr=o.pretrain_lr, seed=o.seed,
+            progress=o.progress, model=resnet,
+        )  # fmt: skip
+        backbone = build_backbone(cfg)  # the FPN's convs as Detectron2 initializes them
+        backbone.bottom_up.load_state_dict(resnet.bottom_up.state_dict())
+        state = {f"backbone.{k}": v.detach().clone() for k, v in backbone.state_dict().items()}
+        atomic_torch_save({"model": state, "__author__": "accel-det demo (crop pre-training)",
+                           "matching_heuristics": False}, weights)  # fmt: skip
+        record = {"weights": weights, "key": key, **{k: result[k] for k in
+                  ("held_out_accuracy", "seconds", "iterations", "final_loss")}}  # fmt: skip
+        atomic_write_json(record, record_path)
+        return record
+
     def train(self, pretrained: Optional[dict] = None) -> dict:
-        """The baseline, trained from scratch (``MODEL.WEIGHTS`` empty unless overridden)."""
+        """The baseline, from the crop-pre-trained ResNet (or from scratch without one)."""
         opts = list(self.options.opts) + self.data_opts
         opts += ["OUTPUT_DIR", os.path.join(self.out, "baseline" + self.suffix("train")),
                  "SEED", str(self.options.seeds()["train"])]  # fmt: skip
+        if pretrained is not None:
+            opts += ["MODEL.WEIGHTS", pretrained["weights"]]
         cfg = load_config(self.options.config, opts)
-        record = self.train_stage(cfg, "baseline", {"theoretical_speedup": 1.0, "baseline": True})
+        extra = {"theoretical_speedup": 1.0, "baseline": True, "pretrain": pretrained}
+        record = self.train_stage(cfg, "baseline", extra)
         logger.info("baseline AP50 %.1f", record["ap50"])
         return record
 

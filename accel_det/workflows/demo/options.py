@@ -106,7 +106,7 @@ MODELS = {
         detector_speedups=(2.0, 3.0),
         fc_rank_fractions=(),
         method="asym",
-        pretrain_iterations=0,
+        pretrain_iterations=600,
         full_width_repeats=0,
     ),
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import List, Mapping, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,12 +57,14 @@ def pretrain_on_crops(
     background_fraction: float = 0.25,
     seed: int = 0,
     progress: bool = True,
+    model: Optional[nn.Module] = None,
 ) -> dict:
-    """Train :func:`crop_classifier` on crops of the objects in ``records`` (Detectron2 dataset
-    dicts, boxes XYXY_ABS) and of background (class ``num_classes``), preprocessed as the
-    detector's input (``input_format``, ``pixel_mean``/``pixel_std`` on 0-255 pixels); returns the
-    folded conv weights (torchvision ``features.*`` keys) and a summary (held-out accuracy,
-    seconds)."""
+    """Train :func:`crop_classifier` (or ``model``, a classifier of ``num_classes + 1`` outputs
+    with batch norms) on crops of the objects in ``records`` (Detectron2 dataset dicts, boxes
+    XYXY_ABS) and of background (class ``num_classes``), preprocessed as the detector's input
+    (``input_format``, ``pixel_mean``/``pixel_std`` on 0-255 pixels); returns the trained
+    ``model``, for :func:`crop_classifier` also its folded conv weights (torchvision
+    ``features.*`` keys, ``state_dict``), and a summary (held-out accuracy, seconds)."""
     rng = np.random.default_rng(seed)
     images, boxes, labels = _load(records, input_format)
     order = rng.permutation(len(images))
@@ -71,7 +73,8 @@ def pretrain_on_crops(
     mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    model = crop_classifier(width, num_classes + 1)
+    vgg = model is None
+    model = crop_classifier(width, num_classes + 1) if vgg else model
     decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
     optimizer = torch.optim.SGD(
@@ -103,7 +106,7 @@ def pretrain_on_crops(
         return (x - mean) / std, y
 
     losses: List[float] = []
-    bar = tqdm(total=iterations, desc="pre-training VGG-16 on crops", disable=not progress)
+    bar = tqdm(total=iterations, desc="pre-training on crops", disable=not progress)
 
     def on_step(it: int, loss, logits, targets) -> None:
         losses.append(loss.item())
@@ -126,9 +129,12 @@ def pretrain_on_crops(
         iterations,
         seconds,
     )
-    folded = model.folded_features().state_dict()
-    state_dict = {f"features.{k}": v.detach().clone() for k, v in folded.items()}
+    state_dict = {}
+    if vgg:
+        folded = model.folded_features().state_dict()
+        state_dict = {f"features.{k}": v.detach().clone() for k, v in folded.items()}
     return {
+        "model": model,
         "state_dict": state_dict,
         "held_out_accuracy": accuracy,
         "seconds": seconds,
