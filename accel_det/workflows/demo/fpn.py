@@ -128,6 +128,8 @@ class FPNDemoRun(DemoRun):
                         file_digest(records[0]["file_name"]))  # fmt: skip
         cached = cached_record(record_path, key, o.force)
         if cached is not None and os.path.isfile(weights):
+            logger.info("pre-training: reusing %s (held-out crop accuracy %.3f)", weights,
+                        cached["held_out_accuracy"])  # fmt: skip
             return cached
         seed_all_rng(o.seed)
         resnet = CropResNet(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1)

@@ -82,6 +82,12 @@ def notes(records: Sequence[dict], options: DemoOptions, cfg, data_dir: str) -> 
     stamp = load_json_object(os.path.join(data_dir, STAMP_FILE), "synthetic data stamp")
     lat = records[0].get("latency") or {}
     machine = lat.get("machine") or {}
+    pre = records[0].get("pretrain")
+    start = "from random weights" if not pre else (
+        f"from the ResNet pre-trained as a classifier of object and background crops (the VGG "
+        f"demo's stand-in for ImageNet: {pre['iterations']} iterations of 32 crops, held-out "
+        f"crop accuracy {pre['held_out_accuracy']:.1%})"
+    )  # fmt: skip
     r = cfg.MODEL.RESNETS
     return [
         "**The data is synthetic** (shapes on cluttered backgrounds, `accel_det.data.synthetic."
@@ -91,7 +97,7 @@ def notes(records: Sequence[dict], options: DemoOptions, cfg, data_dir: str) -> 
         f"Detector: Faster R-CNN (Detectron2, `{options.config}`), ResNet-{r.DEPTH} ({r.NORM} "
         f"batch norms) with FPN levels {', '.join(cfg.MODEL.FPN.IN_FEATURES)} of "
         f"{cfg.MODEL.FPN.OUT_CHANNELS} channels, box head fcs of {cfg.MODEL.ROI_BOX_HEAD.FC_DIM}, "
-        f"trained from scratch for {records[0]['iterations']} iterations of "
+        f"trained {start} for {records[0]['iterations']} iterations of "
         f"{cfg.SOLVER.IMS_PER_BATCH} images; batch norms folded into the convs for compression "
         "and timing.",
         f"Compression (`compress_detector`, what `tools/compress_detector.py` runs, its default "
@@ -111,9 +117,10 @@ def notes(records: Sequence[dict], options: DemoOptions, cfg, data_dir: str) -> 
         f"{machine.get('processor')}, {machine.get('cpu_count')} CPUs. The baseline is timed with "
         "its batch norms folded (its features differ from the trained one's by at most "
         f"{records[0].get('folded_max_difference', float('nan')):.1e} of their largest value).",
-        "Theoretical speedup (conv): multiply-adds of the backbone's convs; (detector): of "
-        "everything the plan's budget counts, where the plan records it; actual: baseline median "
-        "time / model median time.",
+        "Theoretical speedup (conv): multiply-adds of the plan's conv layers (backbone, FPN, RPN "
+        "head conv); (detector): of the whole detector at the test size and the RPN's test "
+        "proposal count (what the budget counts); actual: baseline median time / model median "
+        "time.",
     ]
 
 
@@ -141,7 +148,10 @@ def write_fpn_report(
                         + "\n".join(f"- {target_text(c)}" for c in checks))  # fmt: skip
     sections += [f"### Plan of {r['name']}\n\n```\n{plan_table(Plan.read(r['plan']))}\n```"
                  for r in records[1:]]  # fmt: skip
-    work = [f"- baseline training and evaluation: {records[0].get('train_seconds', 0):.0f} s"]
+    work = [
+        f"- pre-training on crops: {(records[0].get('pretrain') or {}).get('seconds', 0):.0f} s",
+        f"- baseline training and evaluation: {records[0].get('train_seconds', 0):.0f} s",
+    ]
     work += [
         f"- {r['name']}: compression and evaluation {r.get('compress_seconds', 0):.0f} s, "
         f"fine-tuning and evaluation {r.get('train_seconds', 0):.0f} s"
