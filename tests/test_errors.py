@@ -1236,6 +1236,22 @@ CHECKED_FIRST = [
         fail_write=("model_final.pth", errno.ENOSPC),
     ),
     Case(
+        "rcnn-benchmark-output",
+        "an --output that is not a .json record",
+        "benchmark_rcnn",
+        lambda p: ["--output", p["out"] / "prev.pth", "--quick", "--threads", "1"],
+        "--output must end with .json, got ",
+        prev,
+    ),
+    Case(
+        "rcnn-benchmark-output-folder",
+        "an --output in a folder that does not exist",
+        "benchmark_rcnn",
+        lambda p: ["--output", p["out"] / "nope" / "rcnn.json", "--quick"],
+        "output folder ",
+        prev,
+    ),
+    Case(
         "proposals-other-settings",
         "a finished proposal file, rerun with another --mode",
         "make_proposals",
