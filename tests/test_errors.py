@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accel_det.errors import AccelDetError
+from tests.detection.test_accel_backbone import TINY_R50_FPN
 from tests.helpers import REPO, TINY_DETECTOR
 from tests.workflows.test_imagenet_tools import COMPRESS, SMALL, THREADS, run_in_process, work  # noqa: F401
 from tests.write_fault import failing_writes
@@ -1043,6 +1044,9 @@ def _hostile_inputs(p):
     torch.save({"model": build_model(cfg).state_dict()}, p["tiny_detector"])
     p["query_pkl"] = root / "w" / "w.pkl?x=1"  # weights that fit: Detectron2 would load w.pkl
     shutil.copy(p["tiny_detector"], p["query_pkl"])
+    p["r50_fpn"] = root / "r50_fpn.pth"  # a tiny plain ResNet-FPN Faster R-CNN
+    cfg = load_config("faster_rcnn_R_50_FPN.yaml", [*TINY_R50_FPN, "MODEL.DEVICE", "cpu"])
+    torch.save({"model": build_model(cfg).state_dict()}, p["r50_fpn"])
     # the synthetic set in this process too (compress_detector runs here)
     from detectron2.data import MetadataCatalog
 
@@ -1066,6 +1070,12 @@ def d2_run(p):
 def tiny(p, *opts, config="demo/vgg16_synthetic", eval_only=True):
     """tools/train_net.py on the tiny detector (D2_TINY) into d2out."""
     return d2(p, config, *D2_TINY, *opts, eval_only=eval_only)
+
+
+def resnet_fpn(p, *extra):
+    """tools/compress_detector.py on the tiny ResNet-FPN Faster R-CNN."""
+    return ["--config-file", "faster_rcnn_R_50_FPN.yaml", "--output", p["out"] / "rx", *extra,
+            *TINY_R50_FPN, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", p["r50_fpn"]]  # fmt: skip
 
 
 def detector(p, output, *extra, opts=()):
@@ -1198,6 +1208,14 @@ CHECKED_FIRST = [
         ),  # fmt: skip
         "speedup 500 is impossible for method asym3d with these conv and fc layers: at most ",
         prev,  # and no folder dx
+    ),
+    Case(
+        "resnet-fpn-impossible-speedup",
+        "a ResNet-FPN Faster R-CNN at an impossible speedup, refused before the images are read",
+        "compress_detector",
+        lambda p: resnet_fpn(p, "--speedup", "500"),
+        "speedup 500 is impossible for method asym3d with these conv and fc layers: at most ",
+        prev,  # and no folder rx
     ),
     Case(
         "detector-num-images",
