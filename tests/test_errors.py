@@ -1718,6 +1718,7 @@ def test_matrix_covers_every_tool():
         "export_model",
         "evaluate_exported",
         "compress_detector",
+        "benchmark_rcnn",
     }
     assert len(CASES) >= 12 and len({c.id for c in CASES}) == len(CASES)
 
