@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accel_det.errors import AccelDetError
+from tests.detection.test_accel_backbone import TINY_R50_FPN
 from tests.helpers import REPO, TINY_DETECTOR
 from tests.workflows.test_imagenet_tools import COMPRESS, SMALL, THREADS, run_in_process, work  # noqa: F401
 from tests.write_fault import failing_writes
@@ -1043,6 +1044,9 @@ def _hostile_inputs(p):
     torch.save({"model": build_model(cfg).state_dict()}, p["tiny_detector"])
     p["query_pkl"] = root / "w" / "w.pkl?x=1"  # weights that fit: Detectron2 would load w.pkl
     shutil.copy(p["tiny_detector"], p["query_pkl"])
+    p["r50_fpn"] = root / "r50_fpn.pth"  # a tiny plain ResNet-FPN Faster R-CNN
+    cfg = load_config("faster_rcnn_R_50_FPN.yaml", [*TINY_R50_FPN, "MODEL.DEVICE", "cpu"])
+    torch.save({"model": build_model(cfg).state_dict()}, p["r50_fpn"])
     # the synthetic set in this process too (compress_detector runs here)
     from detectron2.data import MetadataCatalog
 
@@ -1066,6 +1070,12 @@ def d2_run(p):
 def tiny(p, *opts, config="demo/vgg16_synthetic", eval_only=True):
     """tools/train_net.py on the tiny detector (D2_TINY) into d2out."""
     return d2(p, config, *D2_TINY, *opts, eval_only=eval_only)
+
+
+def resnet_fpn(p, *extra):
+    """tools/compress_detector.py on the tiny ResNet-FPN Faster R-CNN."""
+    return ["--config-file", "faster_rcnn_R_50_FPN.yaml", "--output", p["out"] / "rx", *extra,
+            *TINY_R50_FPN, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", p["r50_fpn"]]  # fmt: skip
 
 
 def detector(p, output, *extra, opts=()):
@@ -1200,6 +1210,14 @@ CHECKED_FIRST = [
         prev,  # and no folder dx
     ),
     Case(
+        "resnet-fpn-impossible-speedup",
+        "a ResNet-FPN Faster R-CNN at an impossible speedup, refused before the images are read",
+        "compress_detector",
+        lambda p: resnet_fpn(p, "--speedup", "500"),
+        "speedup 500 is impossible for method asym3d with these conv and fc layers: at most ",
+        prev,  # and no folder rx
+    ),
+    Case(
         "detector-num-images",
         "fewer training images than --num-images",
         "compress_detector",
@@ -1234,6 +1252,22 @@ CHECKED_FIRST = [
         process=True,
         allowed_new=("compression.checkpoint.pth",),
         fail_write=("model_final.pth", errno.ENOSPC),
+    ),
+    Case(
+        "rcnn-benchmark-output",
+        "an --output that is not a .json record",
+        "benchmark_rcnn",
+        lambda p: ["--output", p["out"] / "prev.pth", "--quick", "--threads", "1"],
+        "--output must end with .json, got ",
+        prev,
+    ),
+    Case(
+        "rcnn-benchmark-output-folder",
+        "an --output in a folder that does not exist",
+        "benchmark_rcnn",
+        lambda p: ["--output", p["out"] / "nope" / "rcnn.json", "--quick"],
+        "output folder ",
+        prev,
     ),
     Case(
         "proposals-other-settings",
@@ -1684,6 +1718,7 @@ def test_matrix_covers_every_tool():
         "export_model",
         "evaluate_exported",
         "compress_detector",
+        "benchmark_rcnn",
     }
     assert len(CASES) >= 12 and len({c.id for c in CASES}) == len(CASES)
 

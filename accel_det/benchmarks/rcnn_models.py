@@ -145,7 +145,7 @@ def detector_plans(
         solver = options.solver.replace(speedup=speedup)
         solver = solver.replace(skip=skipped_layers(solver, [s.name for s in specs]))
         plan = make_network_plan(
-            [*specs, heads.rpn], heads.linears, {**eigenvalues, **samples.eigenvalues}, solver,
+            [*specs, *heads.convs], heads.linears, {**eigenvalues, **samples.eigenvalues}, solver,
             fixed_macs=heads.fixed_macs,
         )  # fmt: skip
         mark_head_parts(plan, heads)

@@ -4,6 +4,7 @@ a short training and evaluation through tools/train_net.py."""
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import torch
 
 pytest.importorskip("detectron2")
 
+from detectron2 import model_zoo
 from detectron2.modeling import build_model
 
 import accel_det.detection  # noqa: F401
@@ -307,18 +309,23 @@ def test_train_net_trains_and_evaluates_the_accelerated_r50_fpn(tiny_voc, tmp_pa
 
 
 def test_compress_detector_on_a_resnet_fpn_then_eval_only(tiny_voc, tmp_path):
-    """tools/compress_detector.py on the plain R50-FPN Faster R-CNN: every conv of the ResNet and
+    """tools/compress_detector.py on a plain R50-FPN Faster R-CNN given as Detectron2's model zoo
+    gives one (its config file, .pkl weights; here narrow and random): every conv of the ResNet and
     the FPN, the RPN head's conv and the box head's fcs under one budget (the stem kept, as the
     paper keeps conv1_1), outputs that tools/train_net.py --eval-only takes with the overrides the
     plan records."""
-    weights = tmp_path / "plain.pth"
-    torch.save({"model": plain_model().state_dict()}, weights)
+    # Detectron2's model-zoo config and weights in the zoo's .pkl format (numpy arrays)
+    zoo = model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
+    weights = tmp_path / "model_final.pkl"
+    state = {k: v.numpy() for k, v in plain_model().state_dict().items()}
+    with open(weights, "wb") as f:
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
     env = dict(os.environ, DETECTRON2_DATASETS=str(tiny_voc), OMP_NUM_THREADS="1")
     data = ["DATASETS.TRAIN", "('synthetic_voc_trainval',)",
             "DATASETS.TEST", "('synthetic_voc_test',)", "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
     out = tmp_path / "2x"
     run = subprocess.run(
-        [sys.executable, "tools/compress_detector.py", "--config", "faster_rcnn_R_50_FPN.yaml",
+        [sys.executable, "tools/compress_detector.py", "--config", zoo,
          "--output", str(out), "--speedup", "2", "--num-images", "4", "--samples-per-image", "16",
          "--iterations", "2", "--round-ranks", "1", "--no-progress", *TINY_R50_FPN, *data,
          "MODEL.WEIGHTS", str(weights)],
@@ -352,7 +359,7 @@ def test_compress_detector_on_a_resnet_fpn_then_eval_only(tiny_voc, tmp_path):
     assert overrides[:4] == ["MODEL.BACKBONE.NAME", "build_accel_backbone",
                              "MODEL.ACCEL.BACKBONE_NAME", "build_resnet_fpn_backbone"]  # fmt: skip
     run = subprocess.run(
-        [sys.executable, "tools/train_net.py", "--config", "faster_rcnn_R_50_FPN.yaml",
+        [sys.executable, "tools/train_net.py", "--config", zoo,
          "--eval-only", *TINY_R50_FPN, *data, *overrides, "OUTPUT_DIR", str(tmp_path / "eval")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

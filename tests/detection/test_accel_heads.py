@@ -3,6 +3,9 @@ accelerated heads build from the plan with Detectron2's names, plans that do not
 and compress_detector on the whole ResNet-FPN detector resumes bit-identical."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from detectron2.modeling import build_model
 
 from accel_det.detection.accel_backbone import accelerate_backbone
 from accel_det.detection.accel_heads import accelerate_head, check_plan_parts
+from accel_det.detection.datasets import register_synthetic_voc
 from accel_det.errors import AccelDetError
 from accel_det.nn import FactorizedConv2d, FactorizedLinear
 from accel_det.nn.factorized import CHANNEL, SPATIAL_CHANNEL
@@ -31,6 +35,7 @@ from tests.detection.test_accel_backbone import (  # noqa: F401  (fixture)
     tiny_voc,
     write_plan,
 )
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,8 +125,16 @@ def test_plans_that_do_not_fit_the_heads_are_one_line(tmp_path):
         check_plan_parts(cfg, Plan(plan))
 
 
-def compress_options(out, weights, **changes):
-    opts = [*TINY_R50_FPN, "DATASETS.TRAIN", "('synthetic_voc_trainval',)",
+@pytest.fixture(scope="module")
+def tiny_set(tiny_voc):  # noqa: F811
+    """The tiny synthetic set registered in this process as ``heads_voc_*`` (the other names may
+    already point elsewhere: Detectron2 registers data sets once per process)."""
+    register_synthetic_voc(str(tiny_voc / "synthetic_voc"), prefix="heads_voc")
+    return tiny_voc
+
+
+def compress_options(out, weights, dataset="heads_voc_trainval", **changes):
+    opts = [*TINY_R50_FPN, "DATASETS.TRAIN", f"('{dataset}',)",
             "DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", str(weights)]  # fmt: skip
     solver = SolverOptions(speedup=2.0, samples_per_image=16, schedule=((0.01, 2), (1.0, 2)),
                            round_ranks_to=1)  # fmt: skip
@@ -132,8 +145,7 @@ def compress_options(out, weights, **changes):
     return dataclasses.replace(options, **changes)
 
 
-def test_resumed_whole_detector_is_bit_identical(tiny_voc, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tiny_voc))
+def test_resumed_or_two_processes_bit_identical(tiny_set, tmp_path):
     weights = tmp_path / "plain.pth"
     torch.save({"model": plain_model().state_dict()}, weights)
     whole = compress_detector(compress_options(tmp_path / "whole", weights))
@@ -149,10 +161,23 @@ def test_resumed_whole_detector_is_bit_identical(tiny_voc, tmp_path, monkeypatch
     a = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # two processes, each with its shard of the images, make the model of one
+    options = compress_options(tmp_path / "two", weights, "synthetic_voc_trainval")
+    run = subprocess.run(
+        [sys.executable, "tools/compress_detector.py", "--config", options.config_file,
+         "--output", str(options.output), "--num-gpus", "2", "--device", "cpu", "--speedup", "2",
+         "--num-images", "4", "--samples-per-image", "16", "--fc-samples-per-image", "16",
+         "--iterations", "2", "--round-ranks", "1", "--no-progress", "--no-plot", *options.opts],
+        cwd=REPO, env=dict(os.environ, DETECTRON2_DATASETS=str(tiny_set), OMP_NUM_THREADS="1"),
+        capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    c = torch.load(tmp_path / "two" / "model_final.pth", weights_only=True)["model"]
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_a_c4_detector_takes_the_backbone_target_only(tiny_voc, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tiny_voc))
+def test_a_c4_detector_takes_the_backbone_target_only(tiny_set, tmp_path):
     c4 = ["MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.ROI_HEADS.NAME", "Res5ROIHeads",
           "MODEL.RPN.IN_FEATURES", "['res4']", "MODEL.ROI_HEADS.IN_FEATURES", "['res4']",
           "MODEL.RESNETS.OUT_FEATURES", "['res4']",

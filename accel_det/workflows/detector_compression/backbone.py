@@ -77,7 +77,7 @@ def prepare_backbone_run(cfg, model, options, group) -> BackboneRun:
         rois = int(options.rois_per_image or cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
         heads = find_heads(model, input_hw, rois)
         check_network_reachable(
-            [*targets.specs, *([heads.rpn] if heads.rpn else [])], heads.linears, solver,
+            [*targets.specs, *heads.convs], heads.linears, solver,
             fixed_macs=heads.fixed_macs,
         )  # fmt: skip
     else:
@@ -137,7 +137,7 @@ def detector_planner(heads: Heads, samples, solver):
     heads' layers under one budget (:func:`~accel_det.solver.joint.make_network_plan`)."""
 
     def planner(specs, eigenvalues, spatial_spectra=None):
-        convs = [*specs, *([heads.rpn] if heads.rpn else [])]
+        convs = [*specs, *heads.convs]
         spectra = None if spatial_spectra is None else {**spatial_spectra, **samples.spectra}
         plan = make_network_plan(
             convs, heads.linears, {**eigenvalues, **samples.eigenvalues}, solver,

@@ -15,6 +15,7 @@ counted.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -49,6 +50,10 @@ class Heads:
     rpn: Optional[ConvSpec]
     fcs: Dict[str, LinearSpec] = field(default_factory=dict)
     fixed_macs: int = 0
+
+    @property
+    def convs(self) -> List[ConvSpec]:
+        return [self.rpn] if self.rpn is not None else []
 
     @property
     def linears(self) -> List[LinearSpec]:
@@ -214,6 +219,7 @@ def solve_heads(model, heads: Heads, samples: HeadSamples, plan, images, options
     ``model``), and put them in ``model``; their plan entries get their errors and part."""
     solver = options.solver
     if heads.rpn is not None:
+        start = time.perf_counter()
         entry = plan["layers"][RPN_CONV]
         head = model.proposal_generator.rpn_head
         if entry["structure"] != "original" or entry.get("rank") is not None:
@@ -223,8 +229,10 @@ def solve_heads(model, heads: Heads, samples: HeadSamples, plan, images, options
             )  # fmt: skip
             broadcast_parameters(layer)
             head.conv = with_activation_of(head.conv, layer)
-        log_layer(RPN_CONV, {**entry, "seconds": 0.0})
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        log_layer(RPN_CONV, entry)
     if heads.fcs:
+        start = time.perf_counter()
         box_head = model.roi_heads.box_head
         linears = {spec.name: box_head.get_submodule(n) for n, spec in heads.fcs.items()}
         regressed, _ = fc_responses(model, model.backbone, heads, images, progress)
@@ -235,7 +243,9 @@ def solve_heads(model, heads: Heads, samples: HeadSamples, plan, images, options
         for module, spec in heads.fcs.items():
             broadcast_parameters(layers[spec.name])
             setattr(box_head, module, layers[spec.name])
-            log_layer(spec.name, {**plan["layers"][spec.name], "seconds": 0.0})
+            entry = plan["layers"][spec.name]
+            entry["seconds"] = round((time.perf_counter() - start) / len(heads.fcs), 3)
+            log_layer(spec.name, entry)
 
 
 def mark_head_parts(plan, heads: Heads) -> None:
