@@ -48,30 +48,14 @@ from .fpn_report import write_fpn_report
 from .latency import measure_detectors, timing_input
 from .options import DemoOptions, DemoStage
 from .pretrain import pretrain_on_crops
-from .stages import DemoRun
+from .stages import DemoRun, run_stages
 
 logger = logging.getLogger("accel_det.demo")
 
 
 def run_fpn_demo(options: DemoOptions) -> dict:
     """Run every stage; returns the summary also written to ``<output>/results.json``."""
-    start = time.perf_counter()
-    run = FPNDemoRun(options)
-    with run.timed("data"):
-        run.make_data()
-    with run.timed("pretrain"):
-        pretrained = run.pretrain()
-    with run.timed("baseline"):
-        baseline = run.train(pretrained)
-        run.fold_baseline(baseline)
-    records = [baseline]
-    for stage in run.stages():
-        with run.timed(stage.name):
-            records.append(run.accelerate(stage, baseline))
-    with run.timed("latency"):
-        run.measure(records)
-    run.timings["total"] = time.perf_counter() - start
-    return write_fpn_report(run.out, records, options, run.base_cfg, run.timings, run.data_dir)
+    return run_stages(FPNDemoRun(options))
 
 
 class CropResNet(nn.Module):
@@ -160,9 +144,16 @@ class FPNDemoRun(DemoRun):
         extra = {"theoretical_speedup": 1.0, "baseline": True, "pretrain": pretrained}
         record = self.train_stage(cfg, "baseline", extra)
         logger.info("baseline AP50 %.1f", record["ap50"])
+        self.fold_for_timing(record)
         return record
 
-    def fold_baseline(self, record: dict) -> None:
+    def write_report(self, records: List[dict]) -> dict:
+        """report.md, the plot and results.json (:func:`write_fpn_report`)."""
+        return write_fpn_report(
+            self.out, records, self.options, self.base_cfg, self.timings, self.data_dir
+        )
+
+    def fold_for_timing(self, record: dict) -> None:
         """The baseline with its batch norms folded into its convs: an all-``original`` plan
         through ``build_accel_backbone`` (the same network the solver starts from, §3.3), written
         next to the baseline; the model the accelerated ones are timed against."""

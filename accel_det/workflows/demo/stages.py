@@ -59,8 +59,13 @@ logger = logging.getLogger("accel_det.demo")
 
 def run_demo(options: DemoOptions) -> dict:
     """Run every stage; returns the summary also written to ``<output>/results.json``."""
+    return run_stages(DemoRun(options))
+
+
+def run_stages(run: "DemoRun") -> dict:
+    """Run every stage of ``run`` (a :class:`DemoRun` or a subclass) in order, then its report;
+    returns the summary also written to ``<output>/results.json``."""
     start = time.perf_counter()
-    run = DemoRun(options)
     with run.timed("data"):
         run.make_data()
     with run.timed("pretrain"):
@@ -74,7 +79,7 @@ def run_demo(options: DemoOptions) -> dict:
     with run.timed("latency"):
         run.measure(records)
     run.timings["total"] = time.perf_counter() - start
-    return write_demo_report(run.out, records, options, run.base_cfg, run.timings, run.data_dir)
+    return run.write_report(records)
 
 
 class DemoRun:
@@ -245,6 +250,12 @@ class DemoRun:
         return record
 
     # ------------------------------------------------------------------ 3. the baseline
+    def write_report(self, records: List[dict]) -> dict:
+        """report.md, the plot and results.json (:func:`write_demo_report`)."""
+        return write_demo_report(
+            self.out, records, self.options, self.base_cfg, self.timings, self.data_dir
+        )
+
     def train(self, pretrained: dict) -> dict:
         """The baseline Fast R-CNN, trained from the pre-trained backbone, norms folded."""
         opts = (
