@@ -1,7 +1,6 @@
 """The main job (``make demo``): AP50 against speedup for Fast R-CNN with an accelerated VGG-16.
 
-:func:`run_demo` runs the stages in order; each one reuses its finished result when run again
-with the same settings (``force`` redoes everything):
+:func:`run_demo` runs the stages in order, each reused when run again with the same settings:
 
 1. :meth:`DemoRun.make_data`: a synthetic VOC-format data set (not PASCAL VOC) at
    ``$DETECTRON2_DATASETS/synthetic_voc`` and selective-search proposals for it;
@@ -63,8 +62,7 @@ def run_demo(options: DemoOptions) -> dict:
 
 
 def run_stages(run: "DemoRun") -> dict:
-    """Run every stage of ``run`` (a :class:`DemoRun` or a subclass) in order, then its report;
-    returns the summary also written to ``<output>/results.json``."""
+    """Every stage of ``run`` (a :class:`DemoRun` or a subclass) in order, then its report."""
     start = time.perf_counter()
     with run.timed("data"):
         run.make_data()
@@ -251,10 +249,8 @@ class DemoRun:
 
     # ------------------------------------------------------------------ 3. the baseline
     def write_report(self, records: List[dict]) -> dict:
-        """report.md, the plot and results.json (:func:`write_demo_report`)."""
-        return write_demo_report(
-            self.out, records, self.options, self.base_cfg, self.timings, self.data_dir
-        )
+        o = self.options  # report.md, the plot and results.json
+        return write_demo_report(self.out, records, o, self.base_cfg, self.timings, self.data_dir)
 
     def train(self, pretrained: dict) -> dict:
         """The baseline Fast R-CNN, trained from the pre-trained backbone, norms folded."""
