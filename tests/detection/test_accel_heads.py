@@ -120,6 +120,10 @@ def test_plans_that_do_not_fit_the_heads_are_one_line(tmp_path):
     with pytest.raises(AccelDetError, match=r"rpn_head\.conv.*larger than"):
         accelerate_head(model.proposal_generator.rpn_head, {"layers": {"x": too_wide}},
                         "proposal_generator.rpn_head")  # fmt: skip
+    for key in ("MODEL.ACCEL.RPN_HEAD_NAME", "MODEL.ACCEL.BOX_HEAD_NAME"):  # a wrong config key
+        cfg = tiny_cfg("MODEL.ACCEL.PLAN", write_plan(tmp_path, plan), *HEADS, key, "Nope")
+        with pytest.raises(AccelDetError, match="'Nope' is not a head to accelerate"):
+            build_model(cfg)
     cfg = tiny_cfg("MODEL.ACCEL.PLAN", write_plan(tmp_path, plan), *PLAIN)
     with pytest.raises(AccelDetError, match="only build_accel_rpn_head builds, but MODEL.RPN"):
         check_plan_parts(cfg, Plan(plan))
